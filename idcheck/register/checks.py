@@ -1,0 +1,187 @@
+"""Border checks: turning what an officer or reader captured into a lookup, and matches into a verdict.
+
+A query is either typed (issuing state, number, optional class and birth date) or a whole MRZ. An MRZ
+is parsed and its check digits verified first; a failing check digit is reported, never fatal, and the
+lookup runs on what was read. An MRZ whose issuing state is not a known code is searched with the state
+treated as missing (it may be a misread or a forgery: the officer is told).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+from idcheck.icao import (
+    MRZ,
+    DocumentClass,
+    DocumentNumberError,
+    MRZError,
+    StateCodeError,
+    canonical_number,
+    canonical_state,
+    document_class,
+    is_known_state,
+    parse_mrz,
+)
+from idcheck.index import Lookup, Match, MatchKind
+from idcheck.records import MAX_NUMBER_LENGTH
+
+MAX_MRZ_LENGTH = 200
+
+
+class Verdict(enum.IntEnum):
+    """The answer for one document. Values match `idcheck.v1.Verdict`."""
+
+    UNSPECIFIED = 0
+    CLEAR = 1
+    HIT = 2
+    POSSIBLE_MATCH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One document to check, as received (exactly one of `mrz` or `document_number` is used)."""
+
+    issuing_state: str = ""
+    document_number: str = ""
+    document_class: int = 0
+    birth_date: str = ""
+    mrz: str = ""
+    client_reference: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """A validated query: the canonical lookup plus what was read from the MRZ."""
+
+    lookup: Lookup
+    kind: str  # "typed" or "mrz"
+    mrz: MRZ | None
+    birth_date: str  # ISO, '' when unknown
+    state_as_read: str  # issuing state as given, when it was not a known code ('' otherwise)
+    client_reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The answer to one query."""
+
+    verdict: Verdict
+    matches: tuple[Match, ...]
+    query: PreparedQuery
+    query_id: str
+    officer_action: str
+
+
+def prepare(query: Query, field: str) -> PreparedQuery:
+    """Validate one query; raises ValueError subclasses carrying the field via `QueryError`."""
+    if query.mrz:
+        return _prepare_mrz(query, f"{field}.mrz")
+    return _prepare_typed(query, f"{field}.typed")
+
+
+class QueryError(ValueError):
+    """A query that cannot be checked; `field` names the offending field."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+def _prepare_typed(query: Query, field: str) -> PreparedQuery:
+    state = ""
+    if query.issuing_state.strip():
+        try:
+            state = canonical_state(query.issuing_state)
+        except StateCodeError as exc:
+            raise QueryError(f"{field}.issuing_state", str(exc)) from None
+    if not query.document_number.strip():
+        raise QueryError(f"{field}.document_number", "document number is required")
+    try:
+        number = canonical_number(query.document_number)
+    except DocumentNumberError as exc:
+        raise QueryError(f"{field}.document_number", str(exc)) from None
+    if len(number) > MAX_NUMBER_LENGTH:
+        raise QueryError(f"{field}.document_number", f"longer than {MAX_NUMBER_LENGTH} characters")
+    try:
+        cls = DocumentClass(int(query.document_class))
+    except ValueError:
+        raise QueryError(f"{field}.document_class", f"unknown document class {query.document_class}") from None
+    birth = ""
+    if query.birth_date.strip():
+        try:
+            birth = dt.date.fromisoformat(query.birth_date.strip()).isoformat()
+        except ValueError:
+            raise QueryError(f"{field}.birth_date", f"{query.birth_date!r} is not a date (YYYY-MM-DD)") from None
+    return PreparedQuery(Lookup(state, number, cls), "typed", None, birth, "", query.client_reference)
+
+
+def _prepare_mrz(query: Query, field: str) -> PreparedQuery:
+    if len(query.mrz) > MAX_MRZ_LENGTH:
+        raise QueryError(field, f"longer than {MAX_MRZ_LENGTH} characters; an MRZ has at most 90")
+    try:
+        mrz = parse_mrz(query.mrz)
+    except MRZError as exc:
+        raise QueryError(field, str(exc)) from None
+    try:
+        number = canonical_number(mrz.document_number)
+    except DocumentNumberError:
+        raise QueryError(field, "the MRZ holds no document number") from None
+    state, as_read = mrz.issuing_state, ""
+    if not is_known_state(state):
+        state, as_read = "", mrz.issuing_state
+    birth = mrz.birth_date_resolved.isoformat() if mrz.birth_date_resolved else ""
+    lookup = Lookup(state, number, document_class(mrz.document_type))
+    return PreparedQuery(lookup, "mrz", mrz, birth, as_read, query.client_reference)
+
+
+def verdict_of(matches: tuple[Match, ...]) -> Verdict:
+    """HIT when any match is exact; POSSIBLE_MATCH for near matches only; CLEAR otherwise."""
+    if not matches:
+        return Verdict.CLEAR
+    return Verdict.HIT if matches[0].kind == MatchKind.EXACT else Verdict.POSSIBLE_MATCH
+
+
+_KIND_TEXT = {
+    MatchKind.OCR_VARIANT: "a number differing only by characters OCR confuses",
+    MatchKind.STATE_MISMATCH: "the same number issued by another state",
+    MatchKind.STATE_MISSING: "the same number (issuing state not given)",
+    MatchKind.CLASS_MISMATCH: "the same number recorded for another class of document",
+}
+
+
+def officer_action(verdict: Verdict, matches: tuple[Match, ...], query: PreparedQuery) -> str:
+    """One or two sentences telling the officer what to do."""
+    parts: list[str] = []
+    if verdict == Verdict.HIT:
+        record = matches[0].record
+        data = record.data
+        parts.append(
+            f"HIT: document reported {data.status.name.replace('_', ' ')} by {record.owner} "
+            f"on {data.event_date}."
+        )
+        parts.append(
+            data.instructions
+            or "Retain the document, refer the traveller to secondary inspection and contact the reporting member."
+        )
+        if query.birth_date and data.holder.birth_date and query.birth_date != data.holder.birth_date:
+            parts.append("The recorded holder's date of birth differs from the traveller's: possible impostor.")
+    elif verdict == Verdict.POSSIBLE_MATCH:
+        kinds = sorted({m.kind for m in matches})
+        described = "; ".join(_KIND_TEXT.get(k, k.name) for k in kinds)
+        parts.append(
+            f"POSSIBLE MATCH ({described}): compare the document with the record before acting; "
+            "this is not a hit."
+        )
+    else:
+        parts.append("CLEAR: no record for this document. Continue normal processing.")
+    if query.mrz is not None and not query.mrz.valid:
+        failed = ", ".join(query.mrz.failed_checks)
+        parts.append(
+            f"MRZ check digit failed ({failed}): the document may be forged or misread; re-read and inspect it."
+        )
+    if query.state_as_read:
+        parts.append(f"Issuing state {query.state_as_read!r} in the MRZ is not a known ICAO code.")
+    return " ".join(parts)

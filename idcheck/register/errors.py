@@ -1,0 +1,35 @@
+"""Errors of the register core, mapped to gRPC status codes in one place (idcheck/server/errors.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RegisterError(Exception):
+    """Base class of the register's refusals."""
+
+
+class InvalidRequest(RegisterError):
+    """Bad input: every offending field with a description (becomes google.rpc.BadRequest)."""
+
+    def __init__(self, violations: Sequence[tuple[str, str]]) -> None:
+        self.violations = list(violations)
+        shown = "; ".join(f"{f}: {d}" for f, d in self.violations[:5])
+        more = f" (and {len(self.violations) - 5} more)" if len(self.violations) > 5 else ""
+        super().__init__(f"invalid request: {shown}{more}")
+
+    @classmethod
+    def single(cls, field: str, description: str) -> InvalidRequest:
+        return cls([(field, description)])
+
+
+class LimitExceeded(RegisterError):
+    """A request larger than the configured limits (becomes RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UploadAborted(RegisterError):
+    """The upload stream did not end cleanly; nothing of it was applied."""

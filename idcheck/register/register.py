@@ -1,0 +1,275 @@
+"""The register: the durable store and the in-memory index kept in step, behind the operations callers use.
+
+Writes go to the store first (durable when it returns) and are then applied to the index, both under one
+lock so the index follows the change log in order. Checks read only the index and queue audit rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from idcheck.icao import DocumentClass
+from idcheck.index import DocumentIndex
+from idcheck.records import DocumentKey, RecordChange, RecordData, RecordError, StoredRecord, parse_key, validate_record
+from idcheck.register.checks import CheckResult, Query, QueryError, officer_action, prepare, verdict_of
+from idcheck.register.errors import InvalidRequest, LimitExceeded
+from idcheck.store import AuditRow, AuditWriter, CancelOutcome, RegisterStore, utc_now
+from idcheck.uploads import Rejection, UploadMode, UploadOutcome
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_ID_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: member code, role and network peer (for the audit log)."""
+
+    member: str
+    role: str
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits of requests (defaults documented in README)."""
+
+    max_queries_per_call: int = 10_000
+    max_records_per_batch: int = 10_000
+    max_rows_per_upload: int = 5_000_000
+    max_keys_per_cancel: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One uploaded row before validation (strings and enum numbers as they came)."""
+
+    issuing_state: str
+    document_number: str
+    document_class: int
+    status: int
+    event_date: str
+    surname: str = ""
+    given_names: str = ""
+    birth_date: str = ""
+    nationality: str = ""
+    expiry_date: str = ""
+    instructions: str = ""
+
+
+class Register:
+    """The shared register of one node."""
+
+    def __init__(self, store: RegisterStore, *, limits: Limits | None = None, audit_interval: float = 0.2) -> None:
+        self.store = store
+        self.limits = limits or Limits()
+        self.index = DocumentIndex()
+        self._write_lock = threading.Lock()
+        started = time.perf_counter()
+        self.index.apply(store.iter_records(active_only=True), store.last_sequence)
+        self.load_seconds = time.perf_counter() - started
+        self.audit = AuditWriter(store, interval=audit_interval)
+
+    @classmethod
+    def open(cls, data_dir: Path, *, limits: Limits | None = None, audit_interval: float = 0.2) -> Register:
+        """Open (or create) the register in a data directory."""
+        return cls(RegisterStore(Path(data_dir) / "register.db"), limits=limits, audit_interval=audit_interval)
+
+    def close(self) -> None:
+        self.audit.close()
+        self.store.close()
+
+    @property
+    def sequence(self) -> int:
+        return self.index.sequence
+
+    # -- checks -------------------------------------------------------------------------------------
+
+    def check(self, caller: Caller, queries: Sequence[Query], *, field: str = "queries") -> tuple[list[CheckResult], int]:
+        """Check documents; every query is validated before any is answered. Returns results and sequence."""
+        if not queries:
+            raise InvalidRequest.single(field, "at least one query is required")
+        if len(queries) > self.limits.max_queries_per_call:
+            raise InvalidRequest.single(
+                field, f"{len(queries)} queries; at most {self.limits.max_queries_per_call} per call"
+            )
+        prepared, violations = [], []
+        single = len(queries) == 1 and field == "query"
+        for i, q in enumerate(queries):
+            try:
+                prepared.append(prepare(q, field if single else f"{field}[{i}]"))
+            except QueryError as exc:
+                violations.append((exc.field, exc.description))
+        if violations:
+            raise InvalidRequest(violations)
+        sequence = self.index.sequence
+        call_id = uuid.uuid4().hex
+        results: list[CheckResult] = []
+        lookups = self.index.lookup_many([p.lookup for p in prepared])
+        for i, (p, found) in enumerate(zip(prepared, lookups, strict=True)):
+            matches = tuple(found)
+            verdict = verdict_of(matches)
+            query_id = call_id if single else f"{call_id}-{i}"
+            results.append(CheckResult(verdict, matches, p, query_id, officer_action(verdict, matches, p)))
+        now = utc_now()
+        self.audit.submit(
+            AuditRow(
+                query_id=r.query_id,
+                at=now,
+                caller_member=caller.member,
+                caller_role=caller.role,
+                peer=caller.peer,
+                query_kind=r.query.kind,
+                issuing_state=r.query.lookup.issuing_state or r.query.state_as_read,
+                document_number=r.query.lookup.number,
+                verdict=r.verdict.name,
+                matched_records=",".join(str(m.record.record_id) for m in r.matches),
+                register_seq=sequence,
+            )
+            for r in results
+        )
+        return results, sequence
+
+    # -- uploads ------------------------------------------------------------------------------------
+
+    def begin_upload(self, caller: Caller, upload_id: str, mode: int, description: str = "") -> UploadSession:
+        """Start an upload; raises InvalidRequest for a bad header."""
+        violations = []
+        if not upload_id or len(upload_id) > MAX_UPLOAD_ID_LENGTH or not upload_id.isprintable():
+            violations.append(("header.upload_id", f"1 to {MAX_UPLOAD_ID_LENGTH} printable characters required"))
+        try:
+            upload_mode = UploadMode(int(mode))
+        except ValueError:
+            upload_mode = UploadMode.UNSPECIFIED
+        if upload_mode == UploadMode.UNSPECIFIED:
+            violations.append(("header.mode", "mode must be INCREMENTAL or REPLACE_ALL"))
+        if len(description) > 1000:
+            violations.append(("header.description", "longer than 1000 characters"))
+        if violations:
+            raise InvalidRequest(violations)
+        return UploadSession(self, caller, upload_id, upload_mode, description)
+
+    def _commit_upload(self, session: UploadSession) -> UploadOutcome:
+        with self._write_lock:
+            outcome, changed = self.store.commit_upload(
+                session.caller.member,
+                session.upload_id,
+                session.mode,
+                session.description,
+                session.rows,
+                session.rejections,
+                session.protected,
+                session.received,
+            )
+            if changed:
+                self.index.apply(changed, outcome.register_sequence)
+        return outcome
+
+    # -- cancel and read ----------------------------------------------------------------------------
+
+    def cancel(self, caller: Caller, keys: Sequence[tuple[str, str, int]], reason: str) -> CancelOutcome:
+        """Cancel records the caller owns (all or nothing)."""
+        if not keys:
+            raise InvalidRequest.single("keys", "at least one key is required")
+        if len(keys) > self.limits.max_keys_per_cancel:
+            raise InvalidRequest.single("keys", f"at most {self.limits.max_keys_per_cancel} keys per call")
+        if len(reason) > 1000:
+            raise InvalidRequest.single("reason", "longer than 1000 characters")
+        parsed, violations = [], []
+        for i, (state, number, cls) in enumerate(keys):
+            try:
+                parsed.append(parse_key(state, number, cls, field=f"keys[{i}]"))
+            except RecordError as exc:
+                violations.append((exc.field, exc.reason))
+        if violations:
+            raise InvalidRequest(violations)
+        with self._write_lock:
+            outcome = self.store.cancel(caller.member, parsed, reason)
+            if outcome.changed:
+                self.index.apply(outcome.changed, outcome.register_sequence)
+        return outcome
+
+    def get(self, caller: Caller, state: str, number: str, cls: int) -> tuple[StoredRecord, list[RecordChange]]:
+        """One record the caller owns, with its history."""
+        try:
+            key = parse_key(state, number, cls)
+        except RecordError as exc:
+            raise InvalidRequest.single(exc.field, exc.reason) from None
+        return self.store.get_record(caller.member, key)
+
+
+class UploadSession:
+    """One upload in progress: rows are validated as batches arrive and applied only by `commit`."""
+
+    def __init__(self, register: Register, caller: Caller, upload_id: str, mode: UploadMode, description: str) -> None:
+        self.register = register
+        self.caller = caller
+        self.upload_id = upload_id
+        self.mode = mode
+        self.description = description
+        self.received = 0
+        self.rows: list[tuple[int, RecordData]] = []
+        self.rejections: list[Rejection] = []
+        self.protected: list[tuple[int, DocumentKey]] = []
+        self._seen: dict[DocumentKey, int] = {}
+
+    def previous_outcome(self) -> UploadOutcome | None:
+        """The stored answer if this upload id already committed (then nothing more needs to be read)."""
+        return self.register.store.find_upload(self.caller.member, self.upload_id)
+
+    def add(self, batch: Sequence[RawRecord]) -> None:
+        """Validate one batch; bad rows are recorded as rejections, good ones kept for the commit."""
+        limits = self.register.limits
+        if len(batch) > limits.max_records_per_batch:
+            raise InvalidRequest.single(
+                "batch.records", f"{len(batch)} records in one message; at most {limits.max_records_per_batch}"
+            )
+        if self.received + len(batch) > limits.max_rows_per_upload:
+            raise LimitExceeded(
+                f"upload exceeds {limits.max_rows_per_upload} rows; split it into several uploads", field="batch"
+            )
+        for raw in batch:
+            index = self.received
+            self.received += 1
+            try:
+                data = validate_record(
+                    issuing_state=raw.issuing_state,
+                    document_number=raw.document_number,
+                    document_class=raw.document_class,
+                    status=raw.status,
+                    event_date=raw.event_date,
+                    surname=raw.surname,
+                    given_names=raw.given_names,
+                    birth_date=raw.birth_date,
+                    nationality=raw.nationality,
+                    expiry_date=raw.expiry_date,
+                    instructions=raw.instructions,
+                )
+            except RecordError as exc:
+                self.rejections.append(Rejection(index, exc.field, exc.reason))
+                self._protect(index, raw)
+                continue
+            first = self._seen.setdefault(data.key, index)
+            if first != index:
+                self.rejections.append(Rejection(index, "key", f"duplicate of row {first} in this upload"))
+                continue
+            self.rows.append((index, data))
+
+    def _protect(self, index: int, raw: RawRecord) -> None:
+        # A REPLACE_ALL upload must not cancel a record just because this row of it had a bad field.
+        try:
+            key = parse_key(raw.issuing_state, raw.document_number, raw.document_class)
+        except RecordError:
+            return
+        if key.document_class != DocumentClass.UNSPECIFIED:
+            self.protected.append((index, key))
+
+    def commit(self) -> UploadOutcome:
+        """Apply the upload atomically (durable before this returns)."""
+        return self.register._commit_upload(self)

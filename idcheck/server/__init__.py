@@ -1,0 +1,1 @@
+"""gRPC servicers, authentication and roles, interceptors, configuration and the `serve` entry point."""

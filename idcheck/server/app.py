@@ -1,0 +1,145 @@
+"""`idcheck serve`: open the register, start the gRPC server with health and reflection, stop gracefully."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from idcheck.register import Limits, Register
+from idcheck.register.demo import seed_demo
+from idcheck.server.auth import is_loopback
+from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
+from idcheck.server.errors import GuardInterceptor
+from idcheck.server.register import DocumentRegisterServicer
+from idcheck.v1 import register_pb2, register_pb2_grpc
+
+log = logging.getLogger("idcheck.server")
+
+SERVICE_NAMES = (register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"].full_name,)
+
+
+@dataclass
+class RunningServer:
+    """A started server and what it serves."""
+
+    server: grpc.Server
+    register: Register
+    health: health.HealthServicer
+    port: int
+    address: str
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Refuse new calls, let in-flight ones finish within `grace`, then flush and close the register."""
+        for name in (*SERVICE_NAMES, ""):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        self.register.close()
+
+
+def start(config: ServerConfig) -> RunningServer:
+    """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings."""
+    host, port = parse_listen(config.listen)
+    if not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {config.listen}: without TLS the server accepts only loopback addresses "
+            "(127.0.0.1, ::1, localhost), because callers state their own identity in development mode"
+        )
+    limits = Limits(
+        max_queries_per_call=config.max_queries_per_call,
+        max_records_per_batch=config.max_records_per_batch,
+        max_rows_per_upload=config.max_rows_per_upload,
+    )
+    register = Register.open(config.data_dir, limits=limits, audit_interval=config.audit_interval)
+    try:
+        if config.demo and register.sequence == 0:
+            outcomes = seed_demo(register)
+            log.info("seeded demo register: %d records", sum(o.created for o in outcomes))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
+            interceptors=[GuardInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=config.threads * 64,
+        )
+        register_pb2_grpc.add_DocumentRegisterServicer_to_server(DocumentRegisterServicer(register), server)
+        health_servicer = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        bound = server.add_insecure_port(config.listen)
+        if bound == 0:
+            raise ConfigError(f"could not listen on {config.listen} (address in use or not available)")
+        server.start()
+        for name in (*SERVICE_NAMES, ""):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        register.close()
+        raise
+    address = f"{host if ':' not in host else f'[{host}]'}:{bound}"
+    return RunningServer(server, register, health_servicer, bound, address)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `idcheck serve`."""
+    parser = argparse.ArgumentParser(prog="idcheck serve", description="Serve the idcheck register over gRPC.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM."""
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        print(f"idcheck serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    print("idcheck serve: configuration", flush=True)
+    print(config.describe(), flush=True)
+    started = time.perf_counter()
+    try:
+        running = start(config)
+    except ConfigError as exc:
+        print(f"idcheck serve: {exc}", file=sys.stderr)
+        return 2
+    reg = running.register
+    counts = reg.store.count_records()
+    print(
+        f"idcheck serve: register {config.data_dir / 'register.db'}: {len(reg.index)} active records "
+        f"({sum(counts.values())} in all), sequence {reg.sequence}, loaded in {reg.load_seconds:.2f}s",
+        flush=True,
+    )
+    print(
+        f"idcheck serve: serving on {running.address} (insecure, loopback only) "
+        f"in {time.perf_counter() - started:.2f}s; Ctrl-C to stop",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop.wait(3600):
+        pass
+    print(f"idcheck serve: stopping (grace {config.grace_seconds:g}s)", flush=True)
+    running.stop(config.grace_seconds)
+    print("idcheck serve: stopped", flush=True)
+    return 0

@@ -1,0 +1,131 @@
+"""Server configuration: one typed object, filled from flags, then `IDCHECK_*` environment, then a TOML file.
+
+Precedence, highest first: command-line flag, environment variable, TOML file (`--config` or
+`IDCHECK_CONFIG`), built-in default. The effective configuration is printed at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names its source."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `idcheck serve` can be told."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("data")
+    demo: bool = False
+    threads: int = 16
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_queries_per_call: int = 10_000
+    max_records_per_batch: int = 10_000
+    max_rows_per_upload: int = 5_000_000
+    audit_interval: float = 0.2
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def describe(self) -> str:
+        """Human-readable configuration, one setting per line."""
+        return "\n".join(f"  {f.name:<22} {getattr(self, f.name)}" for f in fields(self))
+
+
+_HELP = {
+    "listen": "address to listen on, HOST:PORT (port 0 picks a free one)",
+    "data_dir": "directory of the register database",
+    "demo": "seed a demo register (ICAO specimens and synthetic records) when the data directory is empty",
+    "threads": "gRPC worker threads",
+    "max_message_bytes": "largest request or response message accepted",
+    "max_queries_per_call": "largest manifest accepted by CheckDocuments",
+    "max_records_per_batch": "largest record batch accepted in one upload message",
+    "max_rows_per_upload": "largest upload accepted (rows)",
+    "audit_interval": "seconds between audit log commits",
+    "grace_seconds": "seconds in-flight calls get to finish at shutdown",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register one flag per setting (all default to None so that lower layers can fill them)."""
+    parser.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    for f in fields(ServerConfig):
+        flag = "--" + ("data" if f.name == "data_dir" else f.name.replace("_", "-"))
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=_HELP[f.name])
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=_HELP[f.name])
+
+
+def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Build the configuration from flags, environment and TOML file."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = getattr(args, "config", None) or env.get("IDCHECK_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        try:
+            table = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"configuration file {path}: {exc}") from None
+        table = table.get("server", table)
+        for name, value in table.items():
+            _set(values, name, value, f"{path}")
+    for f in fields(ServerConfig):
+        var = "IDCHECK_" + f.name.upper()
+        if var in env:
+            _set(values, f.name, env[var], var)
+    if args is not None:
+        for f in fields(ServerConfig):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                _set(values, f.name, value, "--" + f.name.replace("_", "-"))
+    return ServerConfig(**values)
+
+
+def _set(values: dict[str, Any], name: str, raw: object, source: str) -> None:
+    types = {f.name: f for f in fields(ServerConfig)}
+    if name not in types:
+        raise ConfigError(f"{source}: unknown setting {name!r} (known: {', '.join(sorted(types))})")
+    default = types[name].default
+    try:
+        if isinstance(default, bool):
+            value: object = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            value = int(str(raw))
+        elif isinstance(default, float):
+            value = float(str(raw))
+        elif isinstance(default, Path):
+            value = Path(str(raw))
+        else:
+            value = str(raw)
+    except ValueError:
+        raise ConfigError(f"{source}: {name} = {raw!r} is not a valid {type(default).__name__}") from None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{source}: {name} must not be negative")
+    values[name] = value
+
+
+def replace(config: ServerConfig, **changes: Any) -> ServerConfig:
+    return dataclasses.replace(config, **changes)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 in brackets)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+__all__: Sequence[str] = ["ConfigError", "ServerConfig", "add_arguments", "load", "parse_listen", "replace"]

@@ -1,0 +1,160 @@
+"""The one place where exceptions become gRPC status codes (with google.rpc details).
+
+`GuardInterceptor` wraps every RPC handler: it authenticates the caller, makes the caller available to
+the servicer, and turns the core's exceptions into precise status codes. Anything unexpected becomes
+INTERNAL with an incident id, logged with its traceback; the message never carries internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from idcheck.register import InvalidRequest, LimitExceeded, UploadAborted
+from idcheck.server.auth import RoleDenied, Unauthenticated, authenticate, is_public, reset_caller, set_caller
+from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "idcheck.v1"
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _bad_request(violations: list[tuple[str, str]]) -> any_pb2.Any:
+    return _pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations[:1000]
+            ]
+        )
+    )
+
+
+def _info(reason: str, **metadata: str) -> any_pb2.Any:
+    return _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+
+
+def to_status(exc: BaseException) -> status_pb2.Status | None:
+    """The status for a known exception, or None when it is not one of ours."""
+    if isinstance(exc, InvalidRequest):
+        return status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[_bad_request(exc.violations)]
+        )
+    if isinstance(exc, AmbiguousKey):
+        return status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[_bad_request([(exc.field, str(exc))])]
+        )
+    if isinstance(exc, LimitExceeded):
+        return status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc), details=[_info("LIMIT_EXCEEDED", field=exc.field)]
+        )
+    if isinstance(exc, NotOwner):
+        return status_pb2.Status(
+            code=code_pb2.PERMISSION_DENIED,
+            message=f"{exc.field}: {exc}" if exc.field else str(exc),
+            details=[_info("NOT_OWNER", field=exc.field)],
+        )
+    if isinstance(exc, RecordNotFound):
+        return status_pb2.Status(
+            code=code_pb2.NOT_FOUND,
+            message=f"{exc.field}: {exc}" if exc.field else str(exc),
+            details=[_info("RECORD_NOT_FOUND", field=exc.field)],
+        )
+    if isinstance(exc, RoleDenied):
+        return status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=str(exc), details=[_info("ROLE_DENIED")])
+    if isinstance(exc, Unauthenticated):
+        return status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=str(exc), details=[_info("NO_IDENTITY")])
+    if isinstance(exc, UploadAborted):
+        return status_pb2.Status(code=code_pb2.ABORTED, message=str(exc), details=[_info("UPLOAD_ABORTED")])
+    return None
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    status = to_status(exc)
+    if status is None:
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error, incident %s", incident, exc_info=exc)
+        status = status_pb2.Status(
+            code=code_pb2.INTERNAL,
+            message=f"internal error (incident {incident}); nothing was changed by this call",
+            details=[_info("INTERNAL", incident=incident)],
+        )
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _is_grpc_termination(exc: BaseException) -> bool:
+    # abort() raises a plain Exception after setting the status; a cancelled request stream raises RpcError.
+    return isinstance(exc, grpc.RpcError) or type(exc) is Exception and not exc.args
+
+
+class GuardInterceptor(grpc.ServerInterceptor):
+    """Authentication, role checks and error mapping for every RPC."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_public(method):
+            return handler
+
+        def guard_unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    token = set_caller(authenticate(method, context))
+                except (Unauthenticated, RoleDenied) as exc:
+                    _abort(context, exc)
+                    return None
+                try:
+                    return behaviour(request, context)
+                except BaseException as exc:
+                    if _is_grpc_termination(exc):
+                        raise
+                    _abort(context, exc)
+                    return None
+                finally:
+                    reset_caller(token)
+
+            return run
+
+        def guard_stream(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+            def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    token = set_caller(authenticate(method, context))
+                except (Unauthenticated, RoleDenied) as exc:
+                    _abort(context, exc)
+                    return
+                try:
+                    yield from behaviour(request, context)
+                except BaseException as exc:
+                    if _is_grpc_termination(exc) or isinstance(exc, GeneratorExit):
+                        raise
+                    _abort(context, exc)
+                finally:
+                    reset_caller(token)
+
+            return run
+
+        if handler.unary_unary:
+            return handler._replace(unary_unary=guard_unary(handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=guard_unary(handler.stream_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=guard_stream(handler.unary_stream))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=guard_stream(handler.stream_stream))
+        return handler

@@ -1,0 +1,216 @@
+"""The DocumentRegister servicer: translates requests into register calls and results into responses.
+
+No business rules here: validation, matching, ownership and atomicity live in idcheck.register and
+idcheck.store; errors are mapped to status codes by idcheck.server.errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from idcheck.register import CheckResult, InvalidRequest, Query, RawRecord, Register, UploadAborted, Verdict
+from idcheck.records import Holder, RecordChange, StoredRecord
+from idcheck.server.auth import current_caller
+from idcheck.uploads import UploadOutcome
+from idcheck.v1 import register_pb2 as pb
+from idcheck.v1 import register_pb2_grpc
+
+
+def query_from_proto(q: pb.DocumentQuery) -> Query:
+    which = q.WhichOneof("query")
+    if which == "mrz":
+        return Query(mrz=q.mrz, client_reference=q.client_reference)
+    t = q.typed
+    return Query(
+        issuing_state=t.issuing_state,
+        document_number=t.document_number,
+        document_class=t.document_class,
+        birth_date=t.birth_date,
+        client_reference=q.client_reference,
+    )
+
+
+def holder_to_proto(h: Holder) -> pb.HolderData:
+    return pb.HolderData(
+        surname=h.surname,
+        given_names=h.given_names,
+        birth_date=h.birth_date,
+        nationality=h.nationality,
+        expiry_date=h.expiry_date,
+    )
+
+
+def record_to_proto(r: StoredRecord) -> pb.Record:
+    d = r.data
+    return pb.Record(
+        key=pb.DocumentKey(
+            issuing_state=d.key.issuing_state, document_number=d.number_printed, document_class=int(d.key.document_class)
+        ),
+        status=int(d.status),
+        event_date=d.event_date,
+        holder=holder_to_proto(d.holder),
+        instructions=d.instructions,
+        owner_member=r.owner,
+        record_id=r.record_id,
+        recorded_at=r.recorded_at,
+        sequence=r.sequence,
+    )
+
+
+def result_to_proto(r: CheckResult) -> pb.DocumentResult:
+    lookup = r.query.lookup
+    out = pb.DocumentResult(
+        verdict=int(r.verdict),
+        query_id=r.query_id,
+        client_reference=r.query.client_reference,
+        officer_action=r.officer_action,
+        searched_key=pb.DocumentKey(
+            issuing_state=lookup.issuing_state, document_number=lookup.number, document_class=int(lookup.document_class)
+        ),
+    )
+    for m in r.matches:
+        rec, d = m.record, m.record.data
+        out.matches.append(
+            pb.Match(
+                kind=int(m.kind),
+                record_id=rec.record_id,
+                key=pb.DocumentKey(
+                    issuing_state=d.key.issuing_state,
+                    document_number=d.number_printed,
+                    document_class=int(d.key.document_class),
+                ),
+                status=int(d.status),
+                owner_member=rec.owner,
+                event_date=d.event_date,
+                instructions=d.instructions,
+                holder=holder_to_proto(d.holder),
+            )
+        )
+    mrz = r.query.mrz
+    if mrz is not None:
+        out.mrz.CopyFrom(
+            pb.MrzReading(
+                format=str(mrz.format),
+                document_type=mrz.document_type,
+                issuing_state=mrz.issuing_state,
+                document_number=mrz.document_number,
+                nationality=mrz.nationality,
+                birth_date=mrz.birth_date,
+                sex=mrz.sex,
+                expiry_date=mrz.expiry_date,
+                surname=mrz.surname,
+                given_names=mrz.given_names,
+                checks=[pb.CheckDigitResult(name=n, valid=ok) for n, ok in mrz.checks.items()],
+                checks_valid=mrz.valid,
+            )
+        )
+    return out
+
+
+def outcome_to_proto(o: UploadOutcome) -> pb.UploadRecordsResponse:
+    return pb.UploadRecordsResponse(
+        upload_id=o.upload_id,
+        received=o.received,
+        accepted=o.accepted,
+        rejected=o.rejected,
+        created=o.created,
+        updated=o.updated,
+        unchanged=o.unchanged,
+        cancelled=o.cancelled,
+        rejected_rows=[pb.RejectedRow(row_index=r.row_index, field=r.field, reason=r.reason) for r in o.rejections],
+        register_sequence=o.register_sequence,
+        replayed=o.replayed,
+    )
+
+
+def change_to_proto(c: RecordChange) -> pb.RecordChange:
+    return pb.RecordChange(
+        sequence=c.sequence,
+        operation=c.operation,
+        status=int(c.status),
+        actor_member=c.actor,
+        changed_at=c.changed_at,
+        upload_id=c.upload_id,
+        reason=c.reason,
+    )
+
+
+def raw_record(r: pb.Record) -> RawRecord:
+    k, h = r.key, r.holder
+    return RawRecord(
+        issuing_state=k.issuing_state,
+        document_number=k.document_number,
+        document_class=k.document_class,
+        status=r.status,
+        event_date=r.event_date,
+        surname=h.surname,
+        given_names=h.given_names,
+        birth_date=h.birth_date,
+        nationality=h.nationality,
+        expiry_date=h.expiry_date,
+        instructions=r.instructions,
+    )
+
+
+class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
+    """gRPC face of the register."""
+
+    def __init__(self, register: Register) -> None:
+        self.register = register
+
+    def CheckDocument(self, request: pb.CheckDocumentRequest, context: grpc.ServicerContext) -> pb.CheckDocumentResponse:
+        if not request.HasField("query"):
+            raise InvalidRequest.single("query", "a query (typed or mrz) is required")
+        results, seq = self.register.check(current_caller(), [query_from_proto(request.query)], field="query")
+        return pb.CheckDocumentResponse(result=result_to_proto(results[0]), register_sequence=seq)
+
+    def CheckDocuments(
+        self, request: pb.CheckDocumentsRequest, context: grpc.ServicerContext
+    ) -> pb.CheckDocumentsResponse:
+        results, seq = self.register.check(current_caller(), [query_from_proto(q) for q in request.queries])
+        counts = {v: 0 for v in Verdict}
+        for r in results:
+            counts[r.verdict] += 1
+        return pb.CheckDocumentsResponse(
+            results=[result_to_proto(r) for r in results],
+            register_sequence=seq,
+            hits=counts[Verdict.HIT],
+            possible_matches=counts[Verdict.POSSIBLE_MATCH],
+            clear=counts[Verdict.CLEAR],
+        )
+
+    def UploadRecords(
+        self, request_iterator: Iterator[pb.UploadRecordsRequest], context: grpc.ServicerContext
+    ) -> pb.UploadRecordsResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise InvalidRequest.single("header", "the first message of an upload must be its header")
+        h = first.header
+        session = self.register.begin_upload(current_caller(), h.upload_id, h.mode, h.description)
+        previous = session.previous_outcome()
+        if previous is not None:
+            return outcome_to_proto(previous)
+        for n, message in enumerate(request_iterator, start=1):
+            if message.WhichOneof("item") != "batch":
+                raise InvalidRequest.single(f"messages[{n}]", "only the first message may be a header")
+            session.add([raw_record(r) for r in message.batch.records])
+        # The request iterator also ends when the call was cancelled or timed out: never commit then.
+        if not context.is_active():
+            raise UploadAborted("the upload stream did not end cleanly; nothing was applied")
+        return outcome_to_proto(session.commit())
+
+    def CancelRecords(self, request: pb.CancelRecordsRequest, context: grpc.ServicerContext) -> pb.CancelRecordsResponse:
+        keys = [(k.issuing_state, k.document_number, k.document_class) for k in request.keys]
+        outcome = self.register.cancel(current_caller(), keys, request.reason)
+        return pb.CancelRecordsResponse(
+            cancelled=outcome.cancelled,
+            already_cancelled=outcome.already_cancelled,
+            register_sequence=outcome.register_sequence,
+        )
+
+    def GetRecord(self, request: pb.GetRecordRequest, context: grpc.ServicerContext) -> pb.GetRecordResponse:
+        k = request.key
+        record, history = self.register.get(current_caller(), k.issuing_state, k.document_number, k.document_class)
+        return pb.GetRecordResponse(record=record_to_proto(record), history=[change_to_proto(c) for c in history])

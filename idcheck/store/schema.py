@@ -1,0 +1,116 @@
+"""Schema of the register database and its forward migrations.
+
+The schema version lives in the database (`meta.schema_version`). Each migration is applied once, in
+order, inside its own transaction; a database newer than this code is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Each entry takes the database from version i to i+1. Never edit a released entry: append a new one.
+MIGRATIONS: list[str] = [
+    # 0 -> 1: records, change log, uploads, audit log.
+    """
+    CREATE TABLE records (
+        record_id        INTEGER PRIMARY KEY,
+        issuing_state    TEXT    NOT NULL,
+        number_canonical TEXT    NOT NULL,
+        doc_class        INTEGER NOT NULL,
+        number_printed   TEXT    NOT NULL,
+        owner            TEXT    NOT NULL,
+        status           INTEGER NOT NULL,
+        event_date       TEXT    NOT NULL,
+        surname          TEXT    NOT NULL DEFAULT '',
+        given_names      TEXT    NOT NULL DEFAULT '',
+        birth_date       TEXT    NOT NULL DEFAULT '',
+        nationality      TEXT    NOT NULL DEFAULT '',
+        expiry_date      TEXT    NOT NULL DEFAULT '',
+        instructions     TEXT    NOT NULL DEFAULT '',
+        recorded_at      TEXT    NOT NULL,
+        seq              INTEGER NOT NULL,
+        UNIQUE (issuing_state, number_canonical, doc_class)
+    );
+    CREATE INDEX records_owner_status ON records (owner, status);
+
+    -- The change log: every accepted change gets the next sequence number.
+    CREATE TABLE changes (
+        seq        INTEGER PRIMARY KEY,
+        record_id  INTEGER NOT NULL REFERENCES records (record_id),
+        op         TEXT    NOT NULL CHECK (op IN ('CREATED', 'UPDATED', 'CANCELLED')),
+        status     INTEGER NOT NULL,
+        actor      TEXT    NOT NULL,
+        upload_id  TEXT    NOT NULL DEFAULT '',
+        reason     TEXT    NOT NULL DEFAULT '',
+        changed_at TEXT    NOT NULL
+    );
+    CREATE INDEX changes_record ON changes (record_id, seq);
+
+    -- One row per committed upload; `result` is the JSON answer returned to the uploader, replayed when
+    -- the same upload id is sent again.
+    CREATE TABLE uploads (
+        member       TEXT    NOT NULL,
+        upload_id    TEXT    NOT NULL,
+        mode         TEXT    NOT NULL,
+        description  TEXT    NOT NULL DEFAULT '',
+        received     INTEGER NOT NULL,
+        accepted     INTEGER NOT NULL,
+        rejected     INTEGER NOT NULL,
+        first_seq    INTEGER,
+        last_seq     INTEGER,
+        committed_at TEXT    NOT NULL,
+        result       TEXT    NOT NULL,
+        PRIMARY KEY (member, upload_id)
+    );
+
+    -- One row per checked document.
+    CREATE TABLE audit (
+        audit_id       INTEGER PRIMARY KEY,
+        query_id       TEXT    NOT NULL,
+        at             TEXT    NOT NULL,
+        caller_member  TEXT    NOT NULL,
+        caller_role    TEXT    NOT NULL,
+        peer           TEXT    NOT NULL DEFAULT '',
+        query_kind     TEXT    NOT NULL,
+        issuing_state  TEXT    NOT NULL DEFAULT '',
+        document_number TEXT   NOT NULL DEFAULT '',
+        verdict        TEXT    NOT NULL,
+        matched_records TEXT   NOT NULL DEFAULT '',
+        register_seq   INTEGER NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(RuntimeError):
+    """The database cannot be used by this version of idcheck."""
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """Schema version stored in the database (0 for an empty one)."""
+    has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    if not has_meta:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; returns the version it was at before."""
+    before = current_version(conn)
+    if before > SCHEMA_VERSION:
+        raise SchemaError(
+            f"database schema version {before} is newer than this idcheck ({SCHEMA_VERSION}); upgrade idcheck"
+        )
+    for version in range(before, SCHEMA_VERSION):
+        # executescript() commits any open transaction first; wrap each step in its own.
+        conn.executescript(
+            "BEGIN IMMEDIATE;\n"
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+            + MIGRATIONS[version]
+            + f"\nINSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '{version + 1}');\nCOMMIT;"
+        )
+    return before

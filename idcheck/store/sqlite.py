@@ -1,0 +1,555 @@
+"""The durable register: SQLite in WAL mode, the source of truth for records, the change log and uploads.
+
+Durability: the write connection runs with `journal_mode=WAL` and `synchronous=FULL`. In WAL mode FULL
+makes every COMMIT fsync the write-ahead log before it returns, so a change is on stable storage before
+the server acknowledges it: neither a process crash nor a power cut can lose an acknowledged write.
+(`NORMAL` would only survive a process crash; the last commits could vanish with the power.) Checks
+never read SQLite: they are answered from the in-memory index derived from it.
+
+All changes go through one write connection under one lock, so sequence numbers are assigned without
+gaps and in commit order. An upload is applied in a single transaction with set-based SQL over a staging
+table, which keeps a million-row upload in the order of seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from idcheck.icao import DocumentClass
+from idcheck.records import DocumentKey, Holder, RecordChange, RecordData, RecordStatus, StoredRecord
+from idcheck.store.errors import AmbiguousKey, NotOwner, RecordNotFound
+from idcheck.store.schema import migrate
+from idcheck.uploads import Rejection, UploadMode, UploadOutcome
+
+CANCELLED = int(RecordStatus.CANCELLED)
+
+_RECORD_COLUMNS = (
+    "record_id, issuing_state, number_canonical, doc_class, number_printed, owner, status, event_date, "
+    "surname, given_names, birth_date, nationality, expiry_date, instructions, recorded_at, seq"
+)
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staging (
+    row_index        INTEGER PRIMARY KEY,
+    issuing_state    TEXT    NOT NULL,
+    number_canonical TEXT    NOT NULL,
+    doc_class        INTEGER NOT NULL,
+    number_printed   TEXT    NOT NULL DEFAULT '',
+    status           INTEGER NOT NULL DEFAULT 0,
+    event_date       TEXT    NOT NULL DEFAULT '',
+    surname          TEXT    NOT NULL DEFAULT '',
+    given_names      TEXT    NOT NULL DEFAULT '',
+    birth_date       TEXT    NOT NULL DEFAULT '',
+    nationality      TEXT    NOT NULL DEFAULT '',
+    expiry_date      TEXT    NOT NULL DEFAULT '',
+    instructions     TEXT    NOT NULL DEFAULT '',
+    -- 0: row to apply; 1: rejected before the store, key kept only to protect it from REPLACE_ALL;
+    -- 2: rejected by the store (owned by another member, or cancelling an unknown record).
+    kind             INTEGER NOT NULL DEFAULT 0,
+    record_id        INTEGER,
+    existing_owner   TEXT,
+    differs          INTEGER NOT NULL DEFAULT 0,
+    op               INTEGER NOT NULL DEFAULT 0,  -- 0 unchanged, 1 create, 2 update
+    seq              INTEGER
+);
+CREATE INDEX IF NOT EXISTS staging_key ON staging (issuing_state, number_canonical, doc_class);
+CREATE TEMP TABLE IF NOT EXISTS replaced (record_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC timestamp with milliseconds, as stored everywhere in the register."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One checked document, as written to the audit log."""
+
+    query_id: str
+    at: str
+    caller_member: str
+    caller_role: str
+    peer: str
+    query_kind: str
+    issuing_state: str
+    document_number: str
+    verdict: str
+    matched_records: str
+    register_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """What a cancel did, and the records it changed (in sequence order)."""
+
+    cancelled: int
+    already_cancelled: int
+    register_sequence: int
+    changed: tuple[StoredRecord, ...]
+
+
+def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open the register database with the settings every connection needs."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+    return conn
+
+
+class RegisterStore:
+    """Durable records, change log, uploads and audit log in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = connect(self.path)
+        migrate(self._conn)
+        self._conn.executescript(_STAGING)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._last_seq = self._query_last_seq(self._conn)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence number of the last committed change (0 for an empty register)."""
+        return self._last_seq
+
+    @staticmethod
+    def _query_last_seq(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def iter_records(self, *, active_only: bool = True, batch_size: int = 50_000) -> Iterator[StoredRecord]:
+        """Every record (by default only those that can hit), in record id order, for rebuilding the index."""
+        where = f"WHERE status <> {CANCELLED}" if active_only else ""
+        conn = self._reader()
+        conn.execute("BEGIN")  # one consistent snapshot across batches
+        try:
+            cur = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM records {where} ORDER BY record_id")
+            while rows := cur.fetchmany(batch_size):
+                yield from map(_row_to_record, rows)
+        finally:
+            conn.execute("COMMIT")
+
+    def count_records(self) -> dict[str, int]:
+        """Record counts by status name."""
+        rows = self._reader().execute("SELECT status, COUNT(*) FROM records GROUP BY status").fetchall()
+        return {RecordStatus(s).name: int(n) for s, n in rows}
+
+    def find_upload(self, member: str, upload_id: str) -> UploadOutcome | None:
+        """The stored outcome of a committed upload, or None."""
+        row = self._reader().execute(
+            "SELECT result FROM uploads WHERE member = ? AND upload_id = ?", (member, upload_id)
+        ).fetchone()
+        return UploadOutcome.from_json(row[0], replayed=True) if row else None
+
+    def get_record(self, member: str, key: DocumentKey) -> tuple[StoredRecord, list[RecordChange]]:
+        """One record and its history; only its owner may read it."""
+        conn = self._reader()
+        record = self._resolve(conn, key, "key")
+        if record.owner != member:
+            raise NotOwner("the record is owned by another member", field="key")
+        rows = conn.execute(
+            "SELECT seq, op, status, actor, changed_at, upload_id, reason FROM changes "
+            "WHERE record_id = ? ORDER BY seq",
+            (record.record_id,),
+        ).fetchall()
+        history = [RecordChange(s, op, RecordStatus(st), a, at, u, r) for s, op, st, a, at, u, r in rows]
+        return record, history
+
+    def changes_since(self, seq: int) -> list[StoredRecord]:
+        """Current state of every record changed after `seq`, in sequence order (for catching up an index)."""
+        rows = self._reader().execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN "
+            "(SELECT DISTINCT record_id FROM changes WHERE seq > ?) ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        return [_row_to_record(r) for r in rows]
+
+    def audit_rows(self, *, limit: int = 1000) -> list[AuditRow]:
+        """The most recent audit rows, newest last."""
+        rows = self._reader().execute(
+            "SELECT query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
+            "document_number, verdict, matched_records, register_seq FROM "
+            "(SELECT * FROM audit ORDER BY audit_id DESC LIMIT ?) ORDER BY audit_id",
+            (limit,),
+        ).fetchall()
+        return [AuditRow(*r) for r in rows]
+
+    def audit_count(self) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def commit_upload(
+        self,
+        member: str,
+        upload_id: str,
+        mode: UploadMode,
+        description: str,
+        rows: Sequence[tuple[int, RecordData]],
+        rejections: Sequence[Rejection],
+        protected_keys: Sequence[tuple[int, DocumentKey]],
+        received: int,
+    ) -> tuple[UploadOutcome, list[StoredRecord]]:
+        """Apply one upload atomically and durably.
+
+        `rows` are the validated rows with their index in the upload; `rejections` the rows refused before
+        reaching the store; `protected_keys` the keys of those rejected rows that could be read, which a
+        REPLACE_ALL upload must not cancel (the member meant to keep them). Rows that touch another
+        member's record are rejected here. Returns the outcome and the changed records in sequence order.
+        If the upload id already committed, nothing is applied and the stored outcome is returned.
+        """
+        now = utc_now()
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                prior = conn.execute(
+                    "SELECT result FROM uploads WHERE member = ? AND upload_id = ?", (member, upload_id)
+                ).fetchone()
+                if prior:
+                    conn.execute("ROLLBACK")
+                    return UploadOutcome.from_json(prior[0], replayed=True), []
+                outcome, changed = self._apply_upload(
+                    conn, member, upload_id, mode, description, rows, rejections, protected_keys, received, now
+                )
+                conn.execute(
+                    "INSERT INTO uploads (member, upload_id, mode, description, received, accepted, rejected, "
+                    "first_seq, last_seq, committed_at, result) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        member,
+                        upload_id,
+                        mode.name,
+                        description,
+                        received,
+                        outcome.accepted,
+                        outcome.rejected,
+                        changed[0].sequence if changed else None,
+                        changed[-1].sequence if changed else None,
+                        now,
+                        outcome.to_json(),
+                    ),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                conn.execute("DELETE FROM staging")
+                conn.execute("DELETE FROM replaced")
+            self._last_seq = outcome.register_sequence
+            return outcome, changed
+
+    def _apply_upload(
+        self,
+        conn: sqlite3.Connection,
+        member: str,
+        upload_id: str,
+        mode: UploadMode,
+        description: str,
+        rows: Sequence[tuple[int, RecordData]],
+        rejections: Sequence[Rejection],
+        protected_keys: Sequence[tuple[int, DocumentKey]],
+        received: int,
+        now: str,
+    ) -> tuple[UploadOutcome, list[StoredRecord]]:
+        base = self._query_last_seq(conn)
+        conn.executemany(
+            "INSERT INTO staging (row_index, issuing_state, number_canonical, doc_class, number_printed, status, "
+            "event_date, surname, given_names, birth_date, nationality, expiry_date, instructions) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                (
+                    i,
+                    r.key.issuing_state,
+                    r.key.number,
+                    int(r.key.document_class),
+                    r.number_printed,
+                    int(r.status),
+                    r.event_date,
+                    r.holder.surname,
+                    r.holder.given_names,
+                    r.holder.birth_date,
+                    r.holder.nationality,
+                    r.holder.expiry_date,
+                    r.instructions,
+                )
+                for i, r in rows
+            ),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO staging (row_index, issuing_state, number_canonical, doc_class, kind) "
+            "VALUES (?,?,?,?,1)",
+            ((i, k.issuing_state, k.number, int(k.document_class)) for i, k in protected_keys),
+        )
+        conn.execute(
+            """
+            UPDATE staging SET record_id = r.record_id, existing_owner = r.owner,
+                differs = (r.number_printed IS NOT staging.number_printed OR r.status IS NOT staging.status
+                    OR r.event_date IS NOT staging.event_date OR r.surname IS NOT staging.surname
+                    OR r.given_names IS NOT staging.given_names OR r.birth_date IS NOT staging.birth_date
+                    OR r.nationality IS NOT staging.nationality OR r.expiry_date IS NOT staging.expiry_date
+                    OR r.instructions IS NOT staging.instructions)
+            FROM records AS r
+            WHERE r.issuing_state = staging.issuing_state AND r.number_canonical = staging.number_canonical
+              AND r.doc_class = staging.doc_class
+            """
+        )
+        store_rejections = [
+            Rejection(i, "key", "the document is recorded by another member; only its owner may change it")
+            for (i,) in conn.execute(
+                "SELECT row_index FROM staging WHERE kind = 0 AND existing_owner IS NOT NULL AND existing_owner <> ?",
+                (member,),
+            )
+        ]
+        store_rejections += [
+            Rejection(i, "status", "CANCELLED given for a document that has no record to cancel")
+            for (i,) in conn.execute(
+                f"SELECT row_index FROM staging WHERE kind = 0 AND record_id IS NULL AND status = {CANCELLED}"
+            )
+        ]
+        if store_rejections:
+            conn.executemany("UPDATE staging SET kind = 2 WHERE row_index = ?", ((r.row_index,) for r in store_rejections))
+        conn.execute(
+            "UPDATE staging SET op = CASE WHEN record_id IS NULL THEN 1 WHEN differs THEN 2 ELSE 0 END WHERE kind = 0"
+        )
+        conn.execute(
+            """
+            UPDATE staging SET seq = ? + x.rn
+            FROM (SELECT row_index AS ri, ROW_NUMBER() OVER (ORDER BY row_index) AS rn
+                  FROM staging WHERE kind = 0 AND op IN (1, 2)) AS x
+            WHERE staging.row_index = x.ri
+            """,
+            (base,),
+        )
+        conn.execute(
+            """
+            INSERT INTO records (issuing_state, number_canonical, doc_class, number_printed, owner, status,
+                event_date, surname, given_names, birth_date, nationality, expiry_date, instructions,
+                recorded_at, seq)
+            SELECT issuing_state, number_canonical, doc_class, number_printed, ?, status, event_date, surname,
+                given_names, birth_date, nationality, expiry_date, instructions, ?, seq
+            FROM staging WHERE kind = 0 AND op = 1 ORDER BY row_index
+            """,
+            (member, now),
+        )
+        conn.execute(
+            """
+            UPDATE staging SET record_id = r.record_id FROM records AS r
+            WHERE staging.kind = 0 AND staging.op = 1 AND r.issuing_state = staging.issuing_state
+              AND r.number_canonical = staging.number_canonical AND r.doc_class = staging.doc_class
+            """
+        )
+        conn.execute(
+            """
+            UPDATE records SET number_printed = s.number_printed, status = s.status, event_date = s.event_date,
+                surname = s.surname, given_names = s.given_names, birth_date = s.birth_date,
+                nationality = s.nationality, expiry_date = s.expiry_date, instructions = s.instructions,
+                seq = s.seq
+            FROM staging AS s WHERE s.kind = 0 AND s.op = 2 AND records.record_id = s.record_id
+            """
+        )
+        conn.execute(
+            f"""
+            INSERT INTO changes (seq, record_id, op, status, actor, upload_id, reason, changed_at)
+            SELECT seq, record_id,
+                CASE WHEN op = 1 THEN 'CREATED' WHEN status = {CANCELLED} THEN 'CANCELLED' ELSE 'UPDATED' END,
+                status, ?, ?, ?, ?
+            FROM staging WHERE kind = 0 AND op IN (1, 2)
+            """,
+            (member, upload_id, description, now),
+        )
+        counts = dict(
+            conn.execute("SELECT op, COUNT(*) FROM staging WHERE kind = 0 GROUP BY op").fetchall()
+        )
+        created, updated, unchanged = counts.get(1, 0), counts.get(2, 0), counts.get(0, 0)
+        next_seq = base + created + updated
+        cancelled = 0
+        if mode == UploadMode.REPLACE_ALL:
+            conn.execute(
+                f"""
+                INSERT INTO replaced (record_id, seq)
+                SELECT record_id, ? + ROW_NUMBER() OVER (ORDER BY record_id) FROM records AS r
+                WHERE r.owner = ? AND r.status <> {CANCELLED} AND NOT EXISTS (
+                    SELECT 1 FROM staging AS s WHERE s.kind IN (0, 1) AND s.issuing_state = r.issuing_state
+                      AND s.number_canonical = r.number_canonical AND s.doc_class = r.doc_class)
+                """,
+                (next_seq, member),
+            )
+            conn.execute(
+                f"UPDATE records SET status = {CANCELLED}, seq = x.seq FROM replaced AS x "
+                "WHERE records.record_id = x.record_id"
+            )
+            cur = conn.execute(
+                f"""
+                INSERT INTO changes (seq, record_id, op, status, actor, upload_id, reason, changed_at)
+                SELECT seq, record_id, 'CANCELLED', {CANCELLED}, ?, ?, ?, ? FROM replaced
+                """,
+                (member, upload_id, "not in REPLACE_ALL upload", now),
+            )
+            cancelled = cur.rowcount
+        changed = [
+            _row_to_record(r)
+            for r in conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN "
+                "(SELECT record_id FROM staging WHERE kind = 0 AND op IN (1, 2) "
+                " UNION ALL SELECT record_id FROM replaced) ORDER BY seq"
+            )
+        ]
+        all_rejections = tuple(sorted([*rejections, *store_rejections], key=lambda r: r.row_index))
+        outcome = UploadOutcome(
+            upload_id=upload_id,
+            received=received,
+            accepted=created + updated + unchanged,
+            created=created,
+            updated=updated,
+            unchanged=unchanged,
+            cancelled=cancelled,
+            register_sequence=next_seq + cancelled,
+            rejections=all_rejections,
+        )
+        return outcome, changed
+
+    def cancel(self, member: str, keys: Sequence[DocumentKey], reason: str) -> CancelOutcome:
+        """Cancel records the member owns; all or nothing (unknown key or another owner: nothing changes)."""
+        now = utc_now()
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                targets: dict[int, StoredRecord] = {}
+                for i, key in enumerate(keys):
+                    record = self._resolve(conn, key, f"keys[{i}]")
+                    if record.owner != member:
+                        raise NotOwner("the record is owned by another member", field=f"keys[{i}]")
+                    targets[record.record_id] = record
+                seq = self._query_last_seq(conn)
+                already = 0
+                changed_ids: list[int] = []
+                for record in targets.values():
+                    if record.data.status == RecordStatus.CANCELLED:
+                        already += 1
+                        continue
+                    seq += 1
+                    conn.execute(
+                        f"UPDATE records SET status = {CANCELLED}, seq = ? WHERE record_id = ?",
+                        (seq, record.record_id),
+                    )
+                    conn.execute(
+                        "INSERT INTO changes (seq, record_id, op, status, actor, reason, changed_at) "
+                        "VALUES (?, ?, 'CANCELLED', ?, ?, ?, ?)",
+                        (seq, record.record_id, CANCELLED, member, reason, now),
+                    )
+                    changed_ids.append(record.record_id)
+                changed = self._records_by_id(conn, changed_ids)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._last_seq = seq
+            return CancelOutcome(len(changed_ids), already, seq, tuple(changed))
+
+    def write_audit(self, rows: Iterable[AuditRow], conn: sqlite3.Connection | None = None) -> None:
+        """Append audit rows in one transaction (called by the audit writer on its own connection)."""
+        c = conn or self._conn
+        c.execute("BEGIN")
+        try:
+            c.executemany(
+                "INSERT INTO audit (query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
+                "document_number, verdict, matched_records, register_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    (
+                        r.query_id,
+                        r.at,
+                        r.caller_member,
+                        r.caller_role,
+                        r.peer,
+                        r.query_kind,
+                        r.issuing_state,
+                        r.document_number,
+                        r.verdict,
+                        r.matched_records,
+                        r.register_seq,
+                    )
+                    for r in rows
+                ),
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve(conn: sqlite3.Connection, key: DocumentKey, field: str) -> StoredRecord:
+        if key.document_class == DocumentClass.UNSPECIFIED:
+            rows = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE issuing_state = ? AND number_canonical = ?",
+                (key.issuing_state, key.number),
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records "
+                "WHERE issuing_state = ? AND number_canonical = ? AND doc_class = ?",
+                (key.issuing_state, key.number, int(key.document_class)),
+            ).fetchall()
+        if not rows:
+            raise RecordNotFound(f"no record for {key.issuing_state} {key.number}", field=field)
+        if len(rows) > 1:
+            raise AmbiguousKey(
+                f"{key.issuing_state} {key.number} is recorded under several document classes; give the class",
+                field=f"{field}.document_class",
+            )
+        return _row_to_record(rows[0])
+
+    @staticmethod
+    def _records_by_id(conn: sqlite3.Connection, ids: Sequence[int]) -> list[StoredRecord]:
+        if not ids:
+            return []
+        out: list[StoredRecord] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out += map(
+                _row_to_record,
+                conn.execute(f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN ({marks})", chunk),
+            )
+        out.sort(key=lambda r: r.sequence)
+        return out
+
+
+def _row_to_record(row: Sequence[object]) -> StoredRecord:
+    (rid, state, number, cls, printed, owner, status, event, sur, given, birth, nat, exp, instr, at, seq) = row
+    data = RecordData(
+        key=DocumentKey(str(state), str(number), DocumentClass(int(cls))),  # type: ignore[call-overload]
+        number_printed=str(printed),
+        status=RecordStatus(int(status)),  # type: ignore[call-overload]
+        event_date=str(event),
+        holder=Holder(str(sur), str(given), str(birth), str(nat), str(exp)),
+        instructions=str(instr),
+    )
+    return StoredRecord(int(rid), data, str(owner), str(at), int(seq))  # type: ignore[call-overload]

@@ -1,0 +1,56 @@
+"""Upload values shared by the register, the store and the wire: modes, rejected rows, outcomes."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+
+
+class UploadMode(enum.IntEnum):
+    """How an upload relates to the member's other records. Values match `idcheck.v1.UploadMode`."""
+
+    UNSPECIFIED = 0
+    INCREMENTAL = 1
+    REPLACE_ALL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One rejected row of an upload: its 0-based index in the whole upload, the field and why."""
+
+    row_index: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadOutcome:
+    """What an upload did. Stored with the upload so that a re-sent upload id gets the same answer."""
+
+    upload_id: str
+    received: int
+    accepted: int
+    created: int
+    updated: int
+    unchanged: int
+    cancelled: int
+    register_sequence: int
+    rejections: tuple[Rejection, ...] = field(default_factory=tuple)
+    replayed: bool = False
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejections)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["rejections"] = [[r.row_index, r.field, r.reason] for r in self.rejections]
+        d.pop("replayed")
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, *, replayed: bool = False) -> UploadOutcome:
+        d = json.loads(text)
+        d["rejections"] = tuple(Rejection(int(i), f, r) for i, f, r in d["rejections"])
+        return cls(**d, replayed=replayed)

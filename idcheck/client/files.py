@@ -1,0 +1,164 @@
+"""Reading record files and passenger manifests (CSV, Parquet, Arrow IPC) in bounded chunks with pyarrow.
+
+Record files have one row per document with the columns below; names are case-insensitive and the
+optional ones may be missing. Manifests have either an `mrz` column or `issuing_state` and
+`document_number` columns (plus optional `document_class`, `birth_date`, `reference`).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from idcheck.v1 import register_pb2 as pb
+
+RECORD_COLUMNS = (
+    "issuing_state",
+    "document_number",
+    "document_class",
+    "status",
+    "event_date",
+    "surname",
+    "given_names",
+    "birth_date",
+    "nationality",
+    "expiry_date",
+    "instructions",
+)
+REQUIRED_RECORD_COLUMNS = ("issuing_state", "document_number", "document_class", "status", "event_date")
+
+_CLASS_NAMES = {
+    "": 0, "UNSPECIFIED": 0, "PASSPORT": 1, "P": 1, "ID_CARD": 2, "ID": 2, "IDCARD": 2, "I": 2, "ID CARD": 2,
+    "VISA": 3, "V": 3, "OTHER": 4, "O": 4,
+}
+_STATUS_NAMES = {s: pb.RecordStatus.Value(f"RECORD_STATUS_{s}") for s in
+                 ("LOST", "STOLEN", "STOLEN_BLANK", "REVOKED", "INVALIDATED", "CANCELLED")}
+
+
+class FileFormatError(ValueError):
+    """A file that cannot be read as records or a manifest; the message says why."""
+
+
+def document_class_value(text: str) -> int:
+    """'passport', 'P', 'id_card', 'visa', '1' ... -> the DocumentClass number (-1 when unknown)."""
+    t = text.strip().upper().replace("-", "_")
+    if t.isdigit():
+        return int(t)
+    return _CLASS_NAMES.get(t, _CLASS_NAMES.get(t.replace("DOCUMENT_CLASS_", ""), -1))
+
+
+def status_value(text: str) -> int:
+    """'stolen', 'STOLEN_BLANK', '2' ... -> the RecordStatus number (-1 when unknown)."""
+    t = text.strip().upper().replace("-", "_").replace(" ", "_").removeprefix("RECORD_STATUS_")
+    if t.isdigit():
+        return int(t)
+    return _STATUS_NAMES.get(t, -1)
+
+
+def iter_tables(path: Path, *, chunk_rows: int = 5000) -> Iterator[pa.Table]:
+    """The file as tables of at most about `chunk_rows` rows, all columns as strings, names lower-cased."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            batches: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+        elif suffix in (".arrow", ".feather", ".ipc"):
+            reader = ipc.open_file(path)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        elif suffix in (".csv", ".txt"):
+            # Every column is read as text: document numbers such as 012345678 must keep their zeros.
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                header = next(csv.reader(fh), [])
+            if not header:
+                raise FileFormatError(f"{path}: empty file (expected a header row)")
+            batches = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=1 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    strings_can_be_null=False, column_types={name: pa.string() for name in header}
+                ),
+            )
+        else:
+            raise FileFormatError(f"{path}: unknown file type {suffix!r} (use .csv, .parquet or .arrow)")
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            table = table.rename_columns([c.strip().lower() for c in table.column_names])
+            table = table.cast(pa.schema([pa.field(c, pa.string()) for c in table.column_names]))
+            for start in range(0, table.num_rows, chunk_rows):
+                yield table.slice(start, chunk_rows)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path}: {exc}") from None
+
+
+def _columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, list[str]]:
+    n = table.num_rows
+    return {c: [v or "" for v in table.column(c).to_pylist()] if c in table.column_names else [""] * n for c in names}
+
+
+def read_records(path: Path, *, chunk_rows: int = 5000) -> Iterator[list[pb.Record]]:
+    """Record batches for an upload. Unknown class or status names are sent as -1 so the server rejects the
+    row with a reason (the row stays in the upload's numbering)."""
+    for table in iter_tables(path, chunk_rows=chunk_rows):
+        missing = [c for c in REQUIRED_RECORD_COLUMNS if c not in table.column_names]
+        if missing:
+            raise FileFormatError(f"{path}: missing column(s) {', '.join(missing)}; have {', '.join(table.column_names)}")
+        cols = _columns(table, RECORD_COLUMNS)
+        batch = []
+        for i in range(table.num_rows):
+            batch.append(
+                pb.Record(
+                    key=pb.DocumentKey(
+                        issuing_state=cols["issuing_state"][i],
+                        document_number=cols["document_number"][i],
+                        document_class=max(-1, document_class_value(cols["document_class"][i])),
+                    ),
+                    status=status_value(cols["status"][i]),
+                    event_date=cols["event_date"][i],
+                    holder=pb.HolderData(
+                        surname=cols["surname"][i],
+                        given_names=cols["given_names"][i],
+                        birth_date=cols["birth_date"][i],
+                        nationality=cols["nationality"][i],
+                        expiry_date=cols["expiry_date"][i],
+                    ),
+                    instructions=cols["instructions"][i],
+                )
+            )
+        yield batch
+
+
+def read_manifest(path: Path, *, chunk_rows: int = 1000) -> Iterator[list[pb.DocumentQuery]]:
+    """Manifest rows as document queries, in file order."""
+    names = ("mrz", "issuing_state", "document_number", "document_class", "birth_date", "reference")
+    for table in iter_tables(path, chunk_rows=chunk_rows):
+        if "mrz" not in table.column_names and "document_number" not in table.column_names:
+            raise FileFormatError(
+                f"{path}: a manifest needs an 'mrz' column or 'issuing_state' and 'document_number' columns"
+            )
+        cols = _columns(table, names)
+        queries = []
+        for i in range(table.num_rows):
+            ref = cols["reference"][i]
+            if cols["mrz"][i].strip():
+                queries.append(pb.DocumentQuery(mrz=cols["mrz"][i], client_reference=ref))
+            else:
+                queries.append(
+                    pb.DocumentQuery(
+                        typed=pb.TypedQuery(
+                            issuing_state=cols["issuing_state"][i],
+                            document_number=cols["document_number"][i],
+                            document_class=max(0, document_class_value(cols["document_class"][i])),
+                            birth_date=cols["birth_date"][i],
+                        ),
+                        client_reference=ref,
+                    )
+                )
+        yield queries

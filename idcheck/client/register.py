@@ -1,0 +1,387 @@
+"""`RegisterClient`: the Python client of the document register.
+
+    with RegisterClient("127.0.0.1:50051", member="NZL", role="border") as client:
+        answer = client.check(state="UTO", number="L898902C3")
+        if answer.verdict == "HIT":
+            print(answer.officer_action)
+
+Every call has a deadline (`timeout`, default 10 s; uploads get longer), and failures raise
+`idcheck.client.errors.IdcheckError` subclasses carrying the server's field violations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from idcheck.client.errors import IdcheckError, from_rpc_error
+from idcheck.client.files import read_records
+from idcheck.v1 import register_pb2 as pb
+from idcheck.v1 import register_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def _enum_name(enum_type: Any, value: int, prefix: str) -> str:
+    try:
+        return str(enum_type.Name(value)).removeprefix(prefix)
+    except ValueError:
+        return str(value)
+
+
+@dataclass(frozen=True)
+class MatchInfo:
+    """A record that matched a check."""
+
+    kind: str  # EXACT, OCR_VARIANT, STATE_MISMATCH, STATE_MISSING, CLASS_MISMATCH
+    record_id: int
+    issuing_state: str
+    document_number: str
+    document_class: str
+    status: str
+    owner_member: str
+    event_date: str
+    instructions: str
+    holder_surname: str
+    holder_given_names: str
+    holder_birth_date: str
+
+
+@dataclass(frozen=True)
+class CheckAnswer:
+    """The answer for one document."""
+
+    verdict: str  # HIT, POSSIBLE_MATCH, CLEAR
+    officer_action: str
+    matches: tuple[MatchInfo, ...]
+    query_id: str
+    register_sequence: int
+    reference: str = ""
+    searched_state: str = ""
+    searched_number: str = ""
+    mrz_checks: dict[str, bool] = field(default_factory=dict)
+    mrz_valid: bool | None = None
+    mrz_fields: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, r: pb.DocumentResult, sequence: int) -> CheckAnswer:
+        matches = tuple(
+            MatchInfo(
+                kind=_enum_name(pb.MatchKind, m.kind, "MATCH_KIND_"),
+                record_id=m.record_id,
+                issuing_state=m.key.issuing_state,
+                document_number=m.key.document_number,
+                document_class=_enum_name(pb.DocumentClass, m.key.document_class, "DOCUMENT_CLASS_"),
+                status=_enum_name(pb.RecordStatus, m.status, "RECORD_STATUS_"),
+                owner_member=m.owner_member,
+                event_date=m.event_date,
+                instructions=m.instructions,
+                holder_surname=m.holder.surname,
+                holder_given_names=m.holder.given_names,
+                holder_birth_date=m.holder.birth_date,
+            )
+            for m in r.matches
+        )
+        has_mrz = r.HasField("mrz")
+        mrz_fields = {}
+        if has_mrz:
+            m = r.mrz
+            mrz_fields = {
+                "format": m.format, "document_type": m.document_type, "issuing_state": m.issuing_state,
+                "document_number": m.document_number, "nationality": m.nationality, "birth_date": m.birth_date,
+                "sex": m.sex, "expiry_date": m.expiry_date, "surname": m.surname, "given_names": m.given_names,
+            }
+        return cls(
+            verdict=_enum_name(pb.Verdict, r.verdict, "VERDICT_"),
+            officer_action=r.officer_action,
+            matches=matches,
+            query_id=r.query_id,
+            register_sequence=sequence,
+            reference=r.client_reference,
+            searched_state=r.searched_key.issuing_state,
+            searched_number=r.searched_key.document_number,
+            mrz_checks={c.name: c.valid for c in r.mrz.checks} if has_mrz else {},
+            mrz_valid=r.mrz.checks_valid if has_mrz else None,
+            mrz_fields=mrz_fields,
+        )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One rejected row of an upload."""
+
+    row_index: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What an upload did."""
+
+    upload_id: str
+    received: int
+    accepted: int
+    rejected: int
+    created: int
+    updated: int
+    unchanged: int
+    cancelled: int
+    register_sequence: int
+    replayed: bool
+    rejected_rows: tuple[Rejected, ...]
+
+    @classmethod
+    def from_proto(cls, r: pb.UploadRecordsResponse) -> UploadResult:
+        return cls(
+            upload_id=r.upload_id, received=r.received, accepted=r.accepted, rejected=r.rejected,
+            created=r.created, updated=r.updated, unchanged=r.unchanged, cancelled=r.cancelled,
+            register_sequence=r.register_sequence, replayed=r.replayed,
+            rejected_rows=tuple(Rejected(x.row_index, x.field, x.reason) for x in r.rejected_rows),
+        )
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    cancelled: int
+    already_cancelled: int
+    register_sequence: int
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """A record and its history as returned by `get`."""
+
+    record: pb.Record
+    history: tuple[pb.RecordChange, ...]
+
+
+QueryInput = pb.DocumentQuery | dict[str, Any]
+RecordInput = pb.Record | dict[str, Any]
+
+
+def make_query(q: QueryInput) -> pb.DocumentQuery:
+    """A DocumentQuery from a dict with `mrz` or `state`/`number` (plus `document_class`, `birth_date`,
+    `reference`)."""
+    if isinstance(q, pb.DocumentQuery):
+        return q
+    ref = str(q.get("reference", ""))
+    if q.get("mrz"):
+        return pb.DocumentQuery(mrz=str(q["mrz"]), client_reference=ref)
+    return pb.DocumentQuery(
+        typed=pb.TypedQuery(
+            issuing_state=str(q.get("state", q.get("issuing_state", ""))),
+            document_number=str(q.get("number", q.get("document_number", ""))),
+            document_class=int(q.get("document_class", 0)),
+            birth_date=str(q.get("birth_date", "")),
+        ),
+        client_reference=ref,
+    )
+
+
+def make_record(r: RecordInput) -> pb.Record:
+    """A Record from a dict with the record-file column names."""
+    if isinstance(r, pb.Record):
+        return r
+    return pb.Record(
+        key=pb.DocumentKey(
+            issuing_state=str(r.get("issuing_state", "")),
+            document_number=str(r.get("document_number", "")),
+            document_class=int(r.get("document_class", 0)),
+        ),
+        status=int(r.get("status", 0)),
+        event_date=str(r.get("event_date", "")),
+        holder=pb.HolderData(
+            surname=str(r.get("surname", "")),
+            given_names=str(r.get("given_names", "")),
+            birth_date=str(r.get("birth_date", "")),
+            nationality=str(r.get("nationality", "")),
+            expiry_date=str(r.get("expiry_date", "")),
+        ),
+        instructions=str(r.get("instructions", "")),
+    )
+
+
+def file_upload_id(path: Path, mode: str) -> str:
+    """A stable upload id for a file: re-sending the same file in the same mode is a no-op."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"file-{mode}-{digest.hexdigest()[:32]}"
+
+
+class RegisterClient:
+    """Client of the DocumentRegister service."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        member: str | None = None,
+        role: str | None = None,
+        timeout: float = 10.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._own_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = register_pb2_grpc.DocumentRegisterStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = tuple(
+            (k, v) for k, v in (("x-idcheck-member", member), ("x-idcheck-role", role)) if v
+        )
+
+    def __enter__(self) -> RegisterClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def check(
+        self,
+        *,
+        state: str = "",
+        number: str = "",
+        document_class: int = 0,
+        birth_date: str = "",
+        mrz: str = "",
+        reference: str = "",
+        timeout: float | None = None,
+    ) -> CheckAnswer:
+        """Check one document, typed (state, number) or as a whole MRZ."""
+        query = make_query(
+            {"mrz": mrz, "state": state, "number": number, "document_class": document_class,
+             "birth_date": birth_date, "reference": reference}
+        )
+        resp = self._call(self._stub.CheckDocument, pb.CheckDocumentRequest(query=query), timeout)
+        return CheckAnswer.from_proto(resp.result, resp.register_sequence)
+
+    def check_many(
+        self, queries: Iterable[QueryInput], *, batch_size: int = 1000, timeout: float | None = None
+    ) -> Iterator[CheckAnswer]:
+        """Check a manifest in calls of `batch_size`; answers come in query order."""
+        if not 1 <= batch_size <= 10_000:
+            raise ValueError("batch_size must be between 1 and 10,000")
+        it = iter(queries)
+        while chunk := list(itertools.islice(it, batch_size)):
+            req = pb.CheckDocumentsRequest(queries=[make_query(q) for q in chunk])
+            resp = self._call(self._stub.CheckDocuments, req, timeout)
+            for r in resp.results:
+                yield CheckAnswer.from_proto(r, resp.register_sequence)
+
+    def upload(
+        self,
+        records: Iterable[RecordInput] | Iterable[Sequence[RecordInput]] | str | Path,
+        *,
+        upload_id: str | None = None,
+        mode: str = "incremental",
+        description: str = "",
+        batch_size: int = 5000,
+        on_batch: Callable[[int], None] | None = None,
+        timeout: float | None = 3600.0,
+    ) -> UploadResult:
+        """Upload records (an iterable of records, or a CSV/Parquet/Arrow file) all or nothing.
+
+        `mode` is "incremental" or "replace-all". Without `upload_id`, a file gets an id derived from its
+        content (re-uploading the same file changes nothing), other inputs a random one. `on_batch` is
+        called with the number of rows of each batch sent (for progress bars).
+        """
+        mode_value = {"incremental": pb.UPLOAD_MODE_INCREMENTAL, "replace-all": pb.UPLOAD_MODE_REPLACE_ALL,
+                      "replace_all": pb.UPLOAD_MODE_REPLACE_ALL}.get(mode.lower())
+        if mode_value is None:
+            raise ValueError("mode must be 'incremental' or 'replace-all'")
+        if isinstance(records, str | Path):
+            path = Path(records)
+            upload_id = upload_id or file_upload_id(path, mode)
+            description = description or path.name
+            batches: Iterable[Sequence[RecordInput]] = read_records(path, chunk_rows=batch_size)
+        else:
+            upload_id = upload_id or f"upload-{uuid.uuid4().hex}"
+            batches = _batched(records, batch_size)
+
+        def stream() -> Iterator[pb.UploadRecordsRequest]:
+            yield pb.UploadRecordsRequest(
+                header=pb.UploadHeader(upload_id=upload_id, mode=mode_value, description=description)
+            )
+            for batch in batches:
+                yield pb.UploadRecordsRequest(batch=pb.RecordBatch(records=[make_record(r) for r in batch]))
+                if on_batch:
+                    on_batch(len(batch))
+
+        resp = self._call(self._stub.UploadRecords, stream(), timeout)
+        return UploadResult.from_proto(resp)
+
+    def cancel(
+        self, keys: Iterable[tuple[str, str] | tuple[str, str, int]], reason: str = "", *, timeout: float | None = None
+    ) -> CancelResult:
+        """Cancel records the caller owns: keys are (state, number) or (state, number, document_class)."""
+        req = pb.CancelRecordsRequest(
+            keys=[
+                pb.DocumentKey(issuing_state=k[0], document_number=k[1], document_class=k[2] if len(k) > 2 else 0)
+                for k in keys
+            ],
+            reason=reason,
+        )
+        resp = self._call(self._stub.CancelRecords, req, timeout)
+        return CancelResult(resp.cancelled, resp.already_cancelled, resp.register_sequence)
+
+    def get(self, state: str, number: str, document_class: int = 0, *, timeout: float | None = None) -> RecordView:
+        """One record the caller owns, with its history."""
+        req = pb.GetRecordRequest(
+            key=pb.DocumentKey(issuing_state=state, document_number=number, document_class=document_class)
+        )
+        resp = self._call(self._stub.GetRecord, req, timeout)
+        return RecordView(resp.record, tuple(resp.history))
+
+
+def _batched(records: Iterable[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Accept a flat iterable of records or an iterable of batches."""
+    it = iter(records)
+    first = next(it, None)
+    if first is None:
+        return
+    if isinstance(first, list | tuple):
+        yield first
+        yield from it
+        return
+    it = itertools.chain([first], it)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+__all__ = [
+    "CancelResult",
+    "CheckAnswer",
+    "IdcheckError",
+    "MatchInfo",
+    "RecordView",
+    "RegisterClient",
+    "Rejected",
+    "UploadResult",
+]

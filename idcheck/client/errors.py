@@ -12,8 +12,14 @@ class IdcheckError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None,
-                 violations: list[tuple[str, str]] | None = None, reason: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        violations: list[tuple[str, str]] | None = None,
+        reason: str = "",
+    ) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -58,8 +64,16 @@ class DeadlineExceeded(IdcheckError):
 
 
 _BY_CODE: dict[grpc.StatusCode, type[IdcheckError]] = {
-    cls.code: cls for cls in (InvalidArgument, PermissionDenied, Unauthenticated, NotFound, ResourceExhausted,
-                              Unavailable, DeadlineExceeded)
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        PermissionDenied,
+        Unauthenticated,
+        NotFound,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+    )
 }
 
 

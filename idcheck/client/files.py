@@ -34,11 +34,24 @@ RECORD_COLUMNS = (
 REQUIRED_RECORD_COLUMNS = ("issuing_state", "document_number", "document_class", "status", "event_date")
 
 _CLASS_NAMES = {
-    "": 0, "UNSPECIFIED": 0, "PASSPORT": 1, "P": 1, "ID_CARD": 2, "ID": 2, "IDCARD": 2, "I": 2, "ID CARD": 2,
-    "VISA": 3, "V": 3, "OTHER": 4, "O": 4,
+    "": 0,
+    "UNSPECIFIED": 0,
+    "PASSPORT": 1,
+    "P": 1,
+    "ID_CARD": 2,
+    "ID": 2,
+    "IDCARD": 2,
+    "I": 2,
+    "ID CARD": 2,
+    "VISA": 3,
+    "V": 3,
+    "OTHER": 4,
+    "O": 4,
 }
-_STATUS_NAMES = {s: pb.RecordStatus.Value(f"RECORD_STATUS_{s}") for s in
-                 ("LOST", "STOLEN", "STOLEN_BLANK", "REVOKED", "INVALIDATED", "CANCELLED")}
+_STATUS_NAMES = {
+    s: pb.RecordStatus.Value(f"RECORD_STATUS_{s}")
+    for s in ("LOST", "STOLEN", "STOLEN_BLANK", "REVOKED", "INVALIDATED", "CANCELLED")
+}
 
 
 class FileFormatError(ValueError):
@@ -109,7 +122,9 @@ def read_records(path: Path, *, chunk_rows: int = 5000) -> Iterator[list[pb.Reco
     for table in iter_tables(path, chunk_rows=chunk_rows):
         missing = [c for c in REQUIRED_RECORD_COLUMNS if c not in table.column_names]
         if missing:
-            raise FileFormatError(f"{path}: missing column(s) {', '.join(missing)}; have {', '.join(table.column_names)}")
+            raise FileFormatError(
+                f"{path}: missing column(s) {', '.join(missing)}; have {', '.join(table.column_names)}"
+            )
         cols = _columns(table, RECORD_COLUMNS)
         batch = []
         for i in range(table.num_rows):

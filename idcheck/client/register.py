@@ -96,9 +96,16 @@ class CheckAnswer:
         if has_mrz:
             m = r.mrz
             mrz_fields = {
-                "format": m.format, "document_type": m.document_type, "issuing_state": m.issuing_state,
-                "document_number": m.document_number, "nationality": m.nationality, "birth_date": m.birth_date,
-                "sex": m.sex, "expiry_date": m.expiry_date, "surname": m.surname, "given_names": m.given_names,
+                "format": m.format,
+                "document_type": m.document_type,
+                "issuing_state": m.issuing_state,
+                "document_number": m.document_number,
+                "nationality": m.nationality,
+                "birth_date": m.birth_date,
+                "sex": m.sex,
+                "expiry_date": m.expiry_date,
+                "surname": m.surname,
+                "given_names": m.given_names,
             }
         return cls(
             verdict=_enum_name(pb.Verdict, r.verdict, "VERDICT_"),
@@ -143,9 +150,16 @@ class UploadResult:
     @classmethod
     def from_proto(cls, r: pb.UploadRecordsResponse) -> UploadResult:
         return cls(
-            upload_id=r.upload_id, received=r.received, accepted=r.accepted, rejected=r.rejected,
-            created=r.created, updated=r.updated, unchanged=r.unchanged, cancelled=r.cancelled,
-            register_sequence=r.register_sequence, replayed=r.replayed,
+            upload_id=r.upload_id,
+            received=r.received,
+            accepted=r.accepted,
+            rejected=r.rejected,
+            created=r.created,
+            updated=r.updated,
+            unchanged=r.unchanged,
+            cancelled=r.cancelled,
+            register_sequence=r.register_sequence,
+            replayed=r.replayed,
             rejected_rows=tuple(Rejected(x.row_index, x.field, x.reason) for x in r.rejected_rows),
         )
 
@@ -250,7 +264,9 @@ class RegisterClient:
     def __enter__(self) -> RegisterClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -276,8 +292,14 @@ class RegisterClient:
     ) -> CheckAnswer:
         """Check one document, typed (state, number) or as a whole MRZ."""
         query = make_query(
-            {"mrz": mrz, "state": state, "number": number, "document_class": document_class,
-             "birth_date": birth_date, "reference": reference}
+            {
+                "mrz": mrz,
+                "state": state,
+                "number": number,
+                "document_class": document_class,
+                "birth_date": birth_date,
+                "reference": reference,
+            }
         )
         resp = self._call(self._stub.CheckDocument, pb.CheckDocumentRequest(query=query), timeout)
         return CheckAnswer.from_proto(resp.result, resp.register_sequence)
@@ -312,8 +334,11 @@ class RegisterClient:
         content (re-uploading the same file changes nothing), other inputs a random one. `on_batch` is
         called with the number of rows of each batch sent (for progress bars).
         """
-        mode_value = {"incremental": pb.UPLOAD_MODE_INCREMENTAL, "replace-all": pb.UPLOAD_MODE_REPLACE_ALL,
-                      "replace_all": pb.UPLOAD_MODE_REPLACE_ALL}.get(mode.lower())
+        mode_value = {
+            "incremental": pb.UPLOAD_MODE_INCREMENTAL,
+            "replace-all": pb.UPLOAD_MODE_REPLACE_ALL,
+            "replace_all": pb.UPLOAD_MODE_REPLACE_ALL,
+        }.get(mode.lower())
         if mode_value is None:
             raise ValueError("mode must be 'incremental' or 'replace-all'")
         if isinstance(records, str | Path):
@@ -329,16 +354,23 @@ class RegisterClient:
             yield pb.UploadRecordsRequest(
                 header=pb.UploadHeader(upload_id=upload_id, mode=mode_value, description=description)
             )
+            sent = 0
             for batch in batches:
                 yield pb.UploadRecordsRequest(batch=pb.RecordBatch(records=[make_record(r) for r in batch]))
+                sent += len(batch)
                 if on_batch:
                     on_batch(len(batch))
+            yield pb.UploadRecordsRequest(end=pb.UploadEnd(total_rows=sent))
 
         resp = self._call(self._stub.UploadRecords, stream(), timeout)
         return UploadResult.from_proto(resp)
 
     def cancel(
-        self, keys: Iterable[tuple[str, str] | tuple[str, str, int]], reason: str = "", *, timeout: float | None = None
+        self,
+        keys: Iterable[tuple[str, str] | tuple[str, str, int]],
+        reason: str = "",
+        *,
+        timeout: float | None = None,
     ) -> CancelResult:
         """Cancel records the caller owns: keys are (state, number) or (state, number, document_class)."""
         req = pb.CancelRecordsRequest(

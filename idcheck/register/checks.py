@@ -159,8 +159,7 @@ def officer_action(verdict: Verdict, matches: tuple[Match, ...], query: Prepared
         record = matches[0].record
         data = record.data
         parts.append(
-            f"HIT: document reported {data.status.name.replace('_', ' ')} by {record.owner} "
-            f"on {data.event_date}."
+            f"HIT: document reported {data.status.name.replace('_', ' ')} by {record.owner} on {data.event_date}."
         )
         parts.append(
             data.instructions
@@ -172,8 +171,7 @@ def officer_action(verdict: Verdict, matches: tuple[Match, ...], query: Prepared
         kinds = sorted({m.kind for m in matches})
         described = "; ".join(_KIND_TEXT.get(k, k.name) for k in kinds)
         parts.append(
-            f"POSSIBLE MATCH ({described}): compare the document with the record before acting; "
-            "this is not a hit."
+            f"POSSIBLE MATCH ({described}): compare the document with the record before acting; this is not a hit."
         )
     else:
         parts.append("CLEAR: no record for this document. Continue normal processing.")

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from idcheck.icao import DocumentClass
 from idcheck.index import DocumentIndex
-from idcheck.records import DocumentKey, RecordChange, RecordData, RecordError, StoredRecord, parse_key, validate_record
+from idcheck.records import (
+    DocumentKey,
+    RecordChange,
+    RecordData,
+    RecordError,
+    StoredRecord,
+    parse_key,
+    validate_record,
+)
 from idcheck.register.checks import CheckResult, Query, QueryError, officer_action, prepare, verdict_of
 from idcheck.register.errors import InvalidRequest, LimitExceeded
 from idcheck.store import AuditRow, AuditWriter, CancelOutcome, RegisterStore, utc_now
@@ -91,7 +99,9 @@ class Register:
 
     # -- checks -------------------------------------------------------------------------------------
 
-    def check(self, caller: Caller, queries: Sequence[Query], *, field: str = "queries") -> tuple[list[CheckResult], int]:
+    def check(
+        self, caller: Caller, queries: Sequence[Query], *, field: str = "queries"
+    ) -> tuple[list[CheckResult], int]:
         """Check documents; every query is validated before any is answered. Returns results and sequence."""
         if not queries:
             raise InvalidRequest.single(field, "at least one query is required")
@@ -228,11 +238,13 @@ class UploadSession:
         limits = self.register.limits
         if len(batch) > limits.max_records_per_batch:
             raise InvalidRequest.single(
-                "batch.records", f"{len(batch)} records in one message; at most {limits.max_records_per_batch}"
+                "batch.records",
+                f"{len(batch)} records in one message; at most {limits.max_records_per_batch}",
             )
         if self.received + len(batch) > limits.max_rows_per_upload:
             raise LimitExceeded(
-                f"upload exceeds {limits.max_rows_per_upload} rows; split it into several uploads", field="batch"
+                f"upload exceeds {limits.max_rows_per_upload} rows; split it into several uploads",
+                field="batch",
             )
         for raw in batch:
             index = self.received

@@ -50,7 +50,7 @@ class RunningServer:
 
 def start(config: ServerConfig) -> RunningServer:
     """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings."""
-    host, port = parse_listen(config.listen)
+    host, _port = parse_listen(config.listen)
     if not is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {config.listen}: without TLS the server accepts only loopback addresses "
@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"idcheck serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     print("idcheck serve: configuration", flush=True)
     print(config.describe(), flush=True)

@@ -50,8 +50,11 @@ RPC_ROLES: Mapping[str, frozenset[Role]] = {
 }
 
 # Standard services anyone on the (loopback) network may use without identity.
-PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
-                   "/grpc.reflection.v1.ServerReflection/")
+PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 _current: contextvars.ContextVar[Caller] = contextvars.ContextVar("idcheck_caller")
 
@@ -66,9 +69,7 @@ def authenticate(method: str, context: grpc.ServicerContext) -> Caller:
     member_raw = str(metadata.get(MEMBER_HEADER, "")).strip()
     role_raw = str(metadata.get(ROLE_HEADER, "")).strip().lower()
     if not member_raw or not role_raw:
-        raise Unauthenticated(
-            f"no caller identity: send {MEMBER_HEADER} and {ROLE_HEADER} metadata (development mode)"
-        )
+        raise Unauthenticated(f"no caller identity: send {MEMBER_HEADER} and {ROLE_HEADER} metadata (development mode)")
     if not is_known_state(member_raw):
         raise Unauthenticated(f"{MEMBER_HEADER} is not a known ICAO state code")
     try:

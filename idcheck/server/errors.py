@@ -58,7 +58,9 @@ def to_status(exc: BaseException) -> status_pb2.Status | None:
         )
     if isinstance(exc, LimitExceeded):
         return status_pb2.Status(
-            code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc), details=[_info("LIMIT_EXCEEDED", field=exc.field)]
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=str(exc),
+            details=[_info("LIMIT_EXCEEDED", field=exc.field)],
         )
     if isinstance(exc, NotOwner):
         return status_pb2.Status(
@@ -96,7 +98,7 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 
 def _is_grpc_termination(exc: BaseException) -> bool:
     # abort() raises a plain Exception after setting the status; a cancelled request stream raises RpcError.
-    return isinstance(exc, grpc.RpcError) or type(exc) is Exception and not exc.args
+    return isinstance(exc, grpc.RpcError) or (type(exc) is Exception and not exc.args)
 
 
 class GuardInterceptor(grpc.ServerInterceptor):

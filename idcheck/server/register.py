@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from idcheck.register import CheckResult, InvalidRequest, Query, RawRecord, Register, UploadAborted, Verdict
 from idcheck.records import Holder, RecordChange, StoredRecord
+from idcheck.register import CheckResult, InvalidRequest, Query, RawRecord, Register, UploadAborted, Verdict
 from idcheck.server.auth import current_caller
 from idcheck.uploads import UploadOutcome
 from idcheck.v1 import register_pb2 as pb
@@ -46,7 +46,9 @@ def record_to_proto(r: StoredRecord) -> pb.Record:
     d = r.data
     return pb.Record(
         key=pb.DocumentKey(
-            issuing_state=d.key.issuing_state, document_number=d.number_printed, document_class=int(d.key.document_class)
+            issuing_state=d.key.issuing_state,
+            document_number=d.number_printed,
+            document_class=int(d.key.document_class),
         ),
         status=int(d.status),
         event_date=d.event_date,
@@ -67,7 +69,9 @@ def result_to_proto(r: CheckResult) -> pb.DocumentResult:
         client_reference=r.query.client_reference,
         officer_action=r.officer_action,
         searched_key=pb.DocumentKey(
-            issuing_state=lookup.issuing_state, document_number=lookup.number, document_class=int(lookup.document_class)
+            issuing_state=lookup.issuing_state,
+            document_number=lookup.number,
+            document_class=int(lookup.document_class),
         ),
     )
     for m in r.matches:
@@ -160,7 +164,9 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
     def __init__(self, register: Register) -> None:
         self.register = register
 
-    def CheckDocument(self, request: pb.CheckDocumentRequest, context: grpc.ServicerContext) -> pb.CheckDocumentResponse:
+    def CheckDocument(
+        self, request: pb.CheckDocumentRequest, context: grpc.ServicerContext
+    ) -> pb.CheckDocumentResponse:
         if not request.HasField("query"):
             raise InvalidRequest.single("query", "a query (typed or mrz) is required")
         results, seq = self.register.check(current_caller(), [query_from_proto(request.query)], field="query")
@@ -192,16 +198,30 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
         previous = session.previous_outcome()
         if previous is not None:
             return outcome_to_proto(previous)
+        end: pb.UploadEnd | None = None
         for n, message in enumerate(request_iterator, start=1):
-            if message.WhichOneof("item") != "batch":
+            item = message.WhichOneof("item")
+            if end is not None:
+                raise InvalidRequest.single(f"messages[{n}]", "nothing may follow the end message")
+            if item == "batch":
+                session.add([raw_record(r) for r in message.batch.records])
+            elif item == "end":
+                end = message.end
+            else:
                 raise InvalidRequest.single(f"messages[{n}]", "only the first message may be a header")
-            session.add([raw_record(r) for r in message.batch.records])
-        # The request iterator also ends when the call was cancelled or timed out: never commit then.
-        if not context.is_active():
-            raise UploadAborted("the upload stream did not end cleanly; nothing was applied")
+        # The request iterator also ends when the call was cancelled or timed out, exactly as on a clean
+        # half-close: only the end message proves the client sent everything.
+        if end is None or not context.is_active():
+            raise UploadAborted("the upload stream ended without its end message; nothing was applied")
+        if end.total_rows != session.received:
+            raise InvalidRequest.single(
+                "end.total_rows", f"end message counts {end.total_rows} rows but {session.received} arrived"
+            )
         return outcome_to_proto(session.commit())
 
-    def CancelRecords(self, request: pb.CancelRecordsRequest, context: grpc.ServicerContext) -> pb.CancelRecordsResponse:
+    def CancelRecords(
+        self, request: pb.CancelRecordsRequest, context: grpc.ServicerContext
+    ) -> pb.CancelRecordsResponse:
         keys = [(k.issuing_state, k.document_number, k.document_class) for k in request.keys]
         outcome = self.register.cancel(current_caller(), keys, request.reason)
         return pb.CancelRecordsResponse(

@@ -156,9 +156,11 @@ class RegisterStore:
 
     def find_upload(self, member: str, upload_id: str) -> UploadOutcome | None:
         """The stored outcome of a committed upload, or None."""
-        row = self._reader().execute(
-            "SELECT result FROM uploads WHERE member = ? AND upload_id = ?", (member, upload_id)
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute("SELECT result FROM uploads WHERE member = ? AND upload_id = ?", (member, upload_id))
+            .fetchone()
+        )
         return UploadOutcome.from_json(row[0], replayed=True) if row else None
 
     def get_record(self, member: str, key: DocumentKey) -> tuple[StoredRecord, list[RecordChange]]:
@@ -177,21 +179,29 @@ class RegisterStore:
 
     def changes_since(self, seq: int) -> list[StoredRecord]:
         """Current state of every record changed after `seq`, in sequence order (for catching up an index)."""
-        rows = self._reader().execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN "
-            "(SELECT DISTINCT record_id FROM changes WHERE seq > ?) ORDER BY seq",
-            (seq,),
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN "
+                "(SELECT DISTINCT record_id FROM changes WHERE seq > ?) ORDER BY seq",
+                (seq,),
+            )
+            .fetchall()
+        )
         return [_row_to_record(r) for r in rows]
 
     def audit_rows(self, *, limit: int = 1000) -> list[AuditRow]:
         """The most recent audit rows, newest last."""
-        rows = self._reader().execute(
-            "SELECT query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
-            "document_number, verdict, matched_records, register_seq FROM "
-            "(SELECT * FROM audit ORDER BY audit_id DESC LIMIT ?) ORDER BY audit_id",
-            (limit,),
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
+                "document_number, verdict, matched_records, register_seq FROM "
+                "(SELECT * FROM audit ORDER BY audit_id DESC LIMIT ?) ORDER BY audit_id",
+                (limit,),
+            )
+            .fetchall()
+        )
         return [AuditRow(*r) for r in rows]
 
     def audit_count(self) -> int:
@@ -230,7 +240,16 @@ class RegisterStore:
                     conn.execute("ROLLBACK")
                     return UploadOutcome.from_json(prior[0], replayed=True), []
                 outcome, changed = self._apply_upload(
-                    conn, member, upload_id, mode, description, rows, rejections, protected_keys, received, now
+                    conn,
+                    member,
+                    upload_id,
+                    mode,
+                    description,
+                    rows,
+                    rejections,
+                    protected_keys,
+                    received,
+                    now,
                 )
                 conn.execute(
                     "INSERT INTO uploads (member, upload_id, mode, description, received, accepted, rejected, "
@@ -328,7 +347,9 @@ class RegisterStore:
             )
         ]
         if store_rejections:
-            conn.executemany("UPDATE staging SET kind = 2 WHERE row_index = ?", ((r.row_index,) for r in store_rejections))
+            conn.executemany(
+                "UPDATE staging SET kind = 2 WHERE row_index = ?", ((r.row_index,) for r in store_rejections)
+            )
         conn.execute(
             "UPDATE staging SET op = CASE WHEN record_id IS NULL THEN 1 WHEN differs THEN 2 ELSE 0 END WHERE kind = 0"
         )
@@ -378,9 +399,7 @@ class RegisterStore:
             """,
             (member, upload_id, description, now),
         )
-        counts = dict(
-            conn.execute("SELECT op, COUNT(*) FROM staging WHERE kind = 0 GROUP BY op").fetchall()
-        )
+        counts = dict(conn.execute("SELECT op, COUNT(*) FROM staging WHERE kind = 0 GROUP BY op").fetchall())
         created, updated, unchanged = counts.get(1, 0), counts.get(2, 0), counts.get(0, 0)
         next_seq = base + created + updated
         cancelled = 0

@@ -15,7 +15,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from idcheck.client.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
+from idcheck.client.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from idcheck.client.register import RegisterClient
 from idcheck.icao import MRZFormat, compose_mrz
 from idcheck.v1 import register_pb2 as pb
@@ -27,8 +33,14 @@ STOLEN, LOST, REVOKED = 2, 1, 4
 
 
 def rec(state: str, number: str, status: int = STOLEN, cls: int = PASSPORT, **extra: str) -> dict[str, object]:
-    return {"issuing_state": state, "document_number": number, "document_class": cls, "status": status,
-            "event_date": "2025-01-15", **extra}
+    return {
+        "issuing_state": state,
+        "document_number": number,
+        "document_class": cls,
+        "status": status,
+        "event_date": "2025-01-15",
+        **extra,
+    }
 
 
 def healthy(address: str) -> bool:
@@ -40,9 +52,20 @@ def healthy(address: str) -> bool:
 @pytest.fixture
 def nzl(server: ServerProcess) -> Iterator[RegisterClient]:
     with server.client("NZL", "member") as c:
-        c.upload([rec("NZL", "LA123456", instructions="Seize document, contact NCB Wellington",
-                      surname="SMITH", birth_date="1980-02-03"),
-                  rec("NZL", "LB654321", LOST), rec("NZL", "RA0OO1", REVOKED)], upload_id="first")
+        c.upload(
+            [
+                rec(
+                    "NZL",
+                    "LA123456",
+                    instructions="Seize document, contact NCB Wellington",
+                    surname="SMITH",
+                    birth_date="1980-02-03",
+                ),
+                rec("NZL", "LB654321", LOST),
+                rec("NZL", "RA0OO1", REVOKED),
+            ],
+            upload_id="first",
+        )
         yield c
 
 
@@ -91,7 +114,10 @@ def test_cancelled_record_never_hits_and_stays_in_history(server: ServerProcess,
     assert nzl.check(state="NZL", number="LA12345G").verdict == "CLEAR"  # no near match either
     view = nzl.get("NZL", "LA123456")
     assert view.record.status == pb.RECORD_STATUS_CANCELLED
-    assert [(c.operation, c.reason) for c in view.history] == [("CREATED", ""), ("CANCELLED", "document recovered")]
+    assert [(c.operation, c.reason) for c in view.history] == [
+        ("CREATED", ""),
+        ("CANCELLED", "document recovered"),
+    ]
     again = nzl.cancel([("NZL", "LA123456")])
     assert (again.cancelled, again.already_cancelled) == (0, 1)
 
@@ -121,14 +147,29 @@ def test_cancel_unknown_key_is_not_found(server: ServerProcess, nzl: RegisterCli
 
 
 def test_mrz_query_reports_check_digits_and_still_looks_up(server: ServerProcess) -> None:
-    lines = compose_mrz(MRZFormat.TD3, document_type="P", issuing_state="NZL", document_number="LA123456",
-                        nationality="NZL", birth_date="800203", sex="M", expiry_date="300101",
-                        surname="SMITH", given_names="JOHN")
+    lines = compose_mrz(
+        MRZFormat.TD3,
+        document_type="P",
+        issuing_state="NZL",
+        document_number="LA123456",
+        nationality="NZL",
+        birth_date="800203",
+        sex="M",
+        expiry_date="300101",
+        surname="SMITH",
+        given_names="JOHN",
+    )
     with server.client("NZL", "member") as c:
         c.upload([rec("NZL", "LA123456")], upload_id="u")
         good = c.check(mrz="\n".join(lines))
         assert good.verdict == "HIT" and good.mrz_valid is True
-        assert set(good.mrz_checks) == {"document_number", "birth_date", "expiry_date", "optional_data", "composite"}
+        assert set(good.mrz_checks) == {
+            "document_number",
+            "birth_date",
+            "expiry_date",
+            "optional_data",
+            "composite",
+        }
         # corrupt the birth date check digit: reported, lookup still runs
         bad_line2 = lines[1][:19] + str((int(lines[1][19]) + 1) % 10) + lines[1][20:]
         bad = c.check(mrz=lines[0] + "\n" + bad_line2)
@@ -165,14 +206,15 @@ def test_manifest_over_limit_and_bad_rows_are_invalid_argument(server: ServerPro
         stub.CheckDocuments(too_many, metadata=md, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "10000" in err.value.details()
     with pytest.raises(InvalidArgument) as bad:
-        list(nzl.check_many([{"state": "NZL", "number": "A1"}, {"state": "QQQ", "number": "A2"},
-                             {"mrz": "garbage"}]))
+        list(nzl.check_many([{"state": "NZL", "number": "A1"}, {"state": "QQQ", "number": "A2"}, {"mrz": "garbage"}]))
     assert [f for f, _ in bad.value.violations] == ["queries[1].typed.issuing_state", "queries[2].mrz"]
 
 
 def test_manifest_answers_in_order(server: ServerProcess, nzl: RegisterClient) -> None:
-    queries = [{"state": "NZL", "number": n, "reference": f"pax-{i}"}
-               for i, n in enumerate(["X1", "LA123456", "LB654321", "LA12345G", "X2"])]
+    queries = [
+        {"state": "NZL", "number": n, "reference": f"pax-{i}"}
+        for i, n in enumerate(["X1", "LA123456", "LB654321", "LA12345G", "X2"])
+    ]
     answers = list(nzl.check_many(queries, batch_size=2))
     assert [a.reference for a in answers] == [f"pax-{i}" for i in range(5)]
     assert [a.verdict for a in answers] == ["CLEAR", "HIT", "HIT", "POSSIBLE_MATCH", "CLEAR"]
@@ -184,22 +226,37 @@ def test_oversize_message_is_resource_exhausted_and_server_stays_up(
 ) -> None:
     server = server_factory("--max-message-bytes", "100000")
     with server.client("NZL", "border") as c, pytest.raises(ResourceExhausted):
-        list(c.check_many([{"state": "NZL", "number": f"A{i:07d}", "reference": "x" * 40} for i in range(5000)],
-                          batch_size=5000))
+        list(
+            c.check_many(
+                [{"state": "NZL", "number": f"A{i:07d}", "reference": "x" * 40} for i in range(5000)],
+                batch_size=5000,
+            )
+        )
     assert healthy(server.address)
 
 
 def test_rejected_rows_are_listed_and_valid_rows_committed(server: ServerProcess) -> None:
     with server.client("WSM", "member") as c:
         result = c.upload(
-            [rec("WSM", "1234567890"), rec("XYZ", "1"), rec("WSM", "", LOST), rec("WSM", "2", 0),
-             rec("WSM", "3", event_date="2999-01-01"), rec("WSM", "1234567890", LOST),
-             rec("WSM", "4", cls=0), rec("WSM", "5")],
+            [
+                rec("WSM", "1234567890"),
+                rec("XYZ", "1"),
+                rec("WSM", "", LOST),
+                rec("WSM", "2", 0),
+                rec("WSM", "3", event_date="2999-01-01"),
+                rec("WSM", "1234567890", LOST),
+                rec("WSM", "4", cls=0),
+                rec("WSM", "5"),
+            ],
             upload_id="mixed",
         )
         assert (result.received, result.accepted, result.rejected, result.created) == (8, 2, 6, 2)
         assert [(r.row_index, r.field) for r in result.rejected_rows] == [
-            (1, "key.issuing_state"), (2, "key.document_number"), (3, "status"), (4, "event_date"), (5, "key"),
+            (1, "key.issuing_state"),
+            (2, "key.document_number"),
+            (3, "status"),
+            (4, "event_date"),
+            (5, "key"),
             (6, "key.document_class"),
         ]
         assert "duplicate of row 0" in result.rejected_rows[4].reason
@@ -229,8 +286,11 @@ def test_upload_unchanged_rows_consume_no_sequence(server: ServerProcess) -> Non
 def test_replace_all_cancels_records_left_out(server: ServerProcess) -> None:
     with server.client("FJI", "member") as c:
         c.upload([rec("FJI", "F1"), rec("FJI", "F2"), rec("FJI", "F3")], upload_id="full-1")
-        result = c.upload([rec("FJI", "F2"), rec("FJI", "F4"), rec("FJI", "F3", event_date="bad")],
-                          upload_id="full-2", mode="replace-all")
+        result = c.upload(
+            [rec("FJI", "F2"), rec("FJI", "F4"), rec("FJI", "F3", event_date="bad")],
+            upload_id="full-2",
+            mode="replace-all",
+        )
         # F1 left out: cancelled; F3's row was rejected, so F3 is kept rather than cancelled
         assert (result.created, result.unchanged, result.cancelled, result.rejected) == (1, 1, 1, 1)
         verdicts = {n: c.check(state="FJI", number=n).verdict for n in ("F1", "F2", "F3", "F4")}
@@ -241,9 +301,18 @@ def test_replace_all_cancels_records_left_out(server: ServerProcess) -> None:
 def _blocking_stream(started: threading.Event, release: threading.Event) -> Iterator[pb.UploadRecordsRequest]:
     yield pb.UploadRecordsRequest(header=pb.UploadHeader(upload_id="aborted", mode=pb.UPLOAD_MODE_INCREMENTAL))
     for i in range(3):
-        yield pb.UploadRecordsRequest(batch=pb.RecordBatch(records=[
-            pb.Record(key=pb.DocumentKey(issuing_state="NZL", document_number=f"AB{i}{j:05d}", document_class=1),
-                      status=STOLEN, event_date="2025-01-01") for j in range(1000)]))
+        yield pb.UploadRecordsRequest(
+            batch=pb.RecordBatch(
+                records=[
+                    pb.Record(
+                        key=pb.DocumentKey(issuing_state="NZL", document_number=f"AB{i}{j:05d}", document_class=1),
+                        status=STOLEN,
+                        event_date="2025-01-01",
+                    )
+                    for j in range(1000)
+                ]
+            )
+        )
     started.set()
     release.wait(30)
 
@@ -285,9 +354,43 @@ def test_upload_without_header_is_invalid_argument(server: ServerProcess) -> Non
         stub.UploadRecords(iter([pb.UploadRecordsRequest(batch=pb.RecordBatch())]), metadata=md, timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as err2:
-        stub.UploadRecords(iter([pb.UploadRecordsRequest(header=pb.UploadHeader(upload_id="x"))]), metadata=md,
-                           timeout=5)
+        stub.UploadRecords(
+            iter([pb.UploadRecordsRequest(header=pb.UploadHeader(upload_id="x"))]), metadata=md, timeout=5
+        )
     assert err2.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.mode" in err2.value.details()
+
+
+def _stream(upload_id: str, numbers: list[str], end: int | None) -> Iterator[pb.UploadRecordsRequest]:
+    yield pb.UploadRecordsRequest(header=pb.UploadHeader(upload_id=upload_id, mode=pb.UPLOAD_MODE_INCREMENTAL))
+    yield pb.UploadRecordsRequest(
+        batch=pb.RecordBatch(
+            records=[
+                pb.Record(
+                    key=pb.DocumentKey(issuing_state="NZL", document_number=n, document_class=1),
+                    status=STOLEN,
+                    event_date="2025-01-01",
+                )
+                for n in numbers
+            ]
+        )
+    )
+    if end is not None:
+        yield pb.UploadRecordsRequest(end=pb.UploadEnd(total_rows=end))
+
+
+def test_upload_without_end_message_is_aborted_and_not_applied(server: ServerProcess) -> None:
+    stub = register_pb2_grpc.DocumentRegisterStub(grpc.insecure_channel(server.address))
+    md = (("x-idcheck-member", "NZL"), ("x-idcheck-role", "member"))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UploadRecords(_stream("no-end", ["E1", "E2"], None), metadata=md, timeout=10)
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UploadRecords(_stream("bad-count", ["E1", "E2"], 3), metadata=md, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "end.total_rows" in err.value.details()
+    with server.client("NZL", "border") as c:
+        assert c.check(state="NZL", number="E1").verdict == "CLEAR"
+    resp = stub.UploadRecords(_stream("no-end", ["E1", "E2"], 2), metadata=md, timeout=10)
+    assert (resp.created, resp.replayed) == (2, False)
 
 
 def test_oversize_batch_is_rejected_and_nothing_applied(server: ServerProcess) -> None:
@@ -301,7 +404,10 @@ def test_oversize_batch_is_rejected_and_nothing_applied(server: ServerProcess) -
 def test_identity_and_roles(server: ServerProcess, nzl: RegisterClient) -> None:
     with RegisterClient(server.address) as anonymous, pytest.raises(Unauthenticated):
         anonymous.check(state="NZL", number="LA123456")
-    with RegisterClient(server.address, member="QQQ", role="border") as unknown, pytest.raises(Unauthenticated):
+    with (
+        RegisterClient(server.address, member="QQQ", role="border") as unknown,
+        pytest.raises(Unauthenticated),
+    ):
         unknown.check(state="NZL", number="LA123456")
     with server.client("NZL", "border") as border, pytest.raises(PermissionDenied):
         border.upload([rec("NZL", "LZ1")], upload_id="by-border")
@@ -314,8 +420,9 @@ def test_health_and_reflection_without_identity(server: ServerProcess) -> None:
     assert healthy(server.address)
     with grpc.insecure_channel(server.address) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-        responses = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                   timeout=5))
+        responses = list(
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        )
         names = {s.name for s in responses[0].list_services_response.service}
     assert {"idcheck.v1.DocumentRegister", "grpc.health.v1.Health"} <= names
 
@@ -325,13 +432,17 @@ def test_restart_keeps_everything(server_factory: Callable[..., ServerProcess]) 
     with first.client("NZL", "member") as c:
         c.upload([rec("NZL", "K1"), rec("NZL", "K2"), rec("NZL", "K3", LOST)], upload_id="k")
         c.cancel([("NZL", "K2")], reason="recovered")
-        before = [(a.verdict, a.register_sequence) for a in c.check_many([{"state": "NZL", "number": n}
-                                                                          for n in ("K1", "K2", "K3")])]
+        before = [
+            (a.verdict, a.register_sequence)
+            for a in c.check_many([{"state": "NZL", "number": n} for n in ("K1", "K2", "K3")])
+        ]
     assert first.stop() == 0
     second = server_factory(data_dir=first.data_dir)
     with second.client("NZL", "member") as c:
-        after = [(a.verdict, a.register_sequence) for a in c.check_many([{"state": "NZL", "number": n}
-                                                                         for n in ("K1", "K2", "K3")])]
+        after = [
+            (a.verdict, a.register_sequence)
+            for a in c.check_many([{"state": "NZL", "number": n} for n in ("K1", "K2", "K3")])
+        ]
         assert c.upload([rec("NZL", "K9")], upload_id="k").replayed  # upload ids survive too
     assert after == before == [("HIT", 4), ("CLEAR", 4), ("HIT", 4)]
 
@@ -367,7 +478,9 @@ def test_audit_log_has_one_row_per_checked_document(server: ServerProcess, nzl: 
 def test_server_refuses_insecure_non_loopback(tmp_path: object) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "idcheck.server", "--listen", "0.0.0.0:0", "--data", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "refusing to listen on 0.0.0.0:0" in proc.stderr and "loopback" in proc.stderr
@@ -375,7 +488,10 @@ def test_server_refuses_insecure_non_loopback(tmp_path: object) -> None:
 
 def test_demo_register_has_the_specimens(server_factory: Callable[..., ServerProcess]) -> None:
     server = server_factory("--demo")
-    specimen = ["P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<", "L898902C36UTO7408122F1204159ZE184226B<<<<<10"]
+    specimen = [
+        "P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<",
+        "L898902C36UTO7408122F1204159ZE184226B<<<<<10",
+    ]
     with server.client("NZL", "border") as c:
         answer = c.check(mrz="\n".join(specimen))
         assert answer.verdict == "HIT" and answer.mrz_valid is True

@@ -1,0 +1,261 @@
+"""First load script for the document register (grown into `idcheck bench` by a later issue).
+
+Starts `idcheck serve` on a fresh data directory (or targets a running server with --target), uploads a
+synthetic register through the real UploadRecords RPC, then measures:
+
+  upload      rows/s of the upload, from first message sent to durable acknowledgement
+  single      CheckDocument at concurrency 1: p50/p95/p99/max latency
+  manifest    CheckDocuments with --manifest-size queries per call: documents/s and call latency
+
+Queries mix listed documents (HIT), OCR variants (POSSIBLE_MATCH) and unlisted ones (CLEAR).
+Results are printed and written as JSON to bench/results/.
+
+    python bench/load.py --records 1000000
+    python bench/load.py --records 20000 --seconds 2      # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from idcheck.register.demo import synthetic_numbers
+from idcheck.v1 import register_pb2 as pb
+from idcheck.v1 import register_pb2_grpc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MEMBER = "NZL"
+PATTERN = "LL#######"
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    a = np.asarray(samples_s) * 1000.0
+    return {
+        "count": len(a),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "p999_ms": float(np.percentile(a, 99.9)),
+        "max_ms": float(a.max()),
+    }
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "idcheck.server",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        str(data_dir),
+        "--log-level",
+        "WARNING",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"serving on (\S+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+            return proc, m.group(1)
+    raise RuntimeError(f"server exited with {proc.wait()}")
+
+
+def build_register(n: int, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.unique(synthetic_numbers(PATTERN, int(n * 1.02) + 100, rng))[:n]
+
+
+def upload(
+    stub: register_pb2_grpc.DocumentRegisterStub,
+    md: tuple[tuple[str, str], ...],
+    numbers: np.ndarray,
+    batch: int = 10_000,
+) -> dict[str, float]:
+    requests = [
+        pb.UploadRecordsRequest(
+            header=pb.UploadHeader(
+                upload_id=f"bench-{len(numbers)}-{time.time_ns()}",
+                mode=pb.UPLOAD_MODE_INCREMENTAL,
+                description="bench",
+            )
+        )
+    ]
+    for start in range(0, len(numbers), batch):
+        requests.append(
+            pb.UploadRecordsRequest(
+                batch=pb.RecordBatch(
+                    records=[
+                        pb.Record(
+                            key=pb.DocumentKey(issuing_state=MEMBER, document_number=x.decode(), document_class=1),
+                            status=pb.RECORD_STATUS_STOLEN,
+                            event_date="2025-06-01",
+                        )
+                        for x in numbers[start : start + batch]
+                    ]
+                )
+            )
+        )
+    requests.append(pb.UploadRecordsRequest(end=pb.UploadEnd(total_rows=len(numbers))))
+    t0 = time.perf_counter()
+    resp = stub.UploadRecords(iter(requests), metadata=md, timeout=3600)
+    elapsed = time.perf_counter() - t0
+    assert resp.created == len(numbers), resp
+    return {"rows": len(numbers), "seconds": elapsed, "rows_per_s": len(numbers) / elapsed}
+
+
+def make_queries(numbers: np.ndarray, count: int, seed: int = 11) -> list[pb.DocumentQuery]:
+    """2% listed, 1% OCR variants of listed numbers, the rest unlisted."""
+    rng = np.random.default_rng(seed)
+    fresh = synthetic_numbers(PATTERN, count, rng)
+    kinds = rng.random(count)
+    picks = numbers[rng.integers(0, len(numbers), count)]
+    out = []
+    for i in range(count):
+        if kinds[i] < 0.02:
+            number = picks[i].decode()
+        elif kinds[i] < 0.03:
+            number = picks[i].decode().replace("0", "O", 1).replace("1", "I", 1)
+        else:
+            number = fresh[i].decode()
+        out.append(pb.DocumentQuery(typed=pb.TypedQuery(issuing_state=MEMBER, document_number=number)))
+    return out
+
+
+def single(
+    stub: register_pb2_grpc.DocumentRegisterStub,
+    md: tuple[tuple[str, str], ...],
+    queries: list[pb.DocumentQuery],
+    seconds: float,
+) -> dict[str, float]:
+    for q in queries[:200]:  # warm-up
+        stub.CheckDocument(pb.CheckDocumentRequest(query=q), metadata=md, timeout=5)
+    samples: list[float] = []
+    verdicts: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        q = queries[i % len(queries)]
+        i += 1
+        t0 = time.perf_counter()
+        resp = stub.CheckDocument(pb.CheckDocumentRequest(query=q), metadata=md, timeout=5)
+        samples.append(time.perf_counter() - t0)
+        verdicts[resp.result.verdict] = verdicts.get(resp.result.verdict, 0) + 1
+    out = percentiles(samples)
+    out["requests_per_s"] = len(samples) / seconds
+    out["verdicts"] = {pb.Verdict.Name(k): v for k, v in verdicts.items()}  # type: ignore[assignment]
+    return out
+
+
+def manifest(
+    stub: register_pb2_grpc.DocumentRegisterStub,
+    md: tuple[tuple[str, str], ...],
+    queries: list[pb.DocumentQuery],
+    size: int,
+    seconds: float,
+) -> dict[str, float]:
+    calls = [pb.CheckDocumentsRequest(queries=queries[s : s + size]) for s in range(0, len(queries) - size + 1, size)]
+    for c in calls[:3]:
+        stub.CheckDocuments(c, metadata=md, timeout=30)
+    samples: list[float] = []
+    docs = hits = 0
+    t_start = time.perf_counter()
+    deadline = t_start + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        c = calls[i % len(calls)]
+        i += 1
+        t0 = time.perf_counter()
+        resp = stub.CheckDocuments(c, metadata=md, timeout=30)
+        samples.append(time.perf_counter() - t0)
+        docs += len(resp.results)
+        hits += resp.hits
+    elapsed = time.perf_counter() - t_start
+    out = percentiles(samples)
+    out.update({"manifest_size": size, "documents": docs, "documents_per_s": docs / elapsed, "hits": hits})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=float, default=1_000_000, help="register size to upload (e.g. 1e6)")
+    ap.add_argument("--target", help="HOST:PORT of a running server (default: start one on a fresh data dir)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each check scenario")
+    ap.add_argument("--manifest-size", type=int, default=1000)
+    ap.add_argument("--output", type=Path, default=None, help="JSON result file (default: bench/results/...)")
+    args = ap.parse_args(argv)
+    n = int(args.records)
+
+    tmp = None
+    proc = None
+    target = args.target
+    if not target:
+        tmp = tempfile.TemporaryDirectory(prefix="idcheck-bench-")
+        proc, target = start_server(Path(tmp.name))
+    md = (("x-idcheck-member", MEMBER), ("x-idcheck-role", "member"))
+    channel = grpc.insecure_channel(
+        target,
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    )
+    stub = register_pb2_grpc.DocumentRegisterStub(channel)
+    try:
+        print(f"register of {n:,} synthetic records on {target}", flush=True)
+        numbers = build_register(n)
+        result: dict[str, object] = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+            },
+            "records": n,
+        }
+        up = upload(stub, md, numbers)
+        result["upload"] = up
+        print(
+            f"upload:   {up['rows']:,} rows in {up['seconds']:.2f}s = {up['rows_per_s']:,.0f} rows/s (durable)",
+            flush=True,
+        )
+        queries = make_queries(numbers, 100_000)
+        s = single(stub, md, queries, args.seconds)
+        result["single_c1"] = s
+        print(
+            f"single:   c=1 {s['requests_per_s']:,.0f} req/s  p50 {s['p50_ms']:.3f} ms  p95 {s['p95_ms']:.3f} ms  "
+            f"p99 {s['p99_ms']:.3f} ms  max {s['max_ms']:.2f} ms  {s['verdicts']}",
+            flush=True,
+        )
+        m = manifest(stub, md, queries, args.manifest_size, args.seconds)
+        result["manifest"] = m
+        print(
+            f"manifest: {args.manifest_size} per call {m['documents_per_s']:,.0f} documents/s  "
+            f"call p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms",
+            flush=True,
+        )
+        out = args.output or RESULTS / f"load-{n}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"written {out}")
+    finally:
+        channel.close()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,7 +13,9 @@ from idcheck.icao.numbers import (
     DocumentNumberError,
     NumberMatch,
     canonical_number,
+    canonical_numbers,
     folded_key,
+    folded_keys,
     match_numbers,
 )
 from idcheck.icao.states import (
@@ -36,11 +38,13 @@ __all__ = [
     "NumberMatch",
     "StateCodeError",
     "canonical_number",
+    "canonical_numbers",
     "canonical_state",
     "check_digit",
     "compose_mrz",
     "document_class",
     "folded_key",
+    "folded_keys",
     "is_known_state",
     "is_specimen_state",
     "match_numbers",

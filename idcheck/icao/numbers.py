@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 __all__ = [
@@ -32,7 +32,9 @@ __all__ = [
     "DocumentNumberError",
     "NumberMatch",
     "canonical_number",
+    "canonical_numbers",
     "folded_key",
+    "folded_keys",
     "match_numbers",
 ]
 
@@ -89,6 +91,35 @@ def canonical_number(number: str) -> str:
             f"document number {number!r} holds {bad!r}: only letters A-Z and digits 0-9 are allowed"
         )
     return canonical
+
+
+# Batch forms: one translate over the whole batch joined by a separator outside the canonical alphabet.
+_SEP = "\x1f"
+_BATCH_FORM = re.compile(r"[A-Z0-9]+(?:\x1f[A-Z0-9]+)*")
+
+
+def canonical_numbers(numbers: Sequence[str]) -> list[str]:
+    """:func:`canonical_number` of every number, several times faster for manifests.
+
+    Raises :class:`DocumentNumberError` when any number is invalid, without saying which: call
+    :func:`canonical_number` on each to find out.
+    """
+    if not numbers:
+        return []
+    joined = _SEP.join(numbers).translate(_CANONICAL)
+    if _BATCH_FORM.fullmatch(joined) is None:
+        raise DocumentNumberError("a document number in the batch is empty or holds characters other than A-Z, 0-9")
+    out = joined.split(_SEP)
+    if len(out) != len(numbers):  # a number held the separator itself
+        raise DocumentNumberError("a document number in the batch holds a control character")
+    return out
+
+
+def folded_keys(canonicals: Sequence[str]) -> list[str]:
+    """:func:`folded_key` of every canonical number."""
+    if not canonicals:
+        return []
+    return _SEP.join(canonicals).translate(_FOLD).split(_SEP)
 
 
 def folded_key(canonical: str) -> str:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from idcheck.icao import DocumentClass, folded_key
+from idcheck.icao import DocumentClass, folded_key, folded_keys
 from idcheck.records import StoredRecord
 
 
@@ -31,16 +31,14 @@ class MatchKind(enum.IntEnum):
     CLASS_MISMATCH = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(NamedTuple):
     """One record that matched, and how."""
 
     kind: MatchKind
     record: StoredRecord
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+class Lookup(NamedTuple):
     """A canonical query: state ('' when unknown), canonical number, class (UNSPECIFIED matches all)."""
 
     issuing_state: str
@@ -82,22 +80,29 @@ class DocumentIndex:
         else:
             del self._by_folded[folded]
 
-    def lookup(self, query: Lookup) -> list[Match]:
+    def lookup(self, query: Lookup) -> tuple[Match, ...]:
         """Matches for one query, exact ones first. Cancelled records are never in the index."""
         candidates = self._by_folded.get(folded_key(query.number))
-        if not candidates:
-            return []
-        matches = []
-        for record in candidates:
-            kind = classify(query, record)
-            if kind is not None:
-                matches.append(Match(kind, record))
-        matches.sort(key=lambda m: (m.kind, m.record.record_id))
-        return matches
+        return _matches(query, candidates) if candidates else ()
 
-    def lookup_many(self, queries: Sequence[Lookup]) -> list[list[Match]]:
-        """Matches for each query, in order."""
-        return [self.lookup(q) for q in queries]
+    def lookup_many(self, queries: Sequence[Lookup]) -> list[tuple[Match, ...]]:
+        """Matches for each query, in order (numbers folded in one pass for the whole batch)."""
+        get = self._by_folded.get
+        out: list[tuple[Match, ...]] = []
+        for query, folded in zip(queries, folded_keys([q.number for q in queries]), strict=True):
+            candidates = get(folded)
+            out.append(_matches(query, candidates) if candidates else ())
+        return out
+
+
+def _matches(query: Lookup, candidates: tuple[StoredRecord, ...]) -> tuple[Match, ...]:
+    found = []
+    for record in candidates:
+        kind = classify(query, record)
+        if kind is not None:
+            found.append(Match(kind, record))
+    found.sort(key=lambda m: (m.kind, m.record.record_id))
+    return tuple(found)
 
 
 def classify(query: Lookup, record: StoredRecord) -> MatchKind | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from idcheck.icao import (
     MRZ,
@@ -19,6 +20,7 @@ from idcheck.icao import (
     MRZError,
     StateCodeError,
     canonical_number,
+    canonical_numbers,
     canonical_state,
     document_class,
     is_known_state,
@@ -28,6 +30,7 @@ from idcheck.index import Lookup, Match, MatchKind
 from idcheck.records import MAX_NUMBER_LENGTH
 
 MAX_MRZ_LENGTH = 200
+CLEAR_ACTION = "CLEAR: no record for this document. Continue normal processing."
 
 
 class Verdict(enum.IntEnum):
@@ -39,8 +42,7 @@ class Verdict(enum.IntEnum):
     POSSIBLE_MATCH = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(NamedTuple):
     """One document to check, as received (exactly one of `mrz` or `document_number` is used)."""
 
     issuing_state: str = ""
@@ -51,8 +53,7 @@ class Query:
     client_reference: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedQuery:
+class PreparedQuery(NamedTuple):
     """A validated query: the canonical lookup plus what was read from the MRZ."""
 
     lookup: Lookup
@@ -63,8 +64,7 @@ class PreparedQuery:
     client_reference: str
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
+class CheckResult(NamedTuple):
     """The answer to one query."""
 
     verdict: Verdict
@@ -75,10 +75,50 @@ class CheckResult:
 
 
 def prepare(query: Query, field: str) -> PreparedQuery:
-    """Validate one query; raises ValueError subclasses carrying the field via `QueryError`."""
+    """Validate one query; raises QueryError naming the offending field."""
     if query.mrz:
         return _prepare_mrz(query, f"{field}.mrz")
     return _prepare_typed(query, f"{field}.typed")
+
+
+_CLASSES = tuple(DocumentClass)
+_STATE_CACHE: dict[str, str] = {}  # raw code as received -> canonical code (valid codes only)
+
+
+def prepare_many(
+    queries: Sequence[Query], field: str, *, single: bool = False
+) -> tuple[list[PreparedQuery], list[tuple[str, str]]]:
+    """Validate a manifest: the prepared queries, and every violation as (field, description).
+
+    Field names are `field[i]...`, or `field...` for a single query. The common case (typed queries with
+    valid numbers and known states) is canonicalised for the whole manifest at once; any query that does
+    not fit it goes through `prepare` one by one, which also finds the precise error.
+    """
+    typed_numbers = [q.document_number for q in queries if not q.mrz]
+    try:
+        canonical = iter(canonical_numbers(typed_numbers))
+    except DocumentNumberError:
+        canonical = None
+    prepared: list[PreparedQuery] = []
+    violations: list[tuple[str, str]] = []
+    for i, q in enumerate(queries):
+        number = next(canonical) if canonical is not None and not q.mrz else ""
+        state = _STATE_CACHE.get(q.issuing_state) if q.issuing_state else ""
+        cls = q.document_class
+        if number and state is not None and len(number) <= MAX_NUMBER_LENGTH and 0 <= cls < 5 and not q.birth_date:
+            prepared.append(
+                PreparedQuery(Lookup(state, number, _CLASSES[cls]), "typed", None, "", "", q.client_reference)
+            )
+            continue
+        try:
+            p = prepare(q, field if single else f"{field}[{i}]")
+        except QueryError as exc:
+            violations.append((exc.field, exc.description))
+            continue
+        if p.kind == "typed" and p.lookup.issuing_state and len(_STATE_CACHE) < 4096:
+            _STATE_CACHE[q.issuing_state] = p.lookup.issuing_state
+        prepared.append(p)
+    return prepared, violations
 
 
 class QueryError(ValueError):
@@ -174,7 +214,7 @@ def officer_action(verdict: Verdict, matches: tuple[Match, ...], query: Prepared
             f"POSSIBLE MATCH ({described}): compare the document with the record before acting; this is not a hit."
         )
     else:
-        parts.append("CLEAR: no record for this document. Continue normal processing.")
+        parts.append(CLEAR_ACTION)
     if query.mrz is not None and not query.mrz.valid:
         failed = ", ".join(query.mrz.failed_checks)
         parts.append(

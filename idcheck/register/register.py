@@ -25,9 +25,17 @@ from idcheck.records import (
     parse_key,
     validate_record,
 )
-from idcheck.register.checks import CheckResult, Query, QueryError, officer_action, prepare, verdict_of
+from idcheck.register.checks import (
+    CLEAR_ACTION,
+    CheckResult,
+    Query,
+    Verdict,
+    officer_action,
+    prepare_many,
+    verdict_of,
+)
 from idcheck.register.errors import InvalidRequest, LimitExceeded
-from idcheck.store import AuditRow, AuditWriter, CancelOutcome, RegisterStore, utc_now
+from idcheck.store import AuditCall, AuditDocument, AuditWriter, CancelOutcome, RegisterStore, utc_now
 from idcheck.uploads import Rejection, UploadMode, UploadOutcome
 
 log = logging.getLogger(__name__)
@@ -109,40 +117,36 @@ class Register:
             raise InvalidRequest.single(
                 field, f"{len(queries)} queries; at most {self.limits.max_queries_per_call} per call"
             )
-        prepared, violations = [], []
-        single = len(queries) == 1 and field == "query"
-        for i, q in enumerate(queries):
-            try:
-                prepared.append(prepare(q, field if single else f"{field}[{i}]"))
-            except QueryError as exc:
-                violations.append((exc.field, exc.description))
+        single = field == "query"
+        prepared, violations = prepare_many(queries, field, single=single)
         if violations:
             raise InvalidRequest(violations)
         sequence = self.index.sequence
-        call_id = uuid.uuid4().hex
+        call_uid = uuid.uuid4().hex
+        call_id = self.audit.next_call_id()
         results: list[CheckResult] = []
-        lookups = self.index.lookup_many([p.lookup for p in prepared])
-        for i, (p, found) in enumerate(zip(prepared, lookups, strict=True)):
-            matches = tuple(found)
+        documents: list[AuditDocument] = []
+        for i, (p, matches) in enumerate(
+            zip(prepared, self.index.lookup_many([p.lookup for p in prepared]), strict=True)
+        ):
+            lookup = p.lookup
+            if not matches and p.mrz is None and not p.state_as_read:  # the common case, kept cheap
+                results.append(
+                    CheckResult(Verdict.CLEAR, matches, p, call_uid if single else f"{call_uid}-{i}", CLEAR_ACTION)
+                )
+                documents.append(AuditDocument(call_id, i, p.kind, lookup.issuing_state, lookup.number, "CLEAR", ""))
+                continue
             verdict = verdict_of(matches)
-            query_id = call_id if single else f"{call_id}-{i}"
-            results.append(CheckResult(verdict, matches, p, query_id, officer_action(verdict, matches, p)))
-        now = utc_now()
+            action = officer_action(verdict, matches, p)
+            results.append(CheckResult(verdict, matches, p, call_uid if single else f"{call_uid}-{i}", action))
+            matched = ",".join(str(m.record.record_id) for m in matches)
+            state = lookup.issuing_state or p.state_as_read
+            documents.append(AuditDocument(call_id, i, p.kind, state, lookup.number, verdict.name, matched))
         self.audit.submit(
-            AuditRow(
-                query_id=r.query_id,
-                at=now,
-                caller_member=caller.member,
-                caller_role=caller.role,
-                peer=caller.peer,
-                query_kind=r.query.kind,
-                issuing_state=r.query.lookup.issuing_state or r.query.state_as_read,
-                document_number=r.query.lookup.number,
-                verdict=r.verdict.name,
-                matched_records=",".join(str(m.record.record_id) for m in r.matches),
-                register_seq=sequence,
-            )
-            for r in results
+            AuditCall(
+                call_id, call_uid, utc_now(), caller.member, caller.role, caller.peer, sequence, len(results), single
+            ),
+            documents,
         )
         return results, sequence
 

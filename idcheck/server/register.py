@@ -61,19 +61,23 @@ def record_to_proto(r: StoredRecord) -> pb.Record:
     )
 
 
-def result_to_proto(r: CheckResult) -> pb.DocumentResult:
-    lookup = r.query.lookup
-    out = pb.DocumentResult(
-        verdict=int(r.verdict),
-        query_id=r.query_id,
-        client_reference=r.query.client_reference,
-        officer_action=r.officer_action,
-        searched_key=pb.DocumentKey(
-            issuing_state=lookup.issuing_state,
-            document_number=lookup.number,
-            document_class=int(lookup.document_class),
-        ),
-    )
+def result_to_proto(r: CheckResult, out: pb.DocumentResult | None = None) -> pb.DocumentResult:
+    """Fill `out` (e.g. a new element of a repeated field, avoiding a copy) or a new DocumentResult."""
+    if out is None:
+        out = pb.DocumentResult()
+    query = r.query
+    lookup = query.lookup
+    out.verdict = r.verdict
+    out.query_id = r.query_id
+    out.officer_action = r.officer_action
+    if query.client_reference:
+        out.client_reference = query.client_reference
+    key = out.searched_key
+    key.issuing_state = lookup.issuing_state
+    key.document_number = lookup.number
+    key.document_class = lookup.document_class
+    if not r.matches and query.mrz is None:
+        return out
     for m in r.matches:
         rec, d = m.record, m.record.data
         out.matches.append(
@@ -92,7 +96,7 @@ def result_to_proto(r: CheckResult) -> pb.DocumentResult:
                 holder=holder_to_proto(d.holder),
             )
         )
-    mrz = r.query.mrz
+    mrz = query.mrz
     if mrz is not None:
         out.mrz.CopyFrom(
             pb.MrzReading(
@@ -176,16 +180,16 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
         self, request: pb.CheckDocumentsRequest, context: grpc.ServicerContext
     ) -> pb.CheckDocumentsResponse:
         results, seq = self.register.check(current_caller(), [query_from_proto(q) for q in request.queries])
-        counts = {v: 0 for v in Verdict}
+        response = pb.CheckDocumentsResponse(register_sequence=seq)
+        add = response.results.add
+        counts = dict.fromkeys(Verdict, 0)
         for r in results:
             counts[r.verdict] += 1
-        return pb.CheckDocumentsResponse(
-            results=[result_to_proto(r) for r in results],
-            register_sequence=seq,
-            hits=counts[Verdict.HIT],
-            possible_matches=counts[Verdict.POSSIBLE_MATCH],
-            clear=counts[Verdict.CLEAR],
-        )
+            result_to_proto(r, add())
+        response.hits = counts[Verdict.HIT]
+        response.possible_matches = counts[Verdict.POSSIBLE_MATCH]
+        response.clear = counts[Verdict.CLEAR]
+        return response
 
     def UploadRecords(
         self, request_iterator: Iterator[pb.UploadRecordsRequest], context: grpc.ServicerContext

@@ -2,10 +2,12 @@
 
 from idcheck.store.audit import AuditWriter
 from idcheck.store.errors import AmbiguousKey, NotOwner, RecordNotFound, StoreError
-from idcheck.store.sqlite import AuditRow, CancelOutcome, RegisterStore, utc_now
+from idcheck.store.sqlite import AuditCall, AuditDocument, AuditRow, CancelOutcome, RegisterStore, utc_now
 
 __all__ = [
     "AmbiguousKey",
+    "AuditCall",
+    "AuditDocument",
     "AuditRow",
     "AuditWriter",
     "CancelOutcome",

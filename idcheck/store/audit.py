@@ -9,14 +9,15 @@ through here; they are committed with `synchronous=FULL` by the store.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Final
 
-from idcheck.store.sqlite import AuditRow, RegisterStore, connect
+from idcheck.store.sqlite import AuditCall, AuditDocument, RegisterStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,18 @@ class AuditWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._conn = connect(store.path, synchronous="NORMAL")
+        self._call_ids = itertools.count(store.last_audit_call_id() + 1)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, rows: Iterable[AuditRow]) -> None:
-        """Queue rows for the next commit (never blocks on disk)."""
-        batch = list(rows)
-        if batch:
-            self._queue.put(batch)
+    def next_call_id(self) -> int:
+        """A fresh call id for `submit` (ids follow the order calls are numbered, not committed)."""
+        return next(self._call_ids)
+
+    def submit(self, call: AuditCall, documents: Sequence[AuditDocument]) -> None:
+        """Queue one check call and its documents for the next commit (never blocks on disk)."""
+        self._queue.put((call, documents))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row submitted so far is committed."""
@@ -57,7 +61,8 @@ class AuditWriter:
         self._conn.close()
 
     def _run(self) -> None:
-        pending: list[AuditRow] = []
+        pending: list[tuple[AuditCall, Sequence[AuditDocument]]] = []
+        rows = 0
         waiters: list[threading.Event] = []
         deadline = 0.0
         stop = False
@@ -69,21 +74,22 @@ class AuditWriter:
                 item = None
             if item is _STOP:
                 stop = True
-            elif isinstance(item, list):
+            elif isinstance(item, tuple):
                 if not pending:
                     deadline = time.monotonic() + self._interval
-                pending.extend(item)
+                pending.append(item)
+                rows += len(item[1])
             elif isinstance(item, threading.Event):
                 waiters.append(item)
-            due = stop or waiters or len(pending) >= self._max_batch or time.monotonic() >= deadline
+            due = stop or waiters or rows >= self._max_batch or time.monotonic() >= deadline
             if pending and due:
                 try:
                     self._store.write_audit(pending, self._conn)
                 except Exception:  # keep the thread alive: a full disk must not stop checks
-                    log.exception("audit write of %d rows failed; retrying in %.1fs", len(pending), self._interval)
+                    log.exception("audit write of %d rows failed; retrying in %.1fs", rows, self._interval)
                     deadline = time.monotonic() + self._interval
                 else:
-                    pending = []
+                    pending, rows = [], 0
             if not pending:
                 for w in waiters:
                     w.set()

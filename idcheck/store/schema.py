@@ -63,22 +63,36 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (member, upload_id)
     );
 
-    -- One row per checked document.
-    CREATE TABLE audit (
-        audit_id       INTEGER PRIMARY KEY,
-        query_id       TEXT    NOT NULL,
-        at             TEXT    NOT NULL,
-        caller_member  TEXT    NOT NULL,
-        caller_role    TEXT    NOT NULL,
-        peer           TEXT    NOT NULL DEFAULT '',
-        query_kind     TEXT    NOT NULL,
-        issuing_state  TEXT    NOT NULL DEFAULT '',
-        document_number TEXT   NOT NULL DEFAULT '',
-        verdict        TEXT    NOT NULL,
-        matched_records TEXT   NOT NULL DEFAULT '',
-        register_seq   INTEGER NOT NULL
+    -- The audit log: one row per check call, and one narrow row per checked document, clustered by call so
+    -- that appending is cheap. Query ids are the call's uid for a single check, `uid-position` in a manifest.
+    CREATE TABLE audit_calls (
+        call_id       INTEGER PRIMARY KEY,
+        call_uid      TEXT    NOT NULL UNIQUE,
+        at            TEXT    NOT NULL,
+        caller_member TEXT    NOT NULL,
+        caller_role   TEXT    NOT NULL,
+        peer          TEXT    NOT NULL DEFAULT '',
+        register_seq  INTEGER NOT NULL,
+        documents     INTEGER NOT NULL,
+        single        INTEGER NOT NULL
     );
-    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX audit_calls_at ON audit_calls (at);
+    CREATE TABLE audit (
+        call_id         INTEGER NOT NULL,
+        position        INTEGER NOT NULL,
+        query_kind      TEXT    NOT NULL,
+        issuing_state   TEXT    NOT NULL,
+        document_number TEXT    NOT NULL,
+        verdict         TEXT    NOT NULL,
+        matched_records TEXT    NOT NULL DEFAULT '',
+        PRIMARY KEY (call_id, position)
+    ) WITHOUT ROWID;
+    -- One row per checked document with everything about it.
+    CREATE VIEW audit_log AS
+        SELECT CASE WHEN c.single THEN c.call_uid ELSE c.call_uid || '-' || a.position END AS query_id,
+               c.at, c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, a.document_number,
+               a.verdict, a.matched_records, c.register_seq, a.call_id, a.position
+        FROM audit AS a JOIN audit_calls AS c USING (call_id);
     """,
 ]
 

@@ -14,11 +14,13 @@ table, which keeps a million-row upload in the order of seconds.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from idcheck.icao import DocumentClass
 from idcheck.records import DocumentKey, Holder, RecordChange, RecordData, RecordStatus, StoredRecord
@@ -67,9 +69,34 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    """One checked document, as written to the audit log."""
+class AuditCall(NamedTuple):
+    """One check call in the audit log (its documents are `AuditDocument` rows)."""
+
+    call_id: int
+    call_uid: str
+    at: str
+    caller_member: str
+    caller_role: str
+    peer: str
+    register_seq: int
+    documents: int
+    single: bool
+
+
+class AuditDocument(NamedTuple):
+    """One checked document of a call, as inserted."""
+
+    call_id: int
+    position: int
+    query_kind: str
+    issuing_state: str
+    document_number: str
+    verdict: str
+    matched_records: str
+
+
+class AuditRow(NamedTuple):
+    """One checked document as read back from the audit log (the `audit_log` view)."""
 
     query_id: str
     at: str
@@ -197,7 +224,7 @@ class RegisterStore:
             .execute(
                 "SELECT query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
                 "document_number, verdict, matched_records, register_seq FROM "
-                "(SELECT * FROM audit ORDER BY audit_id DESC LIMIT ?) ORDER BY audit_id",
+                "(SELECT * FROM audit_log ORDER BY call_id DESC, position DESC LIMIT ?) ORDER BY call_id, position",
                 (limit,),
             )
             .fetchall()
@@ -205,7 +232,12 @@ class RegisterStore:
         return [AuditRow(*r) for r in rows]
 
     def audit_count(self) -> int:
+        """Number of checked documents in the audit log."""
         return int(self._reader().execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+
+    def last_audit_call_id(self) -> int:
+        """Highest call id in the audit log (0 when empty)."""
+        return int(self._reader().execute("SELECT COALESCE(MAX(call_id), 0) FROM audit_calls").fetchone()[0])
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -487,30 +519,22 @@ class RegisterStore:
             self._last_seq = seq
             return CancelOutcome(len(changed_ids), already, seq, tuple(changed))
 
-    def write_audit(self, rows: Iterable[AuditRow], conn: sqlite3.Connection | None = None) -> None:
-        """Append audit rows in one transaction (called by the audit writer on its own connection)."""
+    def write_audit(
+        self, calls: Sequence[tuple[AuditCall, Sequence[AuditDocument]]], conn: sqlite3.Connection | None = None
+    ) -> None:
+        """Append check calls and their documents in one transaction (the audit writer's own connection)."""
         c = conn or self._conn
         c.execute("BEGIN")
         try:
             c.executemany(
-                "INSERT INTO audit (query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
-                "document_number, verdict, matched_records, register_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    (
-                        r.query_id,
-                        r.at,
-                        r.caller_member,
-                        r.caller_role,
-                        r.peer,
-                        r.query_kind,
-                        r.issuing_state,
-                        r.document_number,
-                        r.verdict,
-                        r.matched_records,
-                        r.register_seq,
-                    )
-                    for r in rows
-                ),
+                "INSERT INTO audit_calls (call_id, call_uid, at, caller_member, caller_role, peer, register_seq, "
+                "documents, single) VALUES (?,?,?,?,?,?,?,?,?)",
+                [call for call, _ in calls],
+            )
+            c.executemany(
+                "INSERT INTO audit (call_id, position, query_kind, issuing_state, document_number, verdict, "
+                "matched_records) VALUES (?,?,?,?,?,?,?)",
+                itertools.chain.from_iterable(docs for _, docs in calls),
             )
             c.execute("COMMIT")
         except BaseException:

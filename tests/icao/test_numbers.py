@@ -97,3 +97,20 @@ def test_canonical_number_is_idempotent(raw: str) -> None:
     else:
         assert canonical_number(canonical) == canonical
         assert set(canonical) <= set(ALNUM)
+
+
+def test_batch_forms_agree_with_single_forms() -> None:
+    from idcheck.icao import canonical_number, canonical_numbers, folded_key, folded_keys
+
+    raw = ["l898902c3", "LA 123-456", "AB.12/34<<", "O0IL"]
+    assert canonical_numbers(raw) == [canonical_number(n) for n in raw]
+    assert folded_keys(canonical_numbers(raw)) == [folded_key(canonical_number(n)) for n in raw]
+    assert canonical_numbers([]) == [] and folded_keys([]) == []
+
+
+@pytest.mark.parametrize("bad", [["A1", ""], ["A1", "<<-"], ["A1", "AB#1"], ["A\x1fB"], ["ÄB"]])
+def test_batch_canonical_numbers_refuses_any_bad_number(bad: list[str]) -> None:
+    from idcheck.icao import DocumentNumberError, canonical_numbers
+
+    with pytest.raises(DocumentNumberError):
+        canonical_numbers(bad)

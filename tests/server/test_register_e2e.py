@@ -467,7 +467,7 @@ def test_audit_log_has_one_row_per_checked_document(server: ServerProcess, nzl: 
     with sqlite3.connect(server.data_dir / "register.db") as db:
         rows = db.execute(
             "SELECT query_id, caller_member, caller_role, issuing_state, document_number, verdict, matched_records "
-            "FROM audit ORDER BY audit_id"
+            "FROM audit_log ORDER BY call_id, position"
         ).fetchall()
     assert [r[0] for r in rows] == [single.query_id] + [a.query_id for a in many]
     assert [r[5] for r in rows] == ["HIT", "CLEAR", "HIT", "POSSIBLE_MATCH"]

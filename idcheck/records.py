@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+import re
+from functools import lru_cache
+from typing import NamedTuple
 
 from idcheck.icao import (
     DocumentClass,
@@ -51,8 +53,7 @@ class RecordError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class DocumentKey:
+class DocumentKey(NamedTuple):
     """Identity of one document: canonical issuing state, canonical number, document class."""
 
     issuing_state: str
@@ -60,8 +61,7 @@ class DocumentKey:
     document_class: DocumentClass
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+class Holder(NamedTuple):
     """Optional holder data as the owner reported it (dates ISO 8601, empty when unknown)."""
 
     surname: str = ""
@@ -71,8 +71,7 @@ class Holder:
     expiry_date: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class RecordData:
+class RecordData(NamedTuple):
     """A validated record as submitted by its owner."""
 
     key: DocumentKey
@@ -83,8 +82,7 @@ class RecordData:
     instructions: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
+class StoredRecord(NamedTuple):
     """A record as held by the register."""
 
     record_id: int
@@ -94,8 +92,7 @@ class StoredRecord:
     sequence: int
 
 
-@dataclass(frozen=True, slots=True)
-class RecordChange:
+class RecordChange(NamedTuple):
     """One entry of a record's history (a row of the change log)."""
 
     sequence: int
@@ -109,15 +106,11 @@ class RecordChange:
 
 def parse_key(issuing_state: str, document_number: str, document_class: int, *, field: str = "key") -> DocumentKey:
     """Validate and canonicalise a document key; raises RecordError naming the field."""
-    try:
-        state = canonical_state(issuing_state)
-    except StateCodeError as exc:
-        raise RecordError(f"{field}.issuing_state", str(exc)) from None
+    state = _state(issuing_state, f"{field}.issuing_state")
     number = _number(document_number, f"{field}.document_number")
-    try:
-        cls = DocumentClass(int(document_class))
-    except ValueError:
-        raise RecordError(f"{field}.document_class", f"unknown document class {document_class!r}") from None
+    cls = _CLASSES.get(document_class)
+    if cls is None:
+        raise RecordError(f"{field}.document_class", f"unknown document class {document_class!r}")
     return DocumentKey(state, number, cls)
 
 
@@ -136,47 +129,75 @@ def validate_record(
     instructions: str = "",
     today: dt.date | None = None,
 ) -> RecordData:
-    """Turn one uploaded row into a RecordData, or raise RecordError for its first bad field."""
+    """Turn one uploaded row into a RecordData, or raise RecordError for its first bad field.
+
+    Runs for every uploaded row, so the common case is kept cheap: state codes and dates are memoised,
+    empty optional fields are not examined.
+    """
     key = parse_key(issuing_state, document_number, document_class)
     if key.document_class == DocumentClass.UNSPECIFIED:
         raise RecordError("key.document_class", "document class is required (passport, id card, visa or other)")
-    try:
-        st = RecordStatus(int(status))
-    except ValueError:
-        raise RecordError("status", f"unknown status {status!r}") from None
+    st = _STATUSES.get(status)
+    if st is None:
+        raise RecordError("status", f"unknown status {status!r}")
     if st == RecordStatus.UNSPECIFIED:
         raise RecordError("status", "status is required (LOST, STOLEN, STOLEN_BLANK, REVOKED, INVALIDATED)")
     today = today or dt.date.today()
-    event = _date(event_date, "event_date", required=True)
+    found = _parse_date(event_date) if event_date else None
+    if found is None:
+        if event_date.strip():
+            raise RecordError("event_date", f"{event_date!r} is not a date (YYYY-MM-DD)")
+        raise RecordError("event_date", "date is required (YYYY-MM-DD)")
+    event, event_iso = found
     if event > today + dt.timedelta(days=1):
         raise RecordError("event_date", f"{event_date} is in the future")
     if event < EARLIEST_EVENT:
         raise RecordError("event_date", f"{event_date} is before {EARLIEST_EVENT.isoformat()}")
-    birth = _date(birth_date, "holder.birth_date")
-    if birth and birth > today:
-        raise RecordError("holder.birth_date", f"{birth_date} is in the future")
-    expiry = _date(expiry_date, "holder.expiry_date")
-    nat = ""
-    if nationality.strip():
-        try:
-            nat = canonical_state(nationality)
-        except StateCodeError as exc:
-            raise RecordError("holder.nationality", str(exc)) from None
-    holder = Holder(
-        surname=_text(surname, "holder.surname", MAX_NAME_LENGTH),
-        given_names=_text(given_names, "holder.given_names", MAX_NAME_LENGTH),
-        birth_date=birth.isoformat() if birth else "",
-        nationality=nat,
-        expiry_date=expiry.isoformat() if expiry else "",
-    )
+    holder = _EMPTY_HOLDER
+    if surname or given_names or birth_date or nationality or expiry_date:
+        birth = _date(birth_date, "holder.birth_date")
+        if birth and birth > today:
+            raise RecordError("holder.birth_date", f"{birth_date} is in the future")
+        expiry = _date(expiry_date, "holder.expiry_date")
+        nat = ""
+        if nationality.strip():
+            nat = _state(nationality, "holder.nationality")
+        holder = Holder(
+            surname=_text(surname, "holder.surname", MAX_NAME_LENGTH),
+            given_names=_text(given_names, "holder.given_names", MAX_NAME_LENGTH),
+            birth_date=birth.isoformat() if birth else "",
+            nationality=nat,
+            expiry_date=expiry.isoformat() if expiry else "",
+        )
     return RecordData(
         key=key,
         number_printed=document_number.strip().upper(),
         status=st,
-        event_date=event.isoformat(),
+        event_date=event_iso,
         holder=holder,
         instructions=_text(instructions, "instructions", MAX_INSTRUCTIONS_LENGTH),
     )
+
+
+_STATUSES: dict[object, RecordStatus] = {int(s): s for s in RecordStatus}
+_CLASSES: dict[object, DocumentClass] = {int(c): c for c in DocumentClass}
+_EMPTY_HOLDER = Holder()
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tabs and line breaks are folded into spaces
+
+
+@lru_cache(maxsize=4096)
+def _state_or_error(code: str) -> str | StateCodeError:
+    try:
+        return canonical_state(code)
+    except StateCodeError as exc:
+        return exc
+
+
+def _state(code: str, field: str) -> str:
+    found = _state_or_error(code)
+    if isinstance(found, StateCodeError):
+        raise RecordError(field, str(found))
+    return found
 
 
 def _number(value: str, field: str) -> str:
@@ -189,22 +210,33 @@ def _number(value: str, field: str) -> str:
     return number
 
 
-def _date(value: str, field: str, *, required: bool = False) -> dt.date | None:
-    value = value.strip()
+def _date(value: str, field: str) -> dt.date | None:
     if not value:
-        if required:
-            raise RecordError(field, "date is required (YYYY-MM-DD)")
         return None
+    found = _parse_date(value)
+    if found is None:
+        if not value.strip():
+            return None
+        raise RecordError(field, f"{value!r} is not a date (YYYY-MM-DD)")
+    return found[0]
+
+
+@lru_cache(maxsize=65536)
+def _parse_date(value: str) -> tuple[dt.date, str] | None:
+    """The date and its ISO form (memoised: uploads repeat the same few thousand dates)."""
     try:
-        return dt.date.fromisoformat(value)
+        date = dt.date.fromisoformat(value.strip())
     except ValueError:
-        raise RecordError(field, f"{value!r} is not a date (YYYY-MM-DD)") from None
+        return None
+    return date, date.isoformat()
 
 
 def _text(value: str, field: str, limit: int) -> str:
+    if not value:
+        return value
+    if _CONTROL.search(value):
+        raise RecordError(field, "contains control characters")
     value = " ".join(value.split())
     if len(value) > limit:
         raise RecordError(field, f"longer than {limit} characters")
-    if any(ord(c) < 32 for c in value):
-        raise RecordError(field, "contains control characters")
     return value

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from idcheck.icao import DocumentClass
 from idcheck.records import DocumentKey, Holder, RecordChange, RecordData, RecordStatus, StoredRecord
@@ -55,6 +55,7 @@ CREATE TEMP TABLE IF NOT EXISTS staging (
     kind             INTEGER NOT NULL DEFAULT 0,
     record_id        INTEGER,
     existing_owner   TEXT,
+    existing_recorded_at TEXT,
     differs          INTEGER NOT NULL DEFAULT 0,
     op               INTEGER NOT NULL DEFAULT 0,  -- 0 unchanged, 1 create, 2 update
     seq              INTEGER
@@ -354,7 +355,7 @@ class RegisterStore:
         )
         conn.execute(
             """
-            UPDATE staging SET record_id = r.record_id, existing_owner = r.owner,
+            UPDATE staging SET record_id = r.record_id, existing_owner = r.owner, existing_recorded_at = r.recorded_at,
                 differs = (r.number_printed IS NOT staging.number_printed OR r.status IS NOT staging.status
                     OR r.event_date IS NOT staging.event_date OR r.surname IS NOT staging.surname
                     OR r.given_names IS NOT staging.given_names OR r.birth_date IS NOT staging.birth_date
@@ -387,30 +388,25 @@ class RegisterStore:
         )
         conn.execute(
             """
-            UPDATE staging SET seq = ? + x.rn
-            FROM (SELECT row_index AS ri, ROW_NUMBER() OVER (ORDER BY row_index) AS rn
+            UPDATE staging SET seq = ? + x.rn,
+                record_id = CASE WHEN staging.op = 1 THEN ? + x.created ELSE staging.record_id END
+            FROM (SELECT row_index AS ri, ROW_NUMBER() OVER (ORDER BY row_index) AS rn,
+                         SUM(op = 1) OVER (ORDER BY row_index) AS created
                   FROM staging WHERE kind = 0 AND op IN (1, 2)) AS x
             WHERE staging.row_index = x.ri
             """,
-            (base,),
+            (base, self._max_record_id(conn)),
         )
         conn.execute(
             """
-            INSERT INTO records (issuing_state, number_canonical, doc_class, number_printed, owner, status,
-                event_date, surname, given_names, birth_date, nationality, expiry_date, instructions,
+            INSERT INTO records (record_id, issuing_state, number_canonical, doc_class, number_printed, owner,
+                status, event_date, surname, given_names, birth_date, nationality, expiry_date, instructions,
                 recorded_at, seq)
-            SELECT issuing_state, number_canonical, doc_class, number_printed, ?, status, event_date, surname,
-                given_names, birth_date, nationality, expiry_date, instructions, ?, seq
+            SELECT record_id, issuing_state, number_canonical, doc_class, number_printed, ?, status, event_date,
+                surname, given_names, birth_date, nationality, expiry_date, instructions, ?, seq
             FROM staging WHERE kind = 0 AND op = 1 ORDER BY row_index
             """,
             (member, now),
-        )
-        conn.execute(
-            """
-            UPDATE staging SET record_id = r.record_id FROM records AS r
-            WHERE staging.kind = 0 AND staging.op = 1 AND r.issuing_state = staging.issuing_state
-              AND r.number_canonical = staging.number_canonical AND r.doc_class = staging.doc_class
-            """
         )
         conn.execute(
             """
@@ -458,14 +454,24 @@ class RegisterStore:
                 (member, upload_id, "not in REPLACE_ALL upload", now),
             )
             cancelled = cur.rowcount
+        # The changed records as they now stand, in sequence order: built from the rows in hand rather than
+        # read back; only records cancelled by REPLACE_ALL are read (their data was not in the upload).
+        data_of = dict(rows)
         changed = [
-            _row_to_record(r)
-            for r in conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN "
-                "(SELECT record_id FROM staging WHERE kind = 0 AND op IN (1, 2) "
-                " UNION ALL SELECT record_id FROM replaced) ORDER BY seq"
+            StoredRecord(rid, data_of[i], member, recorded_at or now, seq)
+            for i, rid, seq, recorded_at in conn.execute(
+                "SELECT row_index, record_id, seq, existing_recorded_at FROM staging "
+                "WHERE kind = 0 AND op IN (1, 2) ORDER BY seq"
             )
         ]
+        if cancelled:
+            changed += [
+                _row_to_record(r)
+                for r in conn.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN (SELECT record_id FROM replaced) "
+                    "ORDER BY seq"
+                )
+            ]
         all_rejections = tuple(sorted([*rejections, *store_rejections], key=lambda r: r.row_index))
         outcome = UploadOutcome(
             upload_id=upload_id,
@@ -570,6 +576,10 @@ class RegisterStore:
         return _row_to_record(rows[0])
 
     @staticmethod
+    def _max_record_id(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(MAX(record_id), 0) FROM records").fetchone()[0])
+
+    @staticmethod
     def _records_by_id(conn: sqlite3.Connection, ids: Sequence[int]) -> list[StoredRecord]:
         if not ids:
             return []
@@ -585,14 +595,13 @@ class RegisterStore:
         return out
 
 
-def _row_to_record(row: Sequence[object]) -> StoredRecord:
+_CLASS_OF = {int(c): c for c in DocumentClass}
+_STATUS_OF = {int(s): s for s in RecordStatus}
+_NO_HOLDER = Holder()
+
+
+def _row_to_record(row: Sequence[Any]) -> StoredRecord:
     (rid, state, number, cls, printed, owner, status, event, sur, given, birth, nat, exp, instr, at, seq) = row
-    data = RecordData(
-        key=DocumentKey(str(state), str(number), DocumentClass(int(cls))),  # type: ignore[call-overload]
-        number_printed=str(printed),
-        status=RecordStatus(int(status)),  # type: ignore[call-overload]
-        event_date=str(event),
-        holder=Holder(str(sur), str(given), str(birth), str(nat), str(exp)),
-        instructions=str(instr),
-    )
-    return StoredRecord(int(rid), data, str(owner), str(at), int(seq))  # type: ignore[call-overload]
+    holder = Holder(sur, given, birth, nat, exp) if (sur or given or birth or nat or exp) else _NO_HOLDER
+    data = RecordData(DocumentKey(state, number, _CLASS_OF[cls]), printed, _STATUS_OF[status], event, holder, instr)
+    return StoredRecord(rid, data, owner, at, seq)

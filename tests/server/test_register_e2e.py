@@ -499,3 +499,24 @@ def test_demo_register_has_the_specimens(server_factory: Callable[..., ServerPro
         answers = list(c.check_many([{"state": s, "number": "X"} for s in ("NZL", "FJI")]))
         assert all(a.verdict == "CLEAR" for a in answers)
     assert "5003 active records" in server.log
+
+
+def test_shutdown_rolls_back_upload_in_progress(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("--grace-seconds", "1")
+    stub = register_pb2_grpc.DocumentRegisterStub(grpc.insecure_channel(server.address))
+    md = (("x-idcheck-member", "NZL"), ("x-idcheck-role", "member"))
+    started, release = threading.Event(), threading.Event()
+    future = stub.UploadRecords.future(_blocking_stream(started, release), metadata=md, timeout=60)
+    assert started.wait(20)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 10
+    release.set()
+    with pytest.raises(grpc.RpcError):
+        future.result(timeout=10)
+    assert "stopped" in server.log
+    again = server_factory(data_dir=server.data_dir)
+    with again.client("NZL", "member") as c:
+        assert c.check(state="NZL", number="AB000000").verdict == "CLEAR"
+        assert not c.upload([rec("NZL", "AB000000")], upload_id="aborted").replayed

@@ -177,3 +177,68 @@ def read_manifest(path: Path, *, chunk_rows: int = 1000) -> Iterator[list[pb.Doc
                     )
                 )
         yield queries
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".arrow", ".feather", ".ipc"):
+        return "arrow"
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    raise FileFormatError(f"{path}: unknown file type {suffix!r} (use .csv, .parquet or .arrow)")
+
+
+def is_csv(path: Path) -> bool:
+    """True for the text (CSV) file types, whose rows have line numbers."""
+    return Path(path).suffix.lower() in (".csv", ".txt")
+
+
+def column_names(path: Path) -> list[str]:
+    """The file's column names as `iter_tables` gives them (stripped, lower-cased), read from the header or
+    schema only, so that a file can be vetted before it is streamed."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    kind = _kind(path)
+    try:
+        if kind == "parquet":
+            names = pq.ParquetFile(path).schema_arrow.names
+        elif kind == "arrow":
+            with pa.memory_map(str(path)) as source:
+                names = ipc.open_file(source).schema.names
+        else:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                names = next(csv.reader(fh), [])
+            if not names:
+                raise FileFormatError(f"{path}: empty file (expected a header row)")
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FileFormatError(f"{path}: {exc}") from None
+    return [n.strip().lower() for n in names]
+
+
+def count_rows(path: Path) -> int:
+    """Number of data rows, cheaply, for progress bars: Parquet metadata, Arrow IPC batch lengths, CSV lines
+    minus the header (a quoted field holding a newline makes this an over-estimate)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    kind = _kind(path)
+    try:
+        if kind == "parquet":
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if kind == "arrow":
+            with pa.memory_map(str(path)) as source:
+                reader = ipc.open_file(source)
+                return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        lines, last = 0, b"\n"
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+        if last != b"\n":
+            lines += 1  # last line without a newline
+        return max(0, lines - 1)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FileFormatError(f"{path}: {exc}") from None

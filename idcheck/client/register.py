@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from idcheck.client.errors import IdcheckError, from_rpc_error
-from idcheck.client.files import read_records
+from idcheck.client.files import REQUIRED_RECORD_COLUMNS, FileFormatError, column_names, read_records
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
 
@@ -343,6 +343,9 @@ class RegisterClient:
             raise ValueError("mode must be 'incremental' or 'replace-all'")
         if isinstance(records, str | Path):
             path = Path(records)
+            missing = [c for c in REQUIRED_RECORD_COLUMNS if c not in column_names(path)]
+            if missing:
+                raise FileFormatError(f"{path}: missing column(s) {', '.join(missing)}")
             upload_id = upload_id or file_upload_id(path, mode)
             description = description or path.name
             batches: Iterable[Sequence[RecordInput]] = read_records(path, chunk_rows=batch_size)
@@ -350,19 +353,30 @@ class RegisterClient:
             upload_id = upload_id or f"upload-{uuid.uuid4().hex}"
             batches = _batched(records, batch_size)
 
+        reader_errors: list[BaseException] = []
+
         def stream() -> Iterator[pb.UploadRecordsRequest]:
             yield pb.UploadRecordsRequest(
                 header=pb.UploadHeader(upload_id=upload_id, mode=mode_value, description=description)
             )
             sent = 0
-            for batch in batches:
-                yield pb.UploadRecordsRequest(batch=pb.RecordBatch(records=[make_record(r) for r in batch]))
-                sent += len(batch)
-                if on_batch:
-                    on_batch(len(batch))
+            try:
+                for batch in batches:
+                    yield pb.UploadRecordsRequest(batch=pb.RecordBatch(records=[make_record(r) for r in batch]))
+                    sent += len(batch)
+                    if on_batch:
+                        on_batch(len(batch))
+            except Exception as exc:  # kept to re-raise: gRPC only reports "Exception iterating requests"
+                reader_errors.append(exc)
+                raise
             yield pb.UploadRecordsRequest(end=pb.UploadEnd(total_rows=sent))
 
-        resp = self._call(self._stub.UploadRecords, stream(), timeout)
+        try:
+            resp = self._call(self._stub.UploadRecords, stream(), timeout)
+        except IdcheckError:
+            if reader_errors:  # the stream never sent its end message: nothing was applied
+                raise reader_errors[0] from None
+            raise
         return UploadResult.from_proto(resp)
 
     def cancel(

@@ -520,3 +520,24 @@ def test_shutdown_rolls_back_upload_in_progress(server_factory: Callable[..., Se
     with again.client("NZL", "member") as c:
         assert c.check(state="NZL", number="AB000000").verdict == "CLEAR"
         assert not c.upload([rec("NZL", "AB000000")], upload_id="aborted").replayed
+
+
+def test_upload_of_unreadable_file_raises_the_file_error_and_applies_nothing(server: ServerProcess, tmp_path) -> None:
+    from idcheck.client.files import FileFormatError
+
+    missing = tmp_path / "no-status.csv"
+    missing.write_text("issuing_state,document_number,document_class,event_date\nNZL,A1,passport,2025-01-01\n")
+    # a CSV whose second block has a row with too many fields: fails part-way through the stream
+    broken = tmp_path / "broken.csv"
+    rows = [f"NZL,Q{i:07d},passport,stolen,2025-01-01" for i in range(60_000)]
+    broken.write_text(
+        "issuing_state,document_number,document_class,status,event_date\n"
+        + "\n".join(rows)
+        + "\nNZL,Q9,passport,stolen,2025-01-01,extra,fields\n"
+    )
+    with server.client("NZL", "member") as c:
+        with pytest.raises(FileFormatError, match="missing column"):
+            c.upload(missing)
+        with pytest.raises(FileFormatError):
+            c.upload(broken)
+        assert c.check(state="NZL", number="Q0000000").verdict == "CLEAR"

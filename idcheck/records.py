@@ -182,7 +182,8 @@ def validate_record(
 _STATUSES: dict[object, RecordStatus] = {int(s): s for s in RecordStatus}
 _CLASSES: dict[object, DocumentClass] = {int(c): c for c in DocumentClass}
 _EMPTY_HOLDER = Holder()
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tabs and line breaks are folded into spaces
+# C0 and C1 control characters and DEL; tabs and line breaks are allowed and folded into spaces.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @lru_cache(maxsize=4096)

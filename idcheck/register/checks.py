@@ -169,9 +169,9 @@ def _prepare_mrz(query: Query, field: str) -> PreparedQuery:
         number = canonical_number(mrz.document_number)
     except DocumentNumberError:
         raise QueryError(field, "the MRZ holds no document number") from None
-    state, as_read = mrz.issuing_state, ""
-    if not is_known_state(state):
-        state, as_read = "", mrz.issuing_state
+    state, as_read = "", mrz.issuing_state
+    if is_known_state(mrz.issuing_state):
+        state, as_read = canonical_state(mrz.issuing_state), ""
     birth = mrz.birth_date_resolved.isoformat() if mrz.birth_date_resolved else ""
     lookup = Lookup(state, number, document_class(mrz.document_type))
     return PreparedQuery(lookup, "mrz", mrz, birth, as_read, query.client_reference)

@@ -144,6 +144,7 @@ class RegisterStore:
         self._conn.executescript(_STAGING)
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self._last_seq = self._query_last_seq(self._conn)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -163,6 +164,8 @@ class RegisterStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
         return conn
 
     def iter_records(self, *, active_only: bool = True, batch_size: int = 50_000) -> Iterator[StoredRecord]:
@@ -548,7 +551,11 @@ class RegisterStore:
             raise
 
     def close(self) -> None:
+        """Close every connection this store opened (the write connection and each thread's reader)."""
         with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
             self._conn.close()
 
     # -- helpers ------------------------------------------------------------------------------------

@@ -84,7 +84,9 @@ class AuditWriter:
             due = stop or waiters or rows >= self._max_batch or time.monotonic() >= deadline
             if pending and due:
                 try:
-                    self._store.write_audit(pending, self._conn)
+                    shift = self._store.write_audit(pending, self._conn)
+                    if shift:  # another writer used these ids: continue numbering above the shifted batch
+                        self._call_ids = itertools.count(next(self._call_ids) + shift)
                 except Exception:  # keep the thread alive: a full disk must not stop checks
                     log.exception("audit write of %d rows failed; retrying in %.1fs", rows, self._interval)
                     deadline = time.monotonic() + self._interval

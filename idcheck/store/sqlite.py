@@ -530,11 +530,23 @@ class RegisterStore:
 
     def write_audit(
         self, calls: Sequence[tuple[AuditCall, Sequence[AuditDocument]]], conn: sqlite3.Connection | None = None
-    ) -> None:
-        """Append check calls and their documents in one transaction (the audit writer's own connection)."""
+    ) -> int:
+        """Append check calls and their documents in one transaction (the audit writer's own connection).
+
+        Call ids are numbered by the writer in memory; if another writer on the same file took those ids
+        first, the batch is shifted above the highest id in the file (query ids do not depend on call ids).
+        Returns the shift applied, so the writer can continue its numbering after it.
+        """
         c = conn or self._conn
-        c.execute("BEGIN")
+        c.execute("BEGIN IMMEDIATE")
         try:
+            highest = int(c.execute("SELECT COALESCE(MAX(call_id), 0) FROM audit_calls").fetchone()[0])
+            shift = max(0, highest + 1 - calls[0][0].call_id) if calls else 0
+            if shift:
+                calls = [
+                    (call._replace(call_id=call.call_id + shift), [d._replace(call_id=d.call_id + shift) for d in docs])
+                    for call, docs in calls
+                ]
             c.executemany(
                 "INSERT INTO audit_calls (call_id, call_uid, at, caller_member, caller_role, peer, register_seq, "
                 "documents, single) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -549,6 +561,7 @@ class RegisterStore:
         except BaseException:
             c.execute("ROLLBACK")
             raise
+        return shift
 
     def close(self) -> None:
         """Close every connection this store opened (the write connection and each thread's reader)."""

@@ -1,0 +1,149 @@
+"""The background audit writer: check calls queued by the register end up in the audit log."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from idcheck.store import AuditCall, AuditDocument, AuditWriter, RegisterStore, utc_now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RegisterStore]:
+    s = RegisterStore(tmp_path / "register.db")
+    yield s
+    s.close()
+
+
+def call(writer: AuditWriter, documents: int, *, single: bool = False) -> tuple[AuditCall, list[AuditDocument]]:
+    call_id = writer.next_call_id()
+    docs = [AuditDocument(call_id, i, "typed", "NZL", f"LA{call_id:03d}{i:03d}", "CLEAR", "") for i in range(documents)]
+    uid = uuid.uuid4().hex  # as the register does: query ids never depend on call ids
+    return AuditCall(call_id, uid, utc_now(), "NZL", "border", "peer", 7, documents, single), docs
+
+
+def documents_in_table(path: Path) -> list[tuple[int, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT call_id, position FROM audit ORDER BY call_id, position").fetchall()
+
+
+def wait_for(predicate: object, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.02)
+
+
+def test_flushed_rows_are_all_in_the_table(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=30.0)  # nothing but flush() commits within the test
+    try:
+        writer.submit(*call(writer, 3))
+        writer.submit(*call(writer, 1, single=True))
+        writer.submit(*call(writer, 2))
+        assert writer.flush()
+        assert store.audit_count() == 6
+        assert documents_in_table(store.path) == [(1, 0), (1, 1), (1, 2), (2, 0), (3, 0), (3, 1)]
+        writer.submit(*call(writer, 4))
+        assert writer.flush()
+        assert store.audit_count() == 10
+    finally:
+        writer.close()
+
+
+def test_audit_rows_read_back_with_query_ids(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=30.0)
+    try:
+        manifest, single = call(writer, 2), call(writer, 1, single=True)
+        writer.submit(*manifest)
+        writer.submit(*single)
+        assert writer.flush()
+        rows = store.audit_rows()
+        first, second = manifest[0].call_uid, single[0].call_uid
+        assert [r.query_id for r in rows] == [f"{first}-0", f"{first}-1", second]
+        assert {(r.caller_member, r.caller_role, r.peer, r.register_seq) for r in rows} == {
+            ("NZL", "border", "peer", 7)
+        }
+        assert [r.query_id for r in store.audit_rows(limit=2)] == [f"{first}-1", second]
+    finally:
+        writer.close()
+
+
+def test_flush_with_nothing_queued_returns_at_once(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=30.0)
+    try:
+        started = time.monotonic()
+        assert writer.flush(timeout=5.0)
+        assert time.monotonic() - started < 2.0
+        assert store.audit_count() == 0
+    finally:
+        writer.close()
+
+
+def test_close_commits_what_is_queued(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=30.0)
+    for _ in range(20):
+        writer.submit(*call(writer, 5))
+    writer.close()
+    writer.close()  # a second close is harmless
+    assert len(documents_in_table(store.path)) == 100
+
+
+def test_rows_are_committed_after_the_interval_without_flush(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=0.05)
+    try:
+        writer.submit(*call(writer, 1))
+        wait_for(lambda: store.audit_count() == 1)
+        assert store.audit_count() == 1
+    finally:
+        writer.close()
+
+
+def test_full_batch_is_committed_before_the_interval(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=30.0, max_batch=10)
+    try:
+        writer.submit(*call(writer, 10))
+        wait_for(lambda: store.audit_count() == 10)
+        assert store.audit_count() == 10
+    finally:
+        writer.close()
+
+
+def test_call_ids_continue_after_reopening(tmp_path: Path) -> None:
+    store = RegisterStore(tmp_path / "register.db")
+    writer = AuditWriter(store, interval=30.0)
+    writer.submit(*call(writer, 1))
+    writer.submit(*call(writer, 1))
+    writer.close()
+    store.close()
+    store = RegisterStore(tmp_path / "register.db")
+    writer = AuditWriter(store, interval=30.0)
+    try:
+        assert store.last_audit_call_id() == 2
+        writer.submit(*call(writer, 2))
+        assert writer.flush()
+        assert documents_in_table(store.path) == [(1, 0), (2, 0), (3, 0), (3, 1)]
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_two_writers_on_one_database_lose_no_rows(tmp_path: Path) -> None:
+    # Two processes on one data directory (e.g. a server and an admin tool): SQLite serialises their
+    # commits, and the store itself takes sequence numbers inside its write transaction for this reason.
+    first_store, second_store = RegisterStore(tmp_path / "register.db"), RegisterStore(tmp_path / "register.db")
+    first, second = AuditWriter(first_store, interval=30.0), AuditWriter(second_store, interval=30.0)
+    try:
+        first.submit(*call(first, 2))
+        second.submit(*call(second, 3))
+        assert first.flush(timeout=3.0)
+        assert second.flush(timeout=3.0)
+        assert first_store.audit_count() == 5
+    finally:
+        first.close()
+        second.close()
+        first_store.close()
+        second_store.close()

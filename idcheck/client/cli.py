@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -669,10 +669,9 @@ def _cmd_upload(args: argparse.Namespace) -> int:
         big = (total or 0) >= 10_000  # 1.23M rows, 45.6k rows/s; small files in plain numbers
         bar = tqdm(total=total, unit=" rows", unit_scale=big, desc=path.name, file=sys.stderr)
     # The file is streamed as read_records batches, as RegisterClient.upload(path) does, with the same
-    # content-derived upload id and description; the wrapper keeps a read error that happens mid-file (the
-    # request stream then fails inside gRPC as a bare "Exception iterating requests!") so it can be reported.
-    read_errors: list[files.FileFormatError] = []
-    batches = _remember_read_error(files.read_records(path, chunk_rows=args.batch_size), read_errors)
+    # content-derived upload id and description. A read error mid-file abandons the stream before its end
+    # message, so nothing is applied; the client re-raises the reader's own error.
+    batches = files.read_records(path, chunk_rows=args.batch_size)
     started = time.perf_counter()
     try:
         with _connect(args) as client:
@@ -686,9 +685,9 @@ def _cmd_upload(args: argparse.Namespace) -> int:
                 on_batch=(lambda rows: _advance(bar, rows)) if bar is not None else None,
                 **kwargs,
             )
+    except files.FileFormatError as err:
+        return _usage_error("upload", f"{err}; the upload was abandoned, nothing was applied")
     except IdcheckError as err:
-        if read_errors:
-            return _usage_error("upload", f"{read_errors[0]}; the upload was abandoned, nothing was applied")
         return _service_error("upload", err, args, after="nothing was applied")
     finally:
         if bar is not None:
@@ -731,16 +730,6 @@ def _advance(bar: tqdm, rows: int) -> None:
     bar.update(rows)
     if bar.total is not None and bar.n >= bar.total:
         bar.set_postfix_str("all sent, waiting for the commit")
-
-
-def _remember_read_error(
-    batches: Iterator[list[pb.Record]], errors: list[files.FileFormatError]
-) -> Iterator[list[pb.Record]]:
-    try:
-        yield from batches
-    except files.FileFormatError as err:
-        errors.append(err)
-        raise
 
 
 def _describe_upload(path: Path, r: UploadResult, elapsed: float) -> str:

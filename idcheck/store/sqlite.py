@@ -56,11 +56,9 @@ CREATE TEMP TABLE IF NOT EXISTS staging (
     record_id        INTEGER,
     existing_owner   TEXT,
     existing_recorded_at TEXT,
-    differs          INTEGER NOT NULL DEFAULT 0,
-    op               INTEGER NOT NULL DEFAULT 0,  -- 0 unchanged, 1 create, 2 update
+    op               INTEGER NOT NULL DEFAULT 1,  -- 0 unchanged, 1 create, 2 update (set by the join)
     seq              INTEGER
 );
-CREATE INDEX IF NOT EXISTS staging_key ON staging (issuing_state, number_canonical, doc_class);
 CREATE TEMP TABLE IF NOT EXISTS replaced (record_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
@@ -309,6 +307,7 @@ class RegisterStore:
                 conn.execute("ROLLBACK")
                 raise
             finally:
+                conn.execute("DROP INDEX IF EXISTS temp.staging_key")
                 conn.execute("DELETE FROM staging")
                 conn.execute("DELETE FROM replaced")
             self._last_seq = outcome.register_sequence
@@ -359,7 +358,7 @@ class RegisterStore:
         conn.execute(
             """
             UPDATE staging SET record_id = r.record_id, existing_owner = r.owner, existing_recorded_at = r.recorded_at,
-                differs = (r.number_printed IS NOT staging.number_printed OR r.status IS NOT staging.status
+                op = 2 * (r.number_printed IS NOT staging.number_printed OR r.status IS NOT staging.status
                     OR r.event_date IS NOT staging.event_date OR r.surname IS NOT staging.surname
                     OR r.given_names IS NOT staging.given_names OR r.birth_date IS NOT staging.birth_date
                     OR r.nationality IS NOT staging.nationality OR r.expiry_date IS NOT staging.expiry_date
@@ -386,9 +385,6 @@ class RegisterStore:
             conn.executemany(
                 "UPDATE staging SET kind = 2 WHERE row_index = ?", ((r.row_index,) for r in store_rejections)
             )
-        conn.execute(
-            "UPDATE staging SET op = CASE WHEN record_id IS NULL THEN 1 WHEN differs THEN 2 ELSE 0 END WHERE kind = 0"
-        )
         conn.execute(
             """
             UPDATE staging SET seq = ? + x.rn,
@@ -435,6 +431,8 @@ class RegisterStore:
         next_seq = base + created + updated
         cancelled = 0
         if mode == UploadMode.REPLACE_ALL:
+            # Built after the bulk insert (cheaper than maintaining it row by row); dropped after the upload.
+            conn.execute("CREATE INDEX temp.staging_key ON staging (issuing_state, number_canonical, doc_class)")
             conn.execute(
                 f"""
                 INSERT INTO replaced (record_id, seq)

@@ -82,13 +82,15 @@ def prepare(query: Query, field: str) -> PreparedQuery:
 
 
 _CLASSES = tuple(DocumentClass)
+INVALID_LOOKUP = Lookup("", "", DocumentClass.UNSPECIFIED)  # placeholder for a query that failed validation
 _STATE_CACHE: dict[str, str] = {}  # raw code as received -> canonical code (valid codes only)
 
 
-def prepare_many(
+def prepare_columns(
     queries: Sequence[Query], field: str, *, single: bool = False
-) -> tuple[list[PreparedQuery], list[tuple[str, str]]]:
-    """Validate a manifest: the prepared queries, and every violation as (field, description).
+) -> tuple[list[Lookup], dict[int, PreparedQuery], list[tuple[str, str]]]:
+    """Validate a manifest column-wise: the lookup of every query, the full preparation of the queries that
+    need one (MRZ, birth date, or any that did not fit the fast path), and every violation.
 
     Field names are `field[i]...`, or `field...` for a single query. The common case (typed queries with
     valid numbers and known states) is canonicalised for the whole manifest at once; any query that does
@@ -99,25 +101,40 @@ def prepare_many(
         canonical = iter(canonical_numbers(typed_numbers))
     except DocumentNumberError:
         canonical = None
-    prepared: list[PreparedQuery] = []
+    lookups: list[Lookup] = []
+    special: dict[int, PreparedQuery] = {}
     violations: list[tuple[str, str]] = []
+    cache = _STATE_CACHE
     for i, q in enumerate(queries):
         number = next(canonical) if canonical is not None and not q.mrz else ""
-        state = _STATE_CACHE.get(q.issuing_state) if q.issuing_state else ""
+        state = cache.get(q.issuing_state) if q.issuing_state else ""
         cls = q.document_class
         if number and state is not None and len(number) <= MAX_NUMBER_LENGTH and 0 <= cls < 5 and not q.birth_date:
-            prepared.append(
-                PreparedQuery(Lookup(state, number, _CLASSES[cls]), "typed", None, "", "", q.client_reference)
-            )
+            lookups.append(Lookup(state, number, _CLASSES[cls]))
             continue
         try:
             p = prepare(q, field if single else f"{field}[{i}]")
         except QueryError as exc:
             violations.append((exc.field, exc.description))
+            lookups.append(INVALID_LOOKUP)  # keeps positions aligned with the queries
             continue
-        if p.kind == "typed" and p.lookup.issuing_state and len(_STATE_CACHE) < 4096:
-            _STATE_CACHE[q.issuing_state] = p.lookup.issuing_state
-        prepared.append(p)
+        if p.kind == "typed" and p.lookup.issuing_state and len(cache) < 4096:
+            cache[q.issuing_state] = p.lookup.issuing_state
+        lookups.append(p.lookup)
+        special[i] = p
+    return lookups, special, violations
+
+
+def prepare_many(
+    queries: Sequence[Query], field: str, *, single: bool = False
+) -> tuple[list[PreparedQuery], list[tuple[str, str]]]:
+    """Validate a manifest: a PreparedQuery per query, and every violation as (field, description)."""
+    lookups, special, violations = prepare_columns(queries, field, single=single)
+    prepared = [
+        special.get(i) or PreparedQuery(lookup, "typed", None, "", "", q.client_reference)
+        for i, (lookup, q) in enumerate(zip(lookups, queries, strict=True))
+        if lookup is not INVALID_LOOKUP
+    ]
     return prepared, violations
 
 

@@ -6,6 +6,7 @@ lock so the index follows the change log in order. Checks read only the index an
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import logging
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from idcheck.icao import DocumentClass
-from idcheck.index import DocumentIndex
+from idcheck.index import DocumentIndex, Lookup
 from idcheck.records import (
     DocumentKey,
     RecordChange,
@@ -30,10 +31,11 @@ from idcheck.records import (
 from idcheck.register.checks import (
     CLEAR_ACTION,
     CheckResult,
+    PreparedQuery,
     Query,
     Verdict,
     officer_action,
-    prepare_many,
+    prepare_columns,
     verdict_of,
 )
 from idcheck.register.errors import InvalidRequest, LimitExceeded
@@ -114,6 +116,15 @@ class Register:
         self, caller: Caller, queries: Sequence[Query], *, field: str = "queries"
     ) -> tuple[list[CheckResult], int]:
         """Check documents; every query is validated before any is answered. Returns results and sequence."""
+        batch = self.check_batch(caller, queries, field=field)
+        return batch.results(), batch.sequence
+
+    def check_batch(self, caller: Caller, queries: Sequence[Query], *, field: str = "queries") -> CheckBatch:
+        """Check documents, answering in columns: plain CLEAR answers are not materialised as objects.
+
+        Every query is validated before any is answered (InvalidRequest lists every bad one). One audit row
+        per document is queued for the audit writer.
+        """
         if not queries:
             raise InvalidRequest.single(field, "at least one query is required")
         if len(queries) > self.limits.max_queries_per_call:
@@ -121,37 +132,45 @@ class Register:
                 field, f"{len(queries)} queries; at most {self.limits.max_queries_per_call} per call"
             )
         single = field == "query"
-        prepared, violations = prepare_many(queries, field, single=single)
+        lookups, special, violations = prepare_columns(queries, field, single=single)
         if violations:
             raise InvalidRequest(violations)
-        sequence = self.index.sequence
-        call_uid = uuid.uuid4().hex
+        references = [q.client_reference for q in queries]
+        batch = CheckBatch(self.index.sequence, uuid.uuid4().hex, single, lookups, references)
         call_id = self.audit.next_call_id()
-        results: list[CheckResult] = []
         documents: list[AuditDocument] = []
-        for i, (p, matches) in enumerate(
-            zip(prepared, self.index.lookup_many([p.lookup for p in prepared]), strict=True)
-        ):
-            lookup = p.lookup
-            if not matches and p.mrz is None and not p.state_as_read:  # the common case, kept cheap
-                results.append(
-                    CheckResult(Verdict.CLEAR, matches, p, call_uid if single else f"{call_uid}-{i}", CLEAR_ACTION)
-                )
-                documents.append(AuditDocument(call_id, i, p.kind, lookup.issuing_state, lookup.number, "CLEAR", ""))
+        append = documents.append
+        clear = Verdict.CLEAR
+        for i, matches in enumerate(self.index.lookup_many(lookups)):
+            p = special.get(i)
+            if not matches and (p is None or (p.mrz is None and not p.state_as_read)):  # plain CLEAR: kept cheap
+                batch.verdicts.append(clear)
+                lookup = lookups[i]
+                append(AuditDocument(call_id, i, "typed", lookup.issuing_state, lookup.number, "CLEAR", ""))
                 continue
+            if p is None:
+                p = PreparedQuery(lookups[i], "typed", None, "", "", queries[i].client_reference)
             verdict = verdict_of(matches)
-            action = officer_action(verdict, matches, p)
-            results.append(CheckResult(verdict, matches, p, call_uid if single else f"{call_uid}-{i}", action))
+            batch.verdicts.append(verdict)
+            batch.details[i] = CheckResult(verdict, matches, p, batch.query_id(i), officer_action(verdict, matches, p))
             matched = ",".join(str(m.record.record_id) for m in matches)
-            state = lookup.issuing_state or p.state_as_read
-            documents.append(AuditDocument(call_id, i, p.kind, state, lookup.number, verdict.name, matched))
+            state = p.lookup.issuing_state or p.state_as_read
+            append(AuditDocument(call_id, i, p.kind, state, p.lookup.number, verdict.name, matched))
         self.audit.submit(
             AuditCall(
-                call_id, call_uid, utc_now(), caller.member, caller.role, caller.peer, sequence, len(results), single
+                call_id,
+                batch.call_uid,
+                utc_now(),
+                caller.member,
+                caller.role,
+                caller.peer,
+                batch.sequence,
+                len(lookups),
+                single,
             ),
             documents,
         )
-        return results, sequence
+        return batch
 
     # -- uploads ------------------------------------------------------------------------------------
 
@@ -231,6 +250,42 @@ def _settle_index_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+@dataclass
+class CheckBatch:
+    """Answers to one check call, column-wise.
+
+    `verdicts[i]` is the verdict of query i; `details[i]` its full CheckResult whenever it is anything but
+    a plain CLEAR of a typed query (matches, an MRZ reading, a warning). A query without details is CLEAR
+    with `CLEAR_ACTION` as its officer action, searched as `lookups[i]`.
+    """
+
+    sequence: int
+    call_uid: str
+    single: bool
+    lookups: list[Lookup]
+    references: list[str]
+    verdicts: list[Verdict] = dataclasses.field(default_factory=list)
+    details: dict[int, CheckResult] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.lookups)
+
+    def query_id(self, i: int) -> str:
+        """Query id of document i: the call's uid for a single check, `uid-i` in a manifest."""
+        return self.call_uid if self.single else f"{self.call_uid}-{i}"
+
+    def results(self) -> list[CheckResult]:
+        """Every answer as a CheckResult (materialises the plain CLEAR ones too)."""
+        out = []
+        for i, lookup in enumerate(self.lookups):
+            r = self.details.get(i)
+            if r is None:
+                p = PreparedQuery(lookup, "typed", None, "", "", self.references[i])
+                r = CheckResult(Verdict.CLEAR, (), p, self.query_id(i), CLEAR_ACTION)
+            out.append(r)
+        return out
 
 
 class UploadSession:

@@ -6,12 +6,14 @@ idcheck.store; errors are mapped to status codes by idcheck.server.errors.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 
 import grpc
 
 from idcheck.records import Holder, RecordChange, StoredRecord
 from idcheck.register import CheckResult, InvalidRequest, Query, RawRecord, Register, UploadAborted, Verdict
+from idcheck.register.checks import CLEAR_ACTION
 from idcheck.server.auth import current_caller
 from idcheck.uploads import UploadOutcome
 from idcheck.v1 import register_pb2 as pb
@@ -179,13 +181,31 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
     def CheckDocuments(
         self, request: pb.CheckDocumentsRequest, context: grpc.ServicerContext
     ) -> pb.CheckDocumentsResponse:
-        results, seq = self.register.check(current_caller(), [query_from_proto(q) for q in request.queries])
-        response = pb.CheckDocumentsResponse(register_sequence=seq)
+        queries = [
+            Query(t.issuing_state, t.document_number, t.document_class, t.birth_date, q.mrz, q.client_reference)
+            for q in request.queries
+            for t in (q.typed,)
+        ]
+        batch = self.register.check_batch(current_caller(), queries)
+        response = pb.CheckDocumentsResponse(register_sequence=batch.sequence)
         add = response.results.add
-        counts = dict.fromkeys(Verdict, 0)
-        for r in results:
-            counts[r.verdict] += 1
-            result_to_proto(r, add())
+        details, references, uid = batch.details, batch.references, batch.call_uid
+        for i, lookup in enumerate(batch.lookups):
+            detail = details.get(i)
+            if detail is not None:
+                result_to_proto(detail, add())
+                continue
+            out = add()  # a plain CLEAR, filled field by field: most of a manifest
+            out.verdict = Verdict.CLEAR
+            out.query_id = f"{uid}-{i}"
+            out.officer_action = CLEAR_ACTION
+            if references[i]:
+                out.client_reference = references[i]
+            key = out.searched_key
+            key.issuing_state = lookup.issuing_state
+            key.document_number = lookup.number
+            key.document_class = lookup.document_class
+        counts = collections.Counter(batch.verdicts)
         response.hits = counts[Verdict.HIT]
         response.possible_matches = counts[Verdict.POSSIBLE_MATCH]
         response.clear = counts[Verdict.CLEAR]

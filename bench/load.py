@@ -166,26 +166,46 @@ def manifest(
     queries: list[pb.DocumentQuery],
     size: int,
     seconds: float,
+    concurrency: int = 1,
 ) -> dict[str, float]:
     calls = [pb.CheckDocumentsRequest(queries=queries[s : s + size]) for s in range(0, len(queries) - size + 1, size)]
     for c in calls[:3]:
         stub.CheckDocuments(c, metadata=md, timeout=30)
     samples: list[float] = []
-    docs = hits = 0
+    totals = {"docs": 0, "hits": 0}
+    lock = threading.Lock()
     t_start = time.perf_counter()
     deadline = t_start + seconds
-    i = 0
-    while time.perf_counter() < deadline:
-        c = calls[i % len(calls)]
-        i += 1
-        t0 = time.perf_counter()
-        resp = stub.CheckDocuments(c, metadata=md, timeout=30)
-        samples.append(time.perf_counter() - t0)
-        docs += len(resp.results)
-        hits += resp.hits
+
+    def worker(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < deadline:
+            c = calls[i % len(calls)]
+            i += concurrency
+            t0 = time.perf_counter()
+            resp = stub.CheckDocuments(c, metadata=md, timeout=30)
+            elapsed = time.perf_counter() - t0
+            with lock:
+                samples.append(elapsed)
+                totals["docs"] += len(resp.results)
+                totals["hits"] += resp.hits
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     elapsed = time.perf_counter() - t_start
     out = percentiles(samples)
-    out.update({"manifest_size": size, "documents": docs, "documents_per_s": docs / elapsed, "hits": hits})
+    out.update(
+        {
+            "manifest_size": size,
+            "concurrency": concurrency,
+            "documents": totals["docs"],
+            "documents_per_s": totals["docs"] / elapsed,
+            "hits": totals["hits"],
+        }
+    )
     return out
 
 
@@ -195,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", help="HOST:PORT of a running server (default: start one on a fresh data dir)")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each check scenario")
     ap.add_argument("--manifest-size", type=int, default=1000)
+    ap.add_argument(
+        "--manifest-concurrency", type=int, nargs="+", default=[1, 2], help="concurrent manifest callers to measure"
+    )
     ap.add_argument("--output", type=Path, default=None, help="JSON result file (default: bench/results/...)")
     args = ap.parse_args(argv)
     n = int(args.records)
@@ -236,13 +259,14 @@ def main(argv: list[str] | None = None) -> int:
             f"p99 {s['p99_ms']:.3f} ms  max {s['max_ms']:.2f} ms  {s['verdicts']}",
             flush=True,
         )
-        m = manifest(stub, md, queries, args.manifest_size, args.seconds)
-        result["manifest"] = m
-        print(
-            f"manifest: {args.manifest_size} per call {m['documents_per_s']:,.0f} documents/s  "
-            f"call p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms",
-            flush=True,
-        )
+        for conc in args.manifest_concurrency:
+            m = manifest(stub, md, queries, args.manifest_size, args.seconds, conc)
+            result[f"manifest_c{conc}"] = m
+            print(
+                f"manifest: {args.manifest_size} per call, c={conc}: {m['documents_per_s']:,.0f} documents/s  "
+                f"call p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms",
+                flush=True,
+            )
         out = args.output or RESULTS / f"load-{n}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,45 @@
+"""Smoke test of the load script: a tiny register for a few seconds. Asserts correct answers, never speed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_load_script_runs_end_to_end_and_answers_correctly(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import load  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "result.json"
+    assert (
+        load.main(
+            [
+                "--records",
+                "3000",
+                "--seconds",
+                "0.5",
+                "--manifest-size",
+                "100",
+                "--manifest-concurrency",
+                "1",
+                "2",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["upload"]["rows"] == 3000
+    single = result["single_c1"]
+    # 2% of the queries are listed numbers and 1% OCR variants of listed numbers: both kinds must show up.
+    assert single["verdicts"]["VERDICT_HIT"] > 0 and single["verdicts"]["VERDICT_CLEAR"] > 0
+    for conc in (1, 2):
+        manifest = result[f"manifest_c{conc}"]
+        assert manifest["documents"] % 100 == 0 and manifest["documents"] > 0
+        assert manifest["hits"] > 0

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
 DATA   ?= data
 
-.PHONY: install run test lint bench bench-service proto clean
+.PHONY: install run test torture lint bench bench-service proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Longer crash-safety run for operators: 200 SIGKILLs at random moments, uploads of up to 3,000 rows.
+torture: install
+	IDCHECK_CRASH_KILLS=200 IDCHECK_CRASH_UPLOAD_ROWS=3000 $(BIN)/python -m pytest -q -s tests/server/test_crash_safety.py
 
 lint: install
 	$(BIN)/ruff check idcheck tests bench

@@ -28,7 +28,7 @@ test: install
 
 # Longer crash-safety run for operators: 200 SIGKILLs at random moments, uploads of up to 3,000 rows.
 torture: install
-	IDCHECK_CRASH_KILLS=200 IDCHECK_CRASH_UPLOAD_ROWS=3000 $(BIN)/python -m pytest -q -s tests/server/test_crash_safety.py
+	IDCHECK_CRASH_KILLS=200 IDCHECK_CRASH_UPLOAD_ROWS=3000 $(BIN)/python -m pytest -q -s --timeout 7200 tests/server/test_crash_safety.py
 
 lint: install
 	$(BIN)/ruff check idcheck tests bench

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upload(subparsers)
     _add_cancel(subparsers)
     _add_get(subparsers)
+    _add_enrol(subparsers)
+    _add_verify(subparsers)
+    _add_identify(subparsers)
+    _add_remove_templates(subparsers)
+    _add_calibrate(subparsers)
     return parser
 
 
@@ -934,6 +939,329 @@ def _change_json(c: Any) -> dict[str, Any]:
         "upload_id": c.upload_id,
         "reason": c.reason,
     }
+
+
+# --- idcheck enrol / verify / identify / remove-templates / calibrate ------------------------------------
+
+EXIT_NO_MATCH = 5  # verify: NO_MATCH; identify: no candidate
+
+
+def _bio_connect(args: argparse.Namespace) -> Any:
+    from idcheck.client.biometrics import BiometricsClient
+
+    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
+    return BiometricsClient(args.target, member=args.member, role=args.role, **kwargs)
+
+
+def _read_vectors(path: Path, column: str = "vector") -> Any:
+    """A 2-D float array from a .npy file, or the list<float> column of a Parquet file."""
+    import numpy as np
+
+    if path.suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+        return array.reshape(1, -1) if array.ndim == 1 else array
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=[column])
+        values = table.column(column).combine_chunks()
+        return np.asarray(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(values), -1)
+    raise files.FileFormatError(f"{path}: use a .npy or .parquet file of vectors")
+
+
+def _probe_vector(args: argparse.Namespace) -> Any:
+    vectors = _read_vectors(args.probe, args.vector_col)
+    if not 0 <= args.row < len(vectors):
+        raise files.FileFormatError(f"{args.probe}: no row {args.row} ({len(vectors)} vectors)")
+    return vectors[args.row]
+
+
+def _add_probe_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probe", type=Path, required=True, metavar="FILE", help="probe vector: .npy or .parquet")
+    parser.add_argument("--row", type=int, default=0, help="row of FILE to use as the probe (default 0)")
+    parser.add_argument("--vector-col", default="vector", help="vector column of a Parquet file (default vector)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_enrol(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "enrol",
+        parents=[_client_options()],
+        help="enrol biometric templates from a .npy or .parquet file",
+        description=(
+            "Enrol templates as your member. A Parquet file has one row per template: a subject column, a vector "
+            "column (list of floats) and optionally a documents column (STATE:NUMBER, several separated by ';') "
+            "and a quality column. A .npy file holds the vectors only (one row each); give their subjects (and "
+            "documents) in a CSV with --labels. Each batch is all or nothing. Exit status: 0 enrolled, 2 bad "
+            "input, 1 service error."
+        ),
+    )
+    parser.add_argument("templates", type=Path, metavar="FILE", help=".parquet, or .npy with --labels")
+    parser.add_argument("--labels", type=Path, default=None, metavar="CSV", help="subjects of a .npy file's rows")
+    parser.add_argument("--subject-col", default="subject_id", help="subject column (default subject_id)")
+    parser.add_argument("--vector-col", default="vector", help="vector column of a Parquet file (default vector)")
+    parser.add_argument("--doc-col", default=None, help="linked documents column (STATE:NUMBER;...)")
+    parser.add_argument("--quality-col", default=None, help="quality column (0 to 1)")
+    parser.add_argument("--batch-size", type=_batch_size(10_000), default=1000, help="templates per call")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.set_defaults(func=_cmd_enrol)
+
+
+def _label_columns(args: argparse.Namespace) -> dict[str, list[Any]]:
+    path: Path = args.templates
+    wanted = [c for c in (args.subject_col, args.doc_col, args.quality_col) if c]
+    if path.suffix == ".npy":
+        if args.labels is None:
+            raise files.FileFormatError(f"{path}: a .npy file needs --labels CSV naming each row's subject")
+        with args.labels.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        missing = [c for c in wanted if rows and c not in rows[0]]
+        if missing or not rows:
+            raise files.FileFormatError(f"{args.labels}: missing column(s) {', '.join(missing) or args.subject_col}")
+        return {c: [r[c] for r in rows] for c in wanted}
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    missing = [c for c in [*wanted, args.vector_col] if c not in names]
+    if missing:
+        raise files.FileFormatError(f"{path}: missing column(s) {', '.join(missing)}; have {', '.join(names)}")
+    table = pq.read_table(path, columns=wanted)
+    return {c: table.column(c).to_pylist() for c in wanted}
+
+
+def _documents(value: Any) -> list[str]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(";")
+    return [d.strip() for d in items if d and d.strip()]
+
+
+def _cmd_enrol(args: argparse.Namespace) -> int:
+    path: Path = args.templates
+    try:
+        vectors = _read_vectors(path, args.vector_col)
+        labels = _label_columns(args)
+        subjects = labels[args.subject_col]
+        if len(subjects) != len(vectors):
+            raise files.FileFormatError(f"{len(vectors)} vectors but {len(subjects)} subjects")
+        bad_docs = [d for v in labels.get(args.doc_col, []) for d in _documents(v) if ":" not in d]
+        if bad_docs:
+            raise files.FileFormatError(f"document {bad_docs[0]!r} is not STATE:NUMBER")
+    except (files.FileFormatError, OSError, ValueError) as err:
+        return _usage_error("enrol", str(err))
+    templates = (
+        {
+            "subject_id": str(subjects[i]),
+            "vector": vectors[i],
+            "documents": _documents(labels[args.doc_col][i]) if args.doc_col else [],
+            "quality": float(labels[args.quality_col][i]) if args.quality_col else None,
+        }
+        for i in range(len(vectors))
+    )
+    bar = tqdm(total=len(vectors), unit=" templates", desc=path.name, file=sys.stderr) if sys.stderr.isatty() else None
+    started = time.perf_counter()
+    try:
+        with _bio_connect(args) as client:
+            result = client.enrol(templates, batch_size=args.batch_size, on_batch=bar.update if bar else None)
+    except IdcheckError as err:
+
+        def rename(field: str) -> str:  # templates[i] of a batch -> the file's row
+            m = re.match(r"templates\[(\d+)\](.*)", field)
+            return f"row {m.group(1)} of the failed batch{m.group(2)}" if m else field
+
+        return _service_error("enrol", err, args, rename, after="the failed batch was not applied")
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - started
+    summary = {
+        "file": str(path),
+        "enrolled": len(result.template_ids),
+        "subjects_created": result.subjects_created,
+        "first_template_id": result.template_ids[0] if result.template_ids else None,
+        "last_template_id": result.template_ids[-1] if result.template_ids else None,
+        "template_sequence": result.template_sequence,
+        "elapsed_seconds": round(elapsed, 3),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        rate = len(result.template_ids) / elapsed if elapsed > 0 else 0
+        print(f"Enrolled {len(result.template_ids):,} templates from {path.name} ({rate:,.0f} templates/s)")
+        for key, value in summary.items():
+            if key != "file":
+                print(f"  {key.replace('_', ' ') + ':':<20}{value}")
+    return EXIT_OK
+
+
+def _add_verify(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        parents=[_client_options()],
+        help="compare a probe with one subject's or one document's templates (1:1)",
+        description="Exit status: 0 MATCH, 5 NO_MATCH, 2 bad input, 1 service error (or subject unknown).",
+    )
+    claim = parser.add_mutually_exclusive_group(required=True)
+    claim.add_argument("--subject", default=None, help="the claimed subject id")
+    claim.add_argument("--document", default=None, metavar="STATE:NUMBER", help="a document linked to templates")
+    _add_probe_options(parser)
+    parser.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        probe = _probe_vector(args)
+        document = None
+        if args.document:
+            state, sep, number = args.document.partition(":")
+            if not sep:
+                raise files.FileFormatError(f"--document {args.document!r} is not STATE:NUMBER")
+            document = (state, number)
+    except (files.FileFormatError, OSError, ValueError) as err:
+        return _usage_error("verify", str(err))
+    try:
+        with _bio_connect(args) as client:
+            a = client.verify(probe, subject_id=args.subject, document=document)
+    except IdcheckError as err:
+        return _service_error("verify", err, args)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(a)))
+    else:
+        print(
+            f"{a.decision}: score {a.score:.4f} against threshold {a.threshold:.4f} "
+            f"(target {a.rate_kind} {a.target_rate:g}); subject {a.subject_id}, best template {a.best_template_id} "
+            f"of {a.templates_compared} compared"
+        )
+    return EXIT_OK if a.decision == "MATCH" else EXIT_NO_MATCH
+
+
+def _add_identify(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "identify",
+        parents=[_client_options()],
+        help="search the whole gallery for a probe (1:N)",
+        description="Exit status: 0 candidates found, 5 none, 2 bad input, 1 service error.",
+    )
+    _add_probe_options(parser)
+    parser.add_argument("-k", "--max-candidates", type=int, default=10, help="most candidates (default 10)")
+    parser.set_defaults(func=_cmd_identify)
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    try:
+        probe = _probe_vector(args)
+    except (files.FileFormatError, OSError, ValueError) as err:
+        return _usage_error("identify", str(err))
+    try:
+        with _bio_connect(args) as client:
+            a = client.identify(probe, max_candidates=args.max_candidates)
+    except IdcheckError as err:
+        return _service_error("identify", err, args)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(a)))
+    else:
+        print(
+            f"{len(a.candidates)} candidate(s) at or above {a.threshold:.4f} (target {a.rate_kind} {a.target_rate:g}); "
+            f"{a.search_kind} search of {a.gallery_size:,} templates"
+        )
+        if a.candidates:
+            print(f"  {'rank':>4}  {'score':>7}  {'subject':<24} {'owner':<6} documents")
+            for c in a.candidates:
+                docs = ", ".join(f"{s} {n}" for s, n in c.documents) or "-"
+                print(f"  {c.rank:>4}  {c.score:>7.4f}  {c.subject_id:<24} {c.owner_member:<6} {docs}")
+    return EXIT_OK if a.candidates else EXIT_NO_MATCH
+
+
+def _add_remove_templates(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "remove-templates",
+        parents=[_client_options()],
+        help="remove your templates by id or by subject (all or nothing)",
+    )
+    parser.add_argument("--subject", action="append", default=[], help="remove all templates of this subject")
+    parser.add_argument("--template-id", type=int, action="append", default=[], help="remove this template")
+    parser.set_defaults(func=_cmd_remove_templates)
+
+
+def _cmd_remove_templates(args: argparse.Namespace) -> int:
+    try:
+        with _bio_connect(args) as client:
+            r = client.remove(template_ids=args.template_id, subject_ids=args.subject)
+    except IdcheckError as err:
+        return _service_error("remove-templates", err, args, after="nothing was removed")
+    print(f"Removed {r.removed} template(s); template sequence {r.template_sequence}")
+    return EXIT_OK
+
+
+def _add_calibrate(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="compute score thresholds for target error rates from a labelled sample (no server needed)",
+        description=(
+            "Compute the verify threshold for a target false-match rate and the identify threshold for a target "
+            "false-positive identification rate at a gallery size, from genuine and impostor scores: a .npz "
+            "(arrays genuine and impostor, or template pairs a, b and mated) or a Parquet file (columns score, "
+            "mated); or --synthetic for the built-in face model the defaults come from. --write updates a TOML "
+            "configuration file that `idcheck serve --config` reads."
+        ),
+    )
+    parser.add_argument("sample", type=Path, nargs="?", default=None, metavar="FILE", help=".npz or .parquet")
+    parser.add_argument("--synthetic", action="store_true", help="calibrate on the synthetic face model")
+    parser.add_argument("--verify-fmr", type=float, default=1e-4, help="target FMR of verify (default 1e-4)")
+    parser.add_argument("--identify-fpir", type=float, default=1e-3, help="target FPIR of identify (default 1e-3)")
+    parser.add_argument(
+        "--gallery-size", type=int, default=1_000_000, help="gallery size the FPIR holds for (default 1,000,000)"
+    )
+    parser.add_argument("--write", type=Path, default=None, metavar="TOML", help="configuration file to update")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from idcheck.biometrics.calibration import CalibrationError, calibrate_rate, load_sample, write_settings
+
+    if (args.sample is None) == (not args.synthetic):
+        return _usage_error("calibrate", "give a sample FILE or --synthetic (not both)")
+    try:
+        if args.synthetic:
+            from idcheck.biometrics.synthetic import FaceGenerator
+
+            genuine, impostor = FaceGenerator().score_sample()
+        else:
+            genuine, impostor = load_sample(args.sample)
+        verify = calibrate_rate(genuine, impostor, args.verify_fmr)
+        identify = calibrate_rate(genuine, impostor, args.identify_fpir, kind="FPIR", gallery_size=args.gallery_size)
+        if args.write:
+            write_settings(
+                args.write,
+                {
+                    "verify_fmr": args.verify_fmr,
+                    "verify_threshold": verify.threshold,
+                    "identify_fpir": args.identify_fpir,
+                    "identify_threshold": identify.threshold,
+                },
+            )
+    except (CalibrationError, OSError) as err:
+        return _usage_error("calibrate", str(err))
+    if args.json:
+        print(
+            json.dumps({"verify": verify.as_dict(), "identify": identify.as_dict(), "written": str(args.write or "")})
+        )
+        return EXIT_OK
+    print(f"Sample: {verify.genuine:,} genuine and {verify.impostor:,} impostor scores")
+    for name, c in (("verify", verify), ("identify", identify)):
+        extra = (
+            f" at gallery size {args.gallery_size:,} (per-comparison FMR {c.per_comparison_fmr:.3g})"
+            if name == "identify"
+            else ""
+        )
+        print(
+            f"  {name:<9} {c.rate_kind} {c.target_rate:g}{extra}: threshold {c.threshold:.4f} ({c.method}); "
+            f"observed FMR {c.observed_fmr:.3g}, FNMR {c.fnmr:.3%}"
+        )
+    if args.write:
+        print(f"Written to {args.write}; start the server with --config {args.write}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,17 +18,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from idcheck.biometrics import Gallery, GallerySettings
+from idcheck.index.templates import IndexSettings
 from idcheck.register import Limits, Register
 from idcheck.register.demo import seed_demo
 from idcheck.server.auth import is_loopback
+from idcheck.server.biometrics import BiometricsServicer
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
 from idcheck.server.register import DocumentRegisterServicer
-from idcheck.v1 import register_pb2, register_pb2_grpc
+from idcheck.v1 import biometrics_pb2, biometrics_pb2_grpc, register_pb2, register_pb2_grpc
 
 log = logging.getLogger("idcheck.server")
 
-SERVICE_NAMES = (register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"].full_name,)
+SERVICE_NAMES = (
+    register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"].full_name,
+    biometrics_pb2.DESCRIPTOR.services_by_name["Biometrics"].full_name,
+)
 
 
 @dataclass
@@ -40,13 +46,49 @@ class RunningServer:
     health: health.HealthServicer
     port: int
     address: str
+    gallery: Gallery
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Refuse new calls, let in-flight ones finish within `grace`, then flush and close the register."""
+        """Refuse new calls, let in-flight ones finish within `grace`, then flush and close the register and
+        the gallery (which saves its index snapshot)."""
         for name in (*SERVICE_NAMES, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
-        self.register.close()
+        try:
+            self.gallery.close()
+        finally:
+            self.register.close()
+
+
+def gallery_settings(config: ServerConfig) -> GallerySettings:
+    """The gallery's settings from the server configuration. Raises ConfigError for unusable values."""
+    for name in ("verify_fmr", "identify_fpir"):
+        if not 0 < getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be between 0 and 1 (exclusive), not {getattr(config, name)}")
+    for name in ("verify_threshold", "identify_threshold"):
+        if not -1 <= getattr(config, name) <= 1:
+            raise ConfigError(f"{name} is a cosine similarity: between -1 and 1, not {getattr(config, name)}")
+    if config.template_dimension < 1 or config.faiss_threads < 1 or config.ivf_nprobe < 1:
+        raise ConfigError("template_dimension, faiss_threads and ivf_nprobe must be at least 1")
+    if config.rebuild_growth <= 1:
+        raise ConfigError("rebuild_growth must be greater than 1")
+    return GallerySettings(
+        index=IndexSettings(
+            dimension=config.template_dimension,
+            approximate_above=config.approximate_above,
+            nprobe=config.ivf_nprobe,
+            nlist=config.ivf_nlist,
+            rebuild_growth=config.rebuild_growth,
+            omp_threads=config.faiss_threads,
+        ),
+        verify_fmr=config.verify_fmr,
+        verify_threshold=config.verify_threshold,
+        identify_fpir=config.identify_fpir,
+        identify_threshold=config.identify_threshold,
+        max_templates_per_call=config.max_templates_per_call,
+        max_candidates=max(1, config.max_candidates),
+        default_candidates=min(10, max(1, config.max_candidates)),
+    )
 
 
 # A check allocates a few objects per document; collecting the young generation every 700 allocations
@@ -67,9 +109,12 @@ def start(config: ServerConfig) -> RunningServer:
         max_records_per_batch=config.max_records_per_batch,
         max_rows_per_upload=config.max_rows_per_upload,
     )
+    settings = gallery_settings(config)
     gc.set_threshold(*GC_THRESHOLDS)
     register = Register.open(config.data_dir, limits=limits, audit_interval=config.audit_interval)
+    gallery: Gallery | None = None
     try:
+        gallery = Gallery.open(config.data_dir, settings)
         if config.demo and register.sequence == 0:
             outcomes = seed_demo(register)
             log.info("seeded demo register: %d records", sum(o.created for o in outcomes))
@@ -84,6 +129,7 @@ def start(config: ServerConfig) -> RunningServer:
             maximum_concurrent_rpcs=config.threads * 64,
         )
         register_pb2_grpc.add_DocumentRegisterServicer_to_server(DocumentRegisterServicer(register), server)
+        biometrics_pb2_grpc.add_BiometricsServicer_to_server(BiometricsServicer(gallery), server)
         health_servicer = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -94,10 +140,12 @@ def start(config: ServerConfig) -> RunningServer:
         for name in (*SERVICE_NAMES, ""):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:
+        if gallery is not None:
+            gallery.store.close()  # no snapshot: the server never served
         register.close()
         raise
     address = f"{host if ':' not in host else f'[{host}]'}:{bound}"
-    return RunningServer(server, register, health_servicer, bound, address)
+    return RunningServer(server, register, health_servicer, bound, address, gallery)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,6 +180,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"idcheck serve: register {config.data_dir / 'register.db'}: {len(reg.index)} active records "
         f"({sum(counts.values())} in all), sequence {reg.sequence}, loaded in {reg.load_seconds:.2f}s",
+        flush=True,
+    )
+    gallery = running.gallery
+    stats = gallery.index.stats()
+    print(
+        f"idcheck serve: biometric gallery: {stats.ntotal} templates, {stats.kind} index, template sequence "
+        f"{stats.sequence}, {gallery.load_report}, loaded in {gallery.load_seconds:.2f}s",
         flush=True,
     )
     print(

@@ -47,6 +47,10 @@ RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "/idcheck.v1.DocumentRegister/UploadRecords": _OWNERS,
     "/idcheck.v1.DocumentRegister/CancelRecords": _OWNERS,
     "/idcheck.v1.DocumentRegister/GetRecord": _OWNERS,
+    "/idcheck.v1.Biometrics/EnrolTemplates": _OWNERS,
+    "/idcheck.v1.Biometrics/Verify": _CHECKERS,
+    "/idcheck.v1.Biometrics/Identify": _CHECKERS,
+    "/idcheck.v1.Biometrics/RemoveTemplates": _OWNERS,
 }
 
 # Standard services anyone on the (loopback) network may use without identity.

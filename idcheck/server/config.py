@@ -35,6 +35,19 @@ class ServerConfig:
     audit_interval: float = 0.2
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # Biometric template index (defaults and thresholds explained in README "Biometrics").
+    template_dimension: int = 512
+    verify_fmr: float = 1e-4
+    verify_threshold: float = 0.3845
+    identify_fpir: float = 1e-3
+    identify_threshold: float = 0.5557
+    approximate_above: int = 50_000
+    ivf_nprobe: int = 64
+    ivf_nlist: int = 0
+    rebuild_growth: float = 4.0
+    faiss_threads: int = 1
+    max_templates_per_call: int = 10_000
+    max_candidates: int = 100
 
     def describe(self) -> str:
         """Human-readable configuration, one setting per line."""
@@ -53,6 +66,18 @@ _HELP = {
     "audit_interval": "seconds between audit log commits",
     "grace_seconds": "seconds in-flight calls get to finish at shutdown",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "template_dimension": "dimension of biometric templates (float32 values per vector)",
+    "verify_fmr": "target false-match rate of Verify, stated in every answer",
+    "verify_threshold": "score threshold calibrated for verify_fmr (`idcheck calibrate` writes it)",
+    "identify_fpir": "target false-positive identification rate of Identify, stated in every answer",
+    "identify_threshold": "score threshold calibrated for identify_fpir (`idcheck calibrate` writes it)",
+    "approximate_above": "gallery size above which the template index is approximate (IVF-SQ8) instead of exact",
+    "ivf_nprobe": "inverted lists searched per probe by the approximate index",
+    "ivf_nlist": "inverted lists of the approximate index (0: about the square root of the gallery size)",
+    "rebuild_growth": "retrain the approximate index when the gallery grows or shrinks by this factor",
+    "faiss_threads": "OpenMP threads per FAISS call (keep threads x faiss_threads near the core count)",
+    "max_templates_per_call": "largest batch of templates accepted by EnrolTemplates",
+    "max_candidates": "largest number of candidates Identify may be asked for",
 }
 
 

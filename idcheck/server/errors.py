@@ -17,9 +17,11 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from idcheck.biometrics import TemplateError
 from idcheck.register import InvalidRequest, LimitExceeded, UploadAborted
 from idcheck.server.auth import RoleDenied, Unauthenticated, authenticate, is_public, reset_caller, set_caller
 from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound
+from idcheck.store.templates import TemplateNotFound
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def _info(reason: str, **metadata: str) -> any_pb2.Any:
 
 def to_status(exc: BaseException) -> status_pb2.Status | None:
     """The status for a known exception, or None when it is not one of ours."""
-    if isinstance(exc, InvalidRequest):
+    if isinstance(exc, InvalidRequest | TemplateError):
         return status_pb2.Status(
             code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[_bad_request(exc.violations)]
         )
@@ -73,6 +75,12 @@ def to_status(exc: BaseException) -> status_pb2.Status | None:
             code=code_pb2.NOT_FOUND,
             message=f"{exc.field}: {exc}" if exc.field else str(exc),
             details=[_info("RECORD_NOT_FOUND", field=exc.field)],
+        )
+    if isinstance(exc, TemplateNotFound):
+        return status_pb2.Status(
+            code=code_pb2.NOT_FOUND,
+            message=f"{exc.field}: {exc}" if exc.field else str(exc),
+            details=[_info("TEMPLATE_NOT_FOUND", field=exc.field)],
         )
     if isinstance(exc, RoleDenied):
         return status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=str(exc), details=[_info("ROLE_DENIED")])

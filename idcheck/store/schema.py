@@ -94,6 +94,41 @@ MIGRATIONS: list[str] = [
                a.verdict, a.matched_records, c.register_seq, a.call_id, a.position
         FROM audit AS a JOIN audit_calls AS c USING (call_id);
     """,
+    # 1 -> 2: biometric templates (vectors as little-endian float32 BLOBs, L2-normalised), their subjects and
+    # linked documents, and the template change log whose sequence numbers tag the FAISS index snapshots.
+    """
+    CREATE TABLE template_subjects (
+        subject_id  TEXT PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE templates (
+        template_id INTEGER PRIMARY KEY,  -- the sequence number of its ENROLLED change: never reused
+        subject_id  TEXT    NOT NULL REFERENCES template_subjects (subject_id),
+        modality    INTEGER NOT NULL,
+        dimension   INTEGER NOT NULL,
+        vector      BLOB    NOT NULL,
+        quality     REAL,
+        owner       TEXT    NOT NULL,
+        enrolled_at TEXT    NOT NULL
+    );
+    CREATE INDEX templates_subject ON templates (subject_id);
+    CREATE TABLE template_documents (
+        template_id      INTEGER NOT NULL,
+        issuing_state    TEXT    NOT NULL,
+        number_canonical TEXT    NOT NULL,
+        PRIMARY KEY (template_id, issuing_state, number_canonical)
+    ) WITHOUT ROWID;
+    CREATE INDEX template_documents_key ON template_documents (issuing_state, number_canonical);
+    CREATE TABLE template_changes (
+        seq         INTEGER PRIMARY KEY,
+        op          TEXT    NOT NULL CHECK (op IN ('ENROLLED', 'REMOVED')),
+        template_id INTEGER NOT NULL,
+        subject_id  TEXT    NOT NULL,
+        actor       TEXT    NOT NULL,
+        changed_at  TEXT    NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

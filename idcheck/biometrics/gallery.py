@@ -1,0 +1,437 @@
+"""The gallery: enrol, verify, identify and remove templates over the durable store and the FAISS index.
+
+Writes go to the store first (durable when it returns) and are then applied to the index, both under one
+lock so the index follows the template change log in order; only then is the caller answered. Verify reads
+the claimed subject's or document's stored vectors and scores them exactly. Identify asks the index for a
+shortlist and re-scores it exactly from the stored vectors (which also drops anything removed meanwhile), so
+every score reported is an exact cosine similarity whichever index kind served the search.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from idcheck.biometrics.errors import TemplateError
+from idcheck.icao import DocumentNumberError, StateCodeError, canonical_number, canonical_state
+from idcheck.index.templates import IndexSettings, SnapshotError, TemplateIndex, normalise
+from idcheck.store.templates import NewTemplate, TemplateNotFound, TemplateStore
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_NAME = "templates.faissidx"
+MAX_SUBJECT_ID_LENGTH = 128
+
+
+class Modality(enum.IntEnum):
+    """Same numbers as idcheck.v1.Modality."""
+
+    UNSPECIFIED = 0
+    FACE = 1
+    FINGERPRINT = 2
+    IRIS = 3
+
+
+SERVED_MODALITIES = frozenset({Modality.FACE})
+
+
+class Decision(enum.StrEnum):
+    MATCH = "MATCH"
+    NO_MATCH = "NO_MATCH"
+
+
+@dataclass(frozen=True, slots=True)
+class GallerySettings:
+    """Thresholds, limits and index settings of the gallery.
+
+    Default thresholds are calibrated on the synthetic face model (`idcheck.biometrics.synthetic`,
+    `FaceGenerator().score_sample()`: 12,000 genuine and 2,000,000 impostor scores): verify FMR 1e-4 -> 0.3845
+    (FNMR 0.24 %); identify FPIR 1e-3 for a gallery of 1,000,000 -> per-comparison FMR 1e-9 -> 0.5557
+    (tail-extrapolated). Deployments recalibrate on their own model's scores with `idcheck calibrate`.
+    """
+
+    index: IndexSettings = field(default_factory=IndexSettings)
+    verify_fmr: float = 1e-4
+    verify_threshold: float = 0.3845
+    identify_fpir: float = 1e-3
+    identify_threshold: float = 0.5557
+    max_templates_per_call: int = 10_000
+    max_candidates: int = 100
+    default_candidates: int = 10
+    shortlist: int = 64  # templates re-scored exactly per identify, at least 4 * max_candidates asked
+
+    @property
+    def dimension(self) -> int:
+        return self.index.dimension
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateInput:
+    """One template as received (validated by `Gallery.enrol`)."""
+
+    subject_id: str
+    modality: int
+    dimension: int
+    data: bytes
+    quality: float | None = None
+    documents: Sequence[tuple[str, str]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A live capture as received."""
+
+    modality: int
+    dimension: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    threshold: float
+    target_rate: float
+    rate_kind: str  # FMR or FPIR
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolResult:
+    template_ids: tuple[int, ...]
+    template_sequence: int
+    subjects_created: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    decision: Decision
+    score: float
+    operating_point: OperatingPoint
+    best_template_id: int
+    subject_id: str
+    templates_compared: int
+    template_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    subject_id: str
+    score: float
+    owner_member: str
+    documents: tuple[tuple[str, str], ...]
+    template_id: int
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyResult:
+    candidates: tuple[Candidate, ...]
+    operating_point: OperatingPoint
+    gallery_size: int
+    template_sequence: int
+    search_kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveResult:
+    removed: int
+    template_sequence: int
+
+
+def _check_modality(value: int) -> str | None:
+    if value == Modality.UNSPECIFIED:
+        return "modality is required (FACE)"
+    if value not in Modality.__members__.values():
+        return f"unknown modality {value}"
+    if Modality(value) not in SERVED_MODALITIES:
+        return f"{Modality(value).name} templates are not served by this deployment (FACE only)"
+    return None
+
+
+class Gallery:
+    """The biometric template gallery of one node."""
+
+    def __init__(self, store: TemplateStore, settings: GallerySettings, snapshot_path: Path) -> None:
+        self.store = store
+        self.settings = settings
+        self.snapshot_path = Path(snapshot_path)
+        self._write_lock = threading.Lock()
+        started = time.perf_counter()
+        self.index, self.load_report = self._load_index()
+        self.load_seconds = time.perf_counter() - started
+        self.index.maybe_rebuild(self.store.open_snapshot)
+
+    @classmethod
+    def open(cls, data_dir: Path, settings: GallerySettings | None = None) -> Gallery:
+        """Open (or create) the gallery in a data directory (templates in its register.db)."""
+        settings = settings or GallerySettings()
+        data_dir = Path(data_dir)
+        store = TemplateStore(data_dir / "register.db", settings.dimension)
+        try:
+            return cls(store, settings, data_dir / SNAPSHOT_NAME)
+        except BaseException:
+            store.close()
+            raise
+
+    def _load_index(self) -> tuple[TemplateIndex, str]:
+        settings = self.settings.index
+        try:
+            index = TemplateIndex.load(self.snapshot_path, settings)
+            if index.sequence > self.store.last_sequence:
+                raise SnapshotError(
+                    f"snapshot at template sequence {index.sequence} is ahead of the store ({self.store.last_sequence})"
+                )
+        except SnapshotError as exc:
+            if self.snapshot_path.exists():
+                log.warning("template index snapshot not used (%s); rebuilding from the store", exc)
+                reason = f"snapshot not used ({exc})"
+            else:
+                reason = "no snapshot"
+            with self.store.open_snapshot() as source:
+                index = TemplateIndex.build(settings, source)
+            if len(index):
+                index.save(self.snapshot_path)
+            return index, f"built from the store: {reason}"
+        loaded_at = index.sequence
+        changes = self.store.changes_since(loaded_at)
+        index.remove(changes.removed, changes.sequence)
+        index.add(changes.added.ids, changes.added.vectors, changes.sequence)
+        return index, (
+            f"snapshot at sequence {loaded_at} plus {len(changes.added)} enrolled and "
+            f"{len(changes.removed)} removed since"
+        )
+
+    def close(self) -> None:
+        """Let a running rebuild finish, save the index snapshot, close the store."""
+        self.index.wait_rebuild()
+        with self._write_lock:
+            try:
+                if self.index.sequence == self.store.last_sequence:
+                    self.index.save(self.snapshot_path)
+            finally:
+                self.store.close()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def sequence(self) -> int:
+        return self.index.sequence
+
+    # -- validation ---------------------------------------------------------------------------------
+
+    def _vectors(
+        self, items: Sequence[tuple[int, int, bytes]], prefix: Sequence[str]
+    ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """Decode (modality, dimension, data) items into normalised rows; violations name `prefix[i]`."""
+        d = self.settings.dimension
+        violations: list[tuple[str, str]] = []
+        good = np.ones(len(items), dtype=bool)
+        for i, (modality, dimension, data) in enumerate(items):
+            if (problem := _check_modality(modality)) is not None:
+                violations.append((f"{prefix[i]}modality", problem))
+            if not data and dimension == 0:
+                violations.append((f"{prefix[i]}vector", "a feature vector is required"))
+                good[i] = False
+            elif dimension != d:
+                violations.append((f"{prefix[i]}vector.dimension", f"dimension {dimension}: this gallery holds {d}"))
+                good[i] = False
+            elif len(data) != 4 * d:
+                violations.append(
+                    (f"{prefix[i]}vector.data", f"{len(data)} bytes: {d} float32 values take {4 * d} bytes")
+                )
+                good[i] = False
+        matrix = np.zeros((len(items), d), dtype=np.float32)
+        rows = np.flatnonzero(good)
+        if len(rows):
+            matrix[rows] = np.frombuffer(b"".join(items[i][2] for i in rows), dtype="<f4").reshape(len(rows), d)
+        finite = np.isfinite(matrix).all(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.linalg.norm(np.where(np.isfinite(matrix), matrix, 0), axis=1)
+        for i in rows[~finite[rows]]:
+            violations.append((f"{prefix[i]}vector.data", "holds NaN or infinite values"))
+        for i in rows[finite[rows] & ~(norms[rows] > 0)]:
+            violations.append((f"{prefix[i]}vector.data", "is all zeros (no direction to compare)"))
+        violations.sort(key=lambda v: v[0])
+        return normalise(np.where(finite[:, None], matrix, 0)), violations
+
+    def _probe(self, probe: Probe) -> np.ndarray:
+        if not probe.data and probe.dimension == 0:
+            raise TemplateError.single("probe", "a probe feature vector is required")
+        vectors, violations = self._vectors([(probe.modality, probe.dimension, probe.data)], [""])
+        if violations:
+            raise TemplateError([(f.replace("vector", "probe", 1), d) for f, d in violations])
+        return vectors[0]
+
+    def _prepare(self, templates: Sequence[TemplateInput]) -> tuple[list[NewTemplate], np.ndarray]:
+        if not templates:
+            raise TemplateError.single("templates", "at least one template is required")
+        limit = self.settings.max_templates_per_call
+        if len(templates) > limit:
+            raise TemplateError.single("templates", f"{len(templates)} templates: at most {limit:,} per call")
+        prefixes = [f"templates[{i}]." for i in range(len(templates))]
+        vectors, violations = self._vectors([(t.modality, t.dimension, t.data) for t in templates], prefixes)
+        prepared: list[NewTemplate] = []
+        for i, t in enumerate(templates):
+            p = prefixes[i]
+            subject = t.subject_id
+            if not subject.strip():
+                violations.append((f"{p}subject_id", "a subject id is required"))
+            elif len(subject) > MAX_SUBJECT_ID_LENGTH or not subject.isprintable() or subject != subject.strip():
+                violations.append(
+                    (f"{p}subject_id", f"1 to {MAX_SUBJECT_ID_LENGTH} printable characters, no outer spaces")
+                )
+            if t.quality is not None and not (math.isfinite(t.quality) and 0 <= t.quality <= 1):
+                violations.append((f"{p}quality", f"{t.quality} is not between 0 and 1"))
+            documents: list[tuple[str, str]] = []
+            for j, (state, number) in enumerate(t.documents):
+                try:
+                    documents.append((canonical_state(state), canonical_number(number)))
+                except StateCodeError as exc:
+                    violations.append((f"{p}documents[{j}].issuing_state", str(exc)))
+                except DocumentNumberError as exc:
+                    violations.append((f"{p}documents[{j}].document_number", str(exc)))
+            prepared.append(NewTemplate(subject, int(t.modality), t.quality, tuple(dict.fromkeys(documents))))
+        if violations:
+            raise TemplateError(violations)
+        return prepared, vectors
+
+    # -- operations ---------------------------------------------------------------------------------
+
+    def enrol(self, member: str, templates: Sequence[TemplateInput]) -> EnrolResult:
+        """Enrol templates under the member's subjects, all or nothing; durable and searchable on return."""
+        prepared, vectors = self._prepare(templates)
+        with self._write_lock:
+            outcome = self.store.enrol(member, prepared, vectors)
+            self.index.add(outcome.template_ids, vectors, outcome.sequence)
+        self.index.maybe_rebuild(self.store.open_snapshot)
+        return EnrolResult(tuple(int(i) for i in outcome.template_ids), outcome.sequence, outcome.subjects_created)
+
+    def remove(self, member: str, template_ids: Sequence[int], subject_ids: Sequence[str]) -> RemoveResult:
+        """Remove the member's templates by id and by subject, all or nothing; never returned after this."""
+        if not template_ids and not subject_ids:
+            raise TemplateError.single("template_ids", "give template ids or subject ids to remove")
+        with self._write_lock:
+            outcome = self.store.remove(member, template_ids, subject_ids)
+            self.index.remove(outcome.template_ids, outcome.sequence)
+        self.index.maybe_rebuild(self.store.open_snapshot)
+        return RemoveResult(len(outcome.template_ids), outcome.sequence)
+
+    def verify_point(self) -> OperatingPoint:
+        return OperatingPoint(self.settings.verify_threshold, self.settings.verify_fmr, "FMR")
+
+    def identify_point(self) -> OperatingPoint:
+        return OperatingPoint(self.settings.identify_threshold, self.settings.identify_fpir, "FPIR")
+
+    def verify(
+        self, probe: Probe, *, subject_id: str | None = None, document: tuple[str, str] | None = None
+    ) -> VerifyResult:
+        """Compare the probe with the claimed subject's or document's templates (exact scores)."""
+        violations: list[tuple[str, str]] = []
+        vector: np.ndarray | None = None
+        try:
+            vector = self._probe(probe)
+        except TemplateError as exc:
+            violations += exc.violations
+        key: tuple[str, str] | None = None
+        if subject_id is None and document is None:
+            violations.append(("claim", "a subject_id or a document is required"))
+        elif subject_id is not None and not subject_id.strip():
+            violations.append(("subject_id", "a subject id is required"))
+        elif document is not None:
+            try:
+                key = (canonical_state(document[0]), "")
+            except StateCodeError as exc:
+                violations.append(("document.issuing_state", str(exc)))
+            try:
+                key = (key[0] if key else "", canonical_number(document[1]))
+            except DocumentNumberError as exc:
+                violations.append(("document.document_number", str(exc)))
+        if violations:
+            raise TemplateError(violations)
+        assert vector is not None
+        sequence = self.store.last_sequence
+        if key is not None:
+            stored = self.store.of_document(*key)
+            if not len(stored):
+                raise TemplateNotFound(f"no template is linked to document {key[0]} {key[1]}", field="document")
+        else:
+            assert subject_id is not None
+            stored = self.store.of_subject(subject_id)
+            if not len(stored):
+                raise TemplateNotFound(f"no templates for subject {subject_id!r}", field="subject_id")
+        scores = stored.vectors @ vector
+        best = int(np.argmax(scores))
+        score = float(scores[best])
+        point = self.verify_point()
+        return VerifyResult(
+            decision=Decision.MATCH if score >= point.threshold else Decision.NO_MATCH,
+            score=score,
+            operating_point=point,
+            best_template_id=int(stored.ids[best]),
+            subject_id=stored.subjects[best],
+            templates_compared=len(stored),
+            template_sequence=sequence,
+        )
+
+    def identify(self, probe: Probe, max_candidates: int = 0) -> IdentifyResult:
+        """Subjects scoring at or above the identify threshold, best first, at most `max_candidates`."""
+        violations: list[tuple[str, str]] = []
+        limit = self.settings.max_candidates
+        if not 0 <= max_candidates <= limit:
+            violations.append(("max_candidates", f"{max_candidates}: between 1 and {limit} (0 for the default)"))
+        vector: np.ndarray | None = None
+        try:
+            vector = self._probe(probe)
+        except TemplateError as exc:
+            violations = exc.violations + violations
+        if violations:
+            raise TemplateError(violations)
+        assert vector is not None
+        k = max_candidates or self.settings.default_candidates
+        point = self.identify_point()
+        sequence = self.index.sequence
+        kind = str(self.index.kind)
+        gallery_size = len(self.index)
+        _scores, ids = self.index.search(vector[None, :], max(self.settings.shortlist, 4 * k))
+        shortlist = ids[0][ids[0] >= 0]
+        stored = self.store.fetch(shortlist)  # removed templates are absent: never returned
+        exact = stored.vectors @ vector if len(stored) else np.empty(0, dtype=np.float32)
+        order = np.lexsort((stored.ids, -exact))
+        best: dict[str, tuple[float, int, str]] = {}
+        for i in order:
+            if exact[i] < point.threshold:
+                break
+            subject = stored.subjects[i]
+            if subject not in best:
+                best[subject] = (float(exact[i]), int(stored.ids[i]), stored.owners[i])
+                if len(best) == k:
+                    break
+        documents = self.store.documents_of_subjects(best) if best else {}
+        candidates = tuple(
+            Candidate(subject, score, owner, tuple(documents.get(subject, ())), tid, rank)
+            for rank, (subject, (score, tid, owner)) in enumerate(best.items(), start=1)
+        )
+        return IdentifyResult(candidates, point, gallery_size, sequence, kind)
+
+
+__all__ = [
+    "Candidate",
+    "Decision",
+    "EnrolResult",
+    "Gallery",
+    "GallerySettings",
+    "IdentifyResult",
+    "Modality",
+    "OperatingPoint",
+    "Probe",
+    "RemoveResult",
+    "TemplateInput",
+    "VerifyResult",
+]

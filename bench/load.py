@@ -52,7 +52,7 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(data_dir: Path, tls_dir: Path | None = None) -> tuple[subprocess.Popen[str], str]:
     cmd = [
         sys.executable,
         "-m",
@@ -63,6 +63,7 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
         str(data_dir),
         "--log-level",
         "WARNING",
+        *(["--tls-dir", str(tls_dir)] if tls_dir else []),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -219,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         "--manifest-concurrency", type=int, nargs="+", default=[1, 2], help="concurrent manifest callers to measure"
     )
     ap.add_argument("--output", type=Path, default=None, help="JSON result file (default: bench/results/...)")
+    ap.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="mutual TLS: the server uses DIR/server.pem, the client DIR/nzl-member.pem (or client.pem) "
+        "(make one with `idcheck certs`)",
+    )
     args = ap.parse_args(argv)
     n = int(args.records)
 
@@ -227,15 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     target = args.target
     if not target:
         tmp = tempfile.TemporaryDirectory(prefix="idcheck-bench-")
-        proc, target = start_server(Path(tmp.name))
-    md = (("x-idcheck-member", MEMBER), ("x-idcheck-role", "member"))
-    channel = grpc.insecure_channel(
-        target,
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
-    )
+        proc, target = start_server(Path(tmp.name), args.tls_dir)
+    md = (("x-idcheck-member", MEMBER), ("x-idcheck-role", "member"))  # ignored by a TLS server
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    if args.tls_dir:
+        from idcheck.client.channel import TlsOptions
+
+        creds = TlsOptions.from_dir(args.tls_dir, member=MEMBER, role="member").credentials()
+        channel = grpc.secure_channel(target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
     stub = register_pb2_grpc.DocumentRegisterStub(channel)
     try:
-        print(f"register of {n:,} synthetic records on {target}", flush=True)
+        print(f"register of {n:,} synthetic records on {target}{' (mutual TLS)' if args.tls_dir else ''}", flush=True)
         numbers = build_register(n)
         result: dict[str, object] = {
             "machine": {
@@ -244,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
             },
             "records": n,
+            "tls": bool(args.tls_dir),
         }
         up = upload(stub, md, numbers)
         result["upload"] = up
@@ -267,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"call p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms",
                 flush=True,
             )
-        out = args.output or RESULTS / f"load-{n}.json"
+        out = args.output or RESULTS / f"load-{n}{'-tls' if args.tls_dir else ''}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         print(f"written {out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import signal
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from idcheck.client.channel import TlsOptions
 from idcheck.client.register import RegisterClient
+from idcheck.security import certs
 
 SERVING = re.compile(r"serving on (\S+)")
 
@@ -98,3 +101,103 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     """One server on an empty register."""
     return server_factory()
+
+
+# --- mutual TLS ------------------------------------------------------------------------------------------
+
+# Member certificates written by the `pki` fixture: (member, role).
+PKI_MEMBERS = (
+    ("NZL", "member"),
+    ("NZL", "border"),
+    ("NZL", "operator"),
+    ("FJI", "member"),
+    ("FJI", "border"),
+    ("WSM", "border"),
+)
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A federation CA with a server certificate and member certificates, plus certificates to be refused."""
+
+    dir: Path
+    expired: TlsOptions  # NZL member, signed by our CA, validity ended yesterday
+    wrong_ca: TlsOptions  # NZL member, signed by another CA
+    no_identity: TlsOptions  # signed by our CA, client auth, subject "NZL member" but no idcheck URI
+    server_as_client: TlsOptions  # signed by our CA for server auth only
+
+    def tls(self, member: str, role: str) -> TlsOptions:
+        return TlsOptions.from_dir(self.dir, member=member, role=role)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Real certificates generated once per test session (ECDSA P-256, a few milliseconds each)."""
+    base = tmp_path_factory.mktemp("pki")
+    certs.init_ca(base)
+    certs.issue_server(base, ["127.0.0.1", "localhost", "::1"])
+    for member, role in PKI_MEMBERS:
+        certs.issue_member(base, member, role)
+    now = datetime.datetime.now(datetime.UTC)
+    certs.issue_member(
+        base,
+        "NZL",
+        "member",
+        stem="expired",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    # Signed by our CA but naming no identity: a client certificate whose subject looks like NZL's, without the
+    # idcheck URI (the subject must not be trusted), and a server certificate reused as a client one.
+    _issue_client_without_identity(base, "no-identity")
+    certs.issue_server(base, ["intruder.example"], stem="server-as-client")
+    other = tmp_path_factory.mktemp("other-ca")
+    certs.init_ca(other, name="not the federation")
+    certs.issue_member(other, "NZL", "member", stem="wrong-ca")
+    return Pki(
+        dir=base,
+        expired=TlsOptions(base / "expired.pem", base / "expired.key", base / "ca.pem"),
+        wrong_ca=TlsOptions(other / "wrong-ca.pem", other / "wrong-ca.key", base / "ca.pem"),
+        no_identity=TlsOptions(base / "no-identity.pem", base / "no-identity.key", base / "ca.pem"),
+        server_as_client=TlsOptions(base / "server-as-client.pem", base / "server-as-client.key", base / "ca.pem"),
+    )
+
+
+def _issue_client_without_identity(base: Path, stem: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((base / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((base / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = [("O", NameOID.ORGANIZATION_NAME, "NZL"), ("OU", NameOID.ORGANIZATIONAL_UNIT_NAME, "member")]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(oid, value) for _, oid, value in name]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://elsewhere/NZL/member")]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (base / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (base / f"{stem}.key").write_bytes(key_pem)
+
+
+@pytest.fixture
+def tls_server(server_factory: Callable[..., ServerProcess], pki: Pki) -> ServerProcess:
+    """One server on an empty register, listening with mutual TLS on 127.0.0.1 (certificates from `pki`)."""
+    return server_factory("--tls-dir", str(pki.dir))

@@ -20,8 +20,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from idcheck.client.channel import TlsLike, open_channel
 from idcheck.client.errors import from_rpc_error
-from idcheck.client.register import DEFAULT_TARGET, MAX_MESSAGE_BYTES
+from idcheck.client.register import DEFAULT_TARGET
 from idcheck.v1 import biometrics_pb2 as pb
 from idcheck.v1 import biometrics_pb2_grpc
 
@@ -116,17 +117,14 @@ class BiometricsClient:
         role: str | None = None,
         timeout: float = 10.0,
         channel: grpc.Channel | None = None,
+        tls: TlsLike = None,
     ) -> None:
+        """`tls`: TlsOptions or a TLS directory (its client.pem) for mutual TLS; the server then takes the
+        identity from the certificate and ignores `member`/`role`. Without it the channel is plaintext."""
         self.target = target
         self.timeout = timeout
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = channel or open_channel(target, tls=tls)
         self._stub = biometrics_pb2_grpc.BiometricsStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = tuple(
             (k, v) for k, v in (("x-idcheck-member", member), ("x-idcheck-role", role)) if v

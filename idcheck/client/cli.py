@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from idcheck.client import files
+from idcheck.client.channel import TlsConfigError, TlsOptions
 from idcheck.client.errors import (
     DeadlineExceeded,
     IdcheckError,
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identify(subparsers)
     _add_remove_templates(subparsers)
     _add_calibrate(subparsers)
+    _add_certs(subparsers)
     return parser
 
 
@@ -97,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = int(args.func(args))
         sys.stdout.flush()
+    except TlsConfigError as err:
+        print(f"idcheck {args.command}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except BrokenPipeError:
         # Whoever read the output stopped early (`| head`): no traceback, and never a clear exit status.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -257,8 +262,10 @@ def _client_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group(
         "connection",
-        "Until mutual TLS lands, the client states its member and role in call metadata; the server accepts "
-        "that only on loopback.",
+        "With --tls-dir the client connects with mutual TLS and the server takes the member and role from the "
+        "client certificate (--member/--role then only pick <member>-<role>.pem in that directory, else "
+        "client.pem). Without it the client states its member and role in call metadata, which a server "
+        "accepts only on loopback (development).",
     )
     group.add_argument(
         "--target",
@@ -285,13 +292,35 @@ def _client_options() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="deadline of each call (default: 10 s; 1 hour for an upload)",
     )
+    group.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=os.environ.get("IDCHECK_TLS_DIR") or None,
+        metavar="DIR",
+        help="mutual TLS with ca.pem and a client certificate from DIR (default: $IDCHECK_TLS_DIR; plaintext if unset)",
+    )
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=os.environ.get("IDCHECK_TLS_CERT") or None,
+        metavar="FILE",
+        help="client certificate (PEM) to use instead of the one picked in --tls-dir; its key is FILE with .key",
+    )
     return common
 
 
+def _tls(args: argparse.Namespace) -> TlsOptions | None:
+    """The client's TLS files from --tls-dir/--tls-cert, or None for a plaintext (loopback) connection."""
+    tls_dir, tls_cert = getattr(args, "tls_dir", None), getattr(args, "tls_cert", None)
+    if tls_dir is None and tls_cert is None:
+        return None
+    base = tls_dir if tls_dir is not None else Path(tls_cert).parent
+    return TlsOptions.from_dir(base, member=args.member, role=args.role, cert=tls_cert)
+
+
 def _connect(args: argparse.Namespace) -> RegisterClient:
-    if args.timeout is None:
-        return RegisterClient(args.target, member=args.member, role=args.role)
-    return RegisterClient(args.target, member=args.member, role=args.role, timeout=args.timeout)
+    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
+    return RegisterClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs)
 
 
 def _usage_error(command: str, message: str) -> int:
@@ -325,6 +354,12 @@ def _service_error(
             f"or point --target or IDCHECK_TARGET at a running one.",
             file=sys.stderr,
         )
+        if _tls(args) is not None:
+            print(
+                "  With TLS, a refused handshake looks the same: check that your certificate is signed by the "
+                "server's CA and has not expired, and that the server certificate names the host of --target.",
+                file=sys.stderr,
+            )
         status = EXIT_SERVICE_ERROR
     elif isinstance(err, DeadlineExceeded):
         print(
@@ -950,7 +985,7 @@ def _bio_connect(args: argparse.Namespace) -> Any:
     from idcheck.client.biometrics import BiometricsClient
 
     kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
-    return BiometricsClient(args.target, member=args.member, role=args.role, **kwargs)
+    return BiometricsClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs)
 
 
 def _read_vectors(path: Path, column: str = "vector") -> Any:
@@ -1261,6 +1296,91 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         )
     if args.write:
         print(f"Written to {args.write}; start the server with --config {args.write}")
+    return EXIT_OK
+
+
+# --- idcheck certs ---------------------------------------------------------------------------------------
+
+
+def _add_certs(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "certs",
+        help="create a CA, server and member certificates for mutual TLS (demos and tests)",
+        description=(
+            "Create the federation's CA and the certificates signed by it, for demonstrations and tests. A member "
+            "certificate carries its identity in one URI subject alternative name, "
+            "idcheck://member/<STATE>/role/<ROLE>; the server trusts nothing else. Keys are ECDSA P-256, "
+            "unencrypted, mode 0600."
+        ),
+    )
+    actions = parser.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = actions.add_parser("init-ca", help="create ca.pem and ca.key in DIR")
+    init.add_argument("dir", type=Path, metavar="DIR")
+    init.add_argument("--name", default="idcheck federation CA", help="the CA's common name")
+    init.add_argument("--days", type=_positive_float, default=3650, help="validity in days (default 3650)")
+    init.add_argument("--force", action="store_true", help="replace an existing CA (invalidates its certificates)")
+    init.set_defaults(func=_cmd_certs_init_ca)
+    issue = actions.add_parser(
+        "issue",
+        help="issue a member certificate (<member>-<role>.pem/.key) signed by the CA in DIR",
+        description="Issue a client certificate for a member authority acting in a role, signed by the CA in DIR.",
+    )
+    issue.add_argument("dir", type=Path, metavar="DIR")
+    issue.add_argument("--member", required=True, metavar="CODE", help="ICAO state code of the member authority")
+    issue.add_argument("--role", required=True, choices=_ROLES)
+    issue.add_argument("--days", type=_positive_float, default=365, help="validity in days (default 365)")
+    issue.add_argument(
+        "--stem",
+        default=None,
+        help="file name in DIR without extension (default <member>-<role>; 'client' makes it DIR's default)",
+    )
+    issue.set_defaults(func=_cmd_certs_issue)
+    server = actions.add_parser(
+        "issue-server",
+        help="issue the server certificate (server.pem/.key) for the given host names and addresses",
+    )
+    server.add_argument("dir", type=Path, metavar="DIR")
+    server.add_argument(
+        "--host", action="append", required=True, metavar="HOST", help="DNS name or IP address (repeat)"
+    )
+    server.add_argument("--days", type=_positive_float, default=825, help="validity in days (default 825)")
+    server.set_defaults(func=_cmd_certs_issue_server)
+
+
+def _cmd_certs_init_ca(args: argparse.Namespace) -> int:
+    from idcheck.security import certs
+
+    try:
+        path = certs.init_ca(args.dir, name=args.name, days=args.days, overwrite=args.force)
+    except certs.CertificateError as err:
+        return _usage_error("certs init-ca", str(err))
+    print(certs.describe(path))
+    return EXIT_OK
+
+
+def _cmd_certs_issue(args: argparse.Namespace) -> int:
+    from idcheck.security import certs
+
+    if args.stem is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", args.stem):
+        return _usage_error("certs issue", f"--stem must be a plain file name, not {args.stem!r}")
+    try:
+        cert, key = certs.issue_member(args.dir, args.member, args.role, days=args.days, stem=args.stem)
+    except certs.CertificateError as err:
+        return _usage_error("certs issue", str(err))
+    print(certs.describe(cert))
+    print(f"{key}: private key")
+    return EXIT_OK
+
+
+def _cmd_certs_issue_server(args: argparse.Namespace) -> int:
+    from idcheck.security import certs
+
+    try:
+        cert, key = certs.issue_server(args.dir, args.host, days=args.days)
+    except certs.CertificateError as err:
+        return _usage_error("certs issue-server", str(err))
+    print(certs.describe(cert))
+    print(f"{key}: private key")
     return EXIT_OK
 
 

@@ -22,13 +22,14 @@ from typing import Any
 
 import grpc
 
+from idcheck.client.channel import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported
+from idcheck.client.channel import TlsLike, open_channel
 from idcheck.client.errors import IdcheckError, from_rpc_error
 from idcheck.client.files import REQUIRED_RECORD_COLUMNS, FileFormatError, column_names, read_records
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
 def _enum_name(enum_type: Any, value: int, prefix: str) -> str:
@@ -245,17 +246,14 @@ class RegisterClient:
         role: str | None = None,
         timeout: float = 10.0,
         channel: grpc.Channel | None = None,
+        tls: TlsLike = None,
     ) -> None:
+        """`tls`: TlsOptions or a TLS directory (its client.pem) for mutual TLS; the server then takes the
+        identity from the certificate and ignores `member`/`role`. Without it the channel is plaintext."""
         self.target = target
         self.timeout = timeout
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = channel or open_channel(target, tls=tls)
         self._stub = register_pb2_grpc.DocumentRegisterStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = tuple(
             (k, v) for k, v in (("x-idcheck-member", member), ("x-idcheck-role", role)) if v

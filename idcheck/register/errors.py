@@ -14,9 +14,10 @@ class InvalidRequest(RegisterError):
 
     def __init__(self, violations: Sequence[tuple[str, str]]) -> None:
         self.violations = list(violations)
-        shown = "; ".join(f"{f}: {d}" for f, d in self.violations[:5])
-        more = f" (and {len(self.violations) - 5} more)" if len(self.violations) > 5 else ""
-        super().__init__(f"invalid request: {shown}{more}")
+        n = len(self.violations)
+        shown = "; ".join(f"{f}: {d if len(d) <= 100 else d[:99] + '…'}" for f, d in self.violations[:3])
+        more = f" (and {n - 3} more)" if n > 3 else ""
+        super().__init__(f"invalid request, {n} bad field{'s' if n != 1 else ''}: {shown}{more}")
 
     @classmethod
     def single(cls, field: str, description: str) -> InvalidRequest:

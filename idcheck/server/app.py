@@ -22,11 +22,12 @@ from idcheck.biometrics import Gallery, GallerySettings
 from idcheck.index.templates import IndexSettings
 from idcheck.register import Limits, Register
 from idcheck.register.demo import seed_demo
-from idcheck.server.auth import is_loopback
+from idcheck.server.auth import is_loopback, metadata_identity
 from idcheck.server.biometrics import BiometricsServicer
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
 from idcheck.server.register import DocumentRegisterServicer
+from idcheck.server.tls import TlsFiles, certificate_identity
 from idcheck.v1 import biometrics_pb2, biometrics_pb2_grpc, register_pb2, register_pb2_grpc
 
 log = logging.getLogger("idcheck.server")
@@ -47,6 +48,7 @@ class RunningServer:
     port: int
     address: str
     gallery: Gallery
+    tls: bool = False
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish within `grace`, then flush and close the register and
@@ -99,11 +101,20 @@ GC_THRESHOLDS = (50_000, 20, 100)
 def start(config: ServerConfig) -> RunningServer:
     """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings."""
     host, _port = parse_listen(config.listen)
-    if not is_loopback(host):
+    tls = TlsFiles.resolve(config.tls_dir, config.tls_cert, config.tls_key, config.tls_ca)
+    if tls is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {config.listen}: without TLS the server accepts only loopback addresses "
-            "(127.0.0.1, ::1, localhost), because callers state their own identity in development mode"
+            "(127.0.0.1, ::1, localhost), because callers state their own identity in development mode; "
+            "give tls_dir (or tls_cert, tls_key and tls_ca) to serve other machines with mutual TLS"
         )
+    if tls is None:
+        log.warning(
+            "serving WITHOUT TLS on loopback %s: callers state their own member and role in metadata "
+            "(development mode); use tls_dir for mutual TLS",
+            config.listen,
+        )
+    credentials = tls.server_credentials() if tls is not None else None
     limits = Limits(
         max_queries_per_call=config.max_queries_per_call,
         max_records_per_batch=config.max_records_per_batch,
@@ -120,7 +131,7 @@ def start(config: ServerConfig) -> RunningServer:
             log.info("seeded demo register: %d records", sum(o.created for o in outcomes))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
-            interceptors=[GuardInterceptor()],
+            interceptors=[GuardInterceptor(certificate_identity if tls is not None else metadata_identity)],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -133,7 +144,10 @@ def start(config: ServerConfig) -> RunningServer:
         health_servicer = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        bound = server.add_insecure_port(config.listen)
+        if credentials is not None:
+            bound = server.add_secure_port(config.listen, credentials)
+        else:
+            bound = server.add_insecure_port(config.listen)
         if bound == 0:
             raise ConfigError(f"could not listen on {config.listen} (address in use or not available)")
         server.start()
@@ -145,7 +159,7 @@ def start(config: ServerConfig) -> RunningServer:
         register.close()
         raise
     address = f"{host if ':' not in host else f'[{host}]'}:{bound}"
-    return RunningServer(server, register, health_servicer, bound, address, gallery)
+    return RunningServer(server, register, health_servicer, bound, address, gallery, tls is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,8 +203,9 @@ def run(args: argparse.Namespace) -> int:
         f"{stats.sequence}, {gallery.load_report}, loaded in {gallery.load_seconds:.2f}s",
         flush=True,
     )
+    security = "mutual TLS, identity from client certificates" if running.tls else "insecure, loopback only"
     print(
-        f"idcheck serve: serving on {running.address} (insecure, loopback only) "
+        f"idcheck serve: serving on {running.address} ({security}) "
         f"in {time.perf_counter() - started:.2f}s; Ctrl-C to stop",
         flush=True,
     )

@@ -1,8 +1,10 @@
 """Who is calling, and what each role may do.
 
-Until mutual TLS lands, a caller states its member code and role in request metadata
-(`x-idcheck-member`, `x-idcheck-role`). That is only acceptable because the server refuses to listen
-anywhere but loopback without TLS: only processes on this machine can reach it.
+With TLS (the only way to listen beyond loopback) the member code and role come from the client
+certificate (`idcheck.server.tls.certificate_identity`) and request metadata is ignored. Without TLS, for
+development and tests, a caller states its member code and role in request metadata (`x-idcheck-member`,
+`x-idcheck-role`, `metadata_identity`); that is only acceptable because the server then refuses to listen
+anywhere but loopback: only processes on this machine can reach it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -67,19 +69,29 @@ def is_public(method: str) -> bool:
     return method.startswith(PUBLIC_PREFIXES)
 
 
-def authenticate(method: str, context: grpc.ServicerContext) -> Caller:
-    """The caller of this RPC, checked against the RPC's roles."""
+# Where a call's claimed (member, role) comes from: request metadata (development) or the client certificate.
+IdentitySource = Callable[[grpc.ServicerContext], tuple[str, str]]
+
+
+def metadata_identity(context: grpc.ServicerContext) -> tuple[str, str]:
+    """(member, role) as stated in request metadata: development mode on loopback without TLS only."""
     metadata = dict(context.invocation_metadata() or ())
     member_raw = str(metadata.get(MEMBER_HEADER, "")).strip()
     role_raw = str(metadata.get(ROLE_HEADER, "")).strip().lower()
     if not member_raw or not role_raw:
         raise Unauthenticated(f"no caller identity: send {MEMBER_HEADER} and {ROLE_HEADER} metadata (development mode)")
+    return member_raw, role_raw
+
+
+def authenticate(method: str, context: grpc.ServicerContext, identify: IdentitySource = metadata_identity) -> Caller:
+    """The caller of this RPC, identified by `identify` and checked against the RPC's roles."""
+    member_raw, role_raw = identify(context)
     if not is_known_state(member_raw):
-        raise Unauthenticated(f"{MEMBER_HEADER} is not a known ICAO state code")
+        raise Unauthenticated("the caller's member is not a known ICAO state code")
     try:
         role = Role(role_raw)
     except ValueError:
-        raise Unauthenticated(f"{ROLE_HEADER} must be one of: {', '.join(r.value for r in Role)}") from None
+        raise Unauthenticated(f"the caller's role must be one of: {', '.join(r.value for r in Role)}") from None
     allowed = RPC_ROLES.get(method)
     if allowed is None or role not in allowed:
         raise RoleDenied(f"role {role.value} may not call {method.rsplit('/', 1)[-1]}")

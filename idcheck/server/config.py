@@ -48,6 +48,18 @@ class ServerConfig:
     faiss_threads: int = 1
     max_templates_per_call: int = 10_000
     max_candidates: int = 100
+    # Mutual TLS (README "Secure setup"): tls_dir holds server.pem, server.key and ca.pem; tls_cert, tls_key
+    # and tls_ca name the files one by one (and win over tls_dir). Set, the server listens with mTLS on any
+    # address and takes the caller's identity only from its client certificate.
+    tls_dir: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        """True when any TLS setting is given (the server then refuses to start unless all files are there)."""
+        return any(p is not None for p in (self.tls_dir, self.tls_cert, self.tls_key, self.tls_ca))
 
     def describe(self) -> str:
         """Human-readable configuration, one setting per line."""
@@ -78,6 +90,10 @@ _HELP = {
     "faiss_threads": "OpenMP threads per FAISS call (keep threads x faiss_threads near the core count)",
     "max_templates_per_call": "largest batch of templates accepted by EnrolTemplates",
     "max_candidates": "largest number of candidates Identify may be asked for",
+    "tls_dir": "directory with server.pem, server.key and ca.pem: serve with mutual TLS (identity from certificates)",
+    "tls_cert": "server certificate (PEM); overrides tls_dir/server.pem",
+    "tls_key": "server private key (PEM); overrides tls_dir/server.key",
+    "tls_ca": "CA certificate that signs client certificates (PEM); overrides tls_dir/ca.pem",
 }
 
 
@@ -124,8 +140,10 @@ def _set(values: dict[str, Any], name: str, raw: object, source: str) -> None:
         raise ConfigError(f"{source}: unknown setting {name!r} (known: {', '.join(sorted(types))})")
     default = types[name].default
     try:
-        if isinstance(default, bool):
-            value: object = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if default is None and "Path" in str(types[name].type):  # optional paths (TLS files)
+            value: object = Path(str(raw)) if str(raw).strip() else None
+        elif isinstance(default, bool):
+            value = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
         elif isinstance(default, int):
             value = int(str(raw))
         elif isinstance(default, float):

@@ -19,7 +19,16 @@ from grpc_status import rpc_status
 
 from idcheck.biometrics import TemplateError
 from idcheck.register import InvalidRequest, LimitExceeded, UploadAborted
-from idcheck.server.auth import RoleDenied, Unauthenticated, authenticate, is_public, reset_caller, set_caller
+from idcheck.server.auth import (
+    IdentitySource,
+    RoleDenied,
+    Unauthenticated,
+    authenticate,
+    is_public,
+    metadata_identity,
+    reset_caller,
+    set_caller,
+)
 from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound
 from idcheck.store.templates import TemplateNotFound
 
@@ -34,11 +43,28 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+# A status travels in HTTP/2 trailers, which clients refuse beyond 8 KiB by default (and the details are
+# base64-encoded on the way). Messages echo what the caller sent, so every part is clipped and only the first
+# violations are detailed; the message says how many there were in all.
+MAX_MESSAGE_CHARS = 600
+MAX_FIELD_CHARS = 80
+MAX_DESCRIPTION_CHARS = 160
+MAX_VIOLATIONS = 20
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _bad_request(violations: list[tuple[str, str]]) -> any_pb2.Any:
     return _pack(
         error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations[:1000]
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=clip(f, MAX_FIELD_CHARS), description=clip(d, MAX_DESCRIPTION_CHARS)
+                )
+                for f, d in violations[:MAX_VIOLATIONS]
             ]
         )
     )
@@ -101,6 +127,7 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
             message=f"internal error (incident {incident}); nothing was changed by this call",
             details=[_info("INTERNAL", incident=incident)],
         )
+    status.message = clip(status.message, MAX_MESSAGE_CHARS)
     context.abort_with_status(rpc_status.to_status(status))
 
 
@@ -110,7 +137,13 @@ def _is_grpc_termination(exc: BaseException) -> bool:
 
 
 class GuardInterceptor(grpc.ServerInterceptor):
-    """Authentication, role checks and error mapping for every RPC."""
+    """Authentication, role checks and error mapping for every RPC.
+
+    `identify` says where the caller's member and role come from: the client certificate with TLS
+    (`idcheck.server.tls.certificate_identity`), request metadata on loopback without TLS (the default)."""
+
+    def __init__(self, identify: IdentitySource = metadata_identity) -> None:
+        self._identify = identify
 
     def intercept_service(
         self,
@@ -119,13 +152,14 @@ class GuardInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
+        identify = self._identify
         if handler is None or is_public(method):
             return handler
 
         def guard_unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    token = set_caller(authenticate(method, context))
+                    token = set_caller(authenticate(method, context, identify))
                 except (Unauthenticated, RoleDenied) as exc:
                     _abort(context, exc)
                     return None
@@ -144,7 +178,7 @@ class GuardInterceptor(grpc.ServerInterceptor):
         def guard_stream(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
-                    token = set_caller(authenticate(method, context))
+                    token = set_caller(authenticate(method, context, identify))
                 except (Unauthenticated, RoleDenied) as exc:
                     _abort(context, exc)
                     return

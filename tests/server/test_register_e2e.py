@@ -541,3 +541,16 @@ def test_upload_of_unreadable_file_raises_the_file_error_and_applies_nothing(ser
         with pytest.raises(FileFormatError):
             c.upload(broken)
         assert c.check(state="NZL", number="Q0000000").verdict == "CLEAR"
+
+
+def test_error_with_thousands_of_huge_violations_stays_within_trailer_limits(
+    server: ServerProcess, nzl: RegisterClient
+) -> None:
+    # Each violation echoes a 2,000-character state code; the whole status must still reach the client.
+    queries = [{"state": "Q" * 2000, "number": f"A{i}"} for i in range(1000)]
+    with pytest.raises(InvalidArgument) as err:
+        list(nzl.check_many(queries, batch_size=1000))
+    assert 1 <= len(err.value.violations) <= 20
+    assert err.value.violations[0][0] == "queries[0].typed.issuing_state"
+    assert "1000 bad fields" in err.value.message and "(and 997 more)" in err.value.message
+    assert healthy(server.address)

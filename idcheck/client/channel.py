@@ -1,0 +1,98 @@
+"""The one place clients open gRPC channels: plaintext on loopback (development) or mutual TLS.
+
+    channel = open_channel("register.example:50051", tls=TlsOptions.from_dir("pki", member="NZL", role="border"))
+
+With TLS the client presents a certificate signed by the federation's CA and checks the server's against
+the same CA; the server takes the caller's member and role from that certificate (see README "Secure setup").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+CA_CERT, CLIENT_CERT, CLIENT_KEY = "ca.pem", "client.pem", "client.key"
+
+
+class TlsConfigError(ValueError):
+    """The TLS files asked for cannot be used (the message names the missing file)."""
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """Client certificate, its key, and the CA certificate that signs the server's certificate.
+
+    `server_name` overrides the name checked against the server certificate (default: the target's host)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    server_name: str | None = None
+
+    @classmethod
+    def from_dir(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        member: str | None = None,
+        role: str | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        ca: str | os.PathLike[str] | None = None,
+    ) -> TlsOptions:
+        """The files of a TLS directory (as written by `idcheck certs`).
+
+        The client certificate is `cert`/`key` when given, else `<member>-<role>.pem`/`.key` when `member` and
+        `role` are given and that file exists, else `client.pem`/`client.key`. The CA is `ca` or `ca.pem`."""
+        base = Path(directory)
+        if cert is not None:
+            cert_path = Path(cert)
+            key_path = Path(key) if key is not None else cert_path.with_suffix(".key")
+        else:
+            stem = f"{member.strip().lower()}-{role.strip().lower()}" if member and role else None
+            if stem and (base / f"{stem}.pem").exists():
+                cert_path, key_path = base / f"{stem}.pem", base / f"{stem}.key"
+            else:
+                cert_path, key_path = base / CLIENT_CERT, base / CLIENT_KEY
+                if not cert_path.exists():
+                    wanted = f"{stem}.pem or {CLIENT_CERT}" if stem else CLIENT_CERT
+                    raise TlsConfigError(f"no client certificate in {base}: expected {wanted}")
+        return cls(cert_path, key_path, Path(ca) if ca is not None else base / CA_CERT)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        try:
+            return grpc.ssl_channel_credentials(
+                root_certificates=self.ca.read_bytes(),
+                private_key=self.key.read_bytes(),
+                certificate_chain=self.cert.read_bytes(),
+            )
+        except FileNotFoundError as exc:
+            raise TlsConfigError(f"TLS file not found: {exc.filename}") from None
+
+
+TlsLike = TlsOptions | str | os.PathLike[str] | None
+
+
+def as_tls_options(tls: TlsLike) -> TlsOptions | None:
+    """A TlsOptions from options, a TLS directory path (its client.pem), or None for plaintext."""
+    if tls is None or isinstance(tls, TlsOptions):
+        return tls
+    return TlsOptions.from_dir(tls)
+
+
+def open_channel(target: str, *, tls: TlsLike = None) -> grpc.Channel:
+    """A channel to `target`: mutual TLS when `tls` is given, plaintext otherwise (loopback servers only)."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    tls_options = as_tls_options(tls)
+    if tls_options is None:
+        return grpc.insecure_channel(target, options=options)
+    if tls_options.server_name:
+        options.append(("grpc.ssl_target_name_override", tls_options.server_name))
+    return grpc.secure_channel(target, tls_options.credentials(), options=options)

@@ -14,14 +14,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import grpc
 import numpy as np
 
-from idcheck.client.channel import TlsLike, open_channel
-from idcheck.client.errors import from_rpc_error
+from idcheck.client.channel import ServiceClient, TlsLike
 from idcheck.client.register import DEFAULT_TARGET
 from idcheck.v1 import biometrics_pb2 as pb
 from idcheck.v1 import biometrics_pb2_grpc
@@ -106,7 +104,7 @@ def make_template(t: TemplateLike) -> pb.TemplateEnrolment:
     )
 
 
-class BiometricsClient:
+class BiometricsClient(ServiceClient):
     """Client of the Biometrics service."""
 
     def __init__(
@@ -119,34 +117,8 @@ class BiometricsClient:
         channel: grpc.Channel | None = None,
         tls: TlsLike = None,
     ) -> None:
-        """`tls`: TlsOptions or a TLS directory (its client.pem) for mutual TLS; the server then takes the
-        identity from the certificate and ignores `member`/`role`. Without it the channel is plaintext."""
-        self.target = target
-        self.timeout = timeout
-        self._own_channel = channel is None
-        self._channel = channel or open_channel(target, tls=tls)
+        super().__init__(target, member=member, role=role, timeout=timeout, channel=channel, tls=tls)
         self._stub = biometrics_pb2_grpc.BiometricsStub(self._channel)
-        self._metadata: tuple[tuple[str, str], ...] = tuple(
-            (k, v) for k, v in (("x-idcheck-member", member), ("x-idcheck-role", role)) if v
-        )
-
-    def __enter__(self) -> BiometricsClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._own_channel:
-            self._channel.close()
-
-    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
 
     def enrol(
         self,

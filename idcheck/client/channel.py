@@ -9,10 +9,15 @@ the same CA; the server takes the caller's member and role from that certificate
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
 
 import grpc
+
+from idcheck.client.errors import from_rpc_error
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 CA_CERT, CLIENT_CERT, CLIENT_KEY = "ca.pem", "client.pem", "client.key"
@@ -96,3 +101,46 @@ def open_channel(target: str, *, tls: TlsLike = None) -> grpc.Channel:
     if tls_options.server_name:
         options.append(("grpc.ssl_target_name_override", tls_options.server_name))
     return grpc.secure_channel(target, tls_options.credentials(), options=options)
+
+
+class ServiceClient:
+    """What every idcheck service client shares: the channel, the caller's development identity, deadlines,
+    and errors turned into `idcheck.client.errors.IdcheckError` subclasses."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        member: str | None = None,
+        role: str | None = None,
+        timeout: float = 10.0,
+        channel: grpc.Channel | None = None,
+        tls: TlsLike = None,
+    ) -> None:
+        """`tls`: TlsOptions or a TLS directory (its client.pem) for mutual TLS; the server then takes the
+        identity from the certificate and ignores `member`/`role`. Without it the channel is plaintext."""
+        self.target = target
+        self.timeout = timeout
+        self._own_channel = channel is None
+        self._channel = channel or open_channel(target, tls=tls)
+        self._metadata: tuple[tuple[str, str], ...] = tuple(
+            (k, v) for k, v in (("x-idcheck-member", member), ("x-idcheck-role", role)) if v
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None

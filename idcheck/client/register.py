@@ -17,14 +17,13 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import grpc
 
 from idcheck.client.channel import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported
-from idcheck.client.channel import TlsLike, open_channel
-from idcheck.client.errors import IdcheckError, from_rpc_error
+from idcheck.client.channel import ServiceClient, TlsLike
+from idcheck.client.errors import IdcheckError
 from idcheck.client.files import REQUIRED_RECORD_COLUMNS, FileFormatError, column_names, read_records
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
@@ -235,7 +234,7 @@ def file_upload_id(path: Path, mode: str) -> str:
     return f"file-{mode}-{digest.hexdigest()[:32]}"
 
 
-class RegisterClient:
+class RegisterClient(ServiceClient):
     """Client of the DocumentRegister service."""
 
     def __init__(
@@ -248,34 +247,8 @@ class RegisterClient:
         channel: grpc.Channel | None = None,
         tls: TlsLike = None,
     ) -> None:
-        """`tls`: TlsOptions or a TLS directory (its client.pem) for mutual TLS; the server then takes the
-        identity from the certificate and ignores `member`/`role`. Without it the channel is plaintext."""
-        self.target = target
-        self.timeout = timeout
-        self._own_channel = channel is None
-        self._channel = channel or open_channel(target, tls=tls)
+        super().__init__(target, member=member, role=role, timeout=timeout, channel=channel, tls=tls)
         self._stub = register_pb2_grpc.DocumentRegisterStub(self._channel)
-        self._metadata: tuple[tuple[str, str], ...] = tuple(
-            (k, v) for k, v in (("x-idcheck-member", member), ("x-idcheck-role", role)) if v
-        )
-
-    def __enter__(self) -> RegisterClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._own_channel:
-            self._channel.close()
-
-    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
 
     def check(
         self,

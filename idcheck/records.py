@@ -110,7 +110,10 @@ def parse_key(issuing_state: str, document_number: str, document_class: int, *, 
     number = _number(document_number, f"{field}.document_number")
     cls = _CLASSES.get(document_class)
     if cls is None:
-        raise RecordError(f"{field}.document_class", f"unknown document class {document_class!r}")
+        raise RecordError(
+            f"{field}.document_class",
+            f"unknown document class {document_class!r} (use PASSPORT, ID_CARD, VISA or OTHER)",
+        )
     return DocumentKey(state, number, cls)
 
 
@@ -139,7 +142,9 @@ def validate_record(
         raise RecordError("key.document_class", "document class is required (passport, id card, visa or other)")
     st = _STATUSES.get(status)
     if st is None:
-        raise RecordError("status", f"unknown status {status!r}")
+        raise RecordError(
+            "status", f"unknown status {status!r} (use LOST, STOLEN, STOLEN_BLANK, REVOKED, INVALIDATED or CANCELLED)"
+        )
     if st == RecordStatus.UNSPECIFIED:
         raise RecordError("status", "status is required (LOST, STOLEN, STOLEN_BLANK, REVOKED, INVALIDATED)")
     today = today or dt.date.today()

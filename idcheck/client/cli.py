@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upload(subparsers)
     _add_cancel(subparsers)
     _add_get(subparsers)
+    _add_audit(subparsers)
     _add_enrol(subparsers)
     _add_verify(subparsers)
     _add_identify(subparsers)
@@ -881,6 +882,69 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 # --- idcheck get -----------------------------------------------------------------------------------------
+
+
+def _add_audit(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        parents=[_client_options()],
+        help="list checked documents from the audit log",
+        description="List checked documents, oldest first. Operators (--role operator) see every check, "
+        "optionally one member's searches (--caller); a member sees the checks that hit its own records, "
+        "whoever asked.",
+    )
+    parser.add_argument("--since", required=True, help="start, RFC 3339 time or YYYY-MM-DD (UTC)")
+    parser.add_argument("--until", default="", help="end (exclusive), RFC 3339 time or YYYY-MM-DD")
+    parser.add_argument("--caller", default="", help="operators: only this member's searches")
+    parser.add_argument(
+        "--verdict",
+        action="append",
+        default=[],
+        choices=("HIT", "POSSIBLE_MATCH", "CLEAR"),
+        help="only this verdict (repeatable)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.set_defaults(func=_cmd_audit)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from idcheck.client.audit import AuditClient
+
+    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
+    count = 0
+    try:
+        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs) as client:
+            for e in client.entries(args.since, until=args.until, caller_member=args.caller, verdicts=args.verdict):
+                count += 1
+                matched = ",".join(str(x) for x in e.matched_record_ids)
+                if args.json:
+                    print(
+                        json.dumps(
+                            {
+                                "query_id": e.query_id,
+                                "at": e.at,
+                                "caller_member": e.caller_member,
+                                "caller_role": e.caller_role,
+                                "peer": e.peer,
+                                "query_kind": e.query_kind,
+                                "issuing_state": e.issuing_state,
+                                "document_number": e.document_number,
+                                "verdict": e.verdict,
+                                "matched_record_ids": list(e.matched_record_ids),
+                                "register_sequence": e.register_sequence,
+                            }
+                        )
+                    )
+                else:
+                    print(
+                        f"{e.at}  {e.caller_member:<4} {e.caller_role:<8} {e.verdict:<14} "
+                        f"{e.issuing_state or '-':<4} {e.document_number:<12} {matched or '-':<10} {e.query_id}"
+                    )
+    except IdcheckError as err:
+        return _service_error("audit", err, args)
+    if not args.json:
+        print(f"{count} checked document(s)", file=sys.stderr)
+    return EXIT_OK
 
 
 def _add_get(subparsers: SubParsers[argparse.ArgumentParser]) -> None:

@@ -28,6 +28,7 @@ from idcheck.records import (
     parse_key,
     validate_record,
 )
+from idcheck.register.audit import AuditPage, list_audit
 from idcheck.register.checks import (
     CLEAR_ACTION,
     CheckResult,
@@ -171,6 +172,32 @@ class Register:
             documents,
         )
         return batch
+
+    def audit_page(
+        self,
+        caller: Caller,
+        *,
+        since: str,
+        until: str = "",
+        caller_member: str = "",
+        verdicts: Sequence[str] = (),
+        limit: int = 0,
+        page_token: str = "",
+    ) -> AuditPage:
+        """A page of the audit log as the caller may see it (see idcheck.register.audit). Flushes pending rows
+        first, so that a check answered before this call is listed."""
+        self.audit.flush()
+        return list_audit(
+            self.store,
+            role=caller.role,
+            member=caller.member,
+            since=since,
+            until=until,
+            caller_member=caller_member,
+            verdicts=verdicts,
+            limit=limit,
+            page_token=page_token,
+        )
 
     # -- uploads ------------------------------------------------------------------------------------
 

@@ -22,19 +22,21 @@ from idcheck.biometrics import Gallery, GallerySettings
 from idcheck.index.templates import IndexSettings
 from idcheck.register import Limits, Register
 from idcheck.register.demo import seed_demo
+from idcheck.server.audit import AuditLogServicer
 from idcheck.server.auth import is_loopback, metadata_identity
 from idcheck.server.biometrics import BiometricsServicer
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
 from idcheck.server.register import DocumentRegisterServicer
 from idcheck.server.tls import TlsFiles, certificate_identity
-from idcheck.v1 import biometrics_pb2, biometrics_pb2_grpc, register_pb2, register_pb2_grpc
+from idcheck.v1 import audit_pb2, audit_pb2_grpc, biometrics_pb2, biometrics_pb2_grpc, register_pb2, register_pb2_grpc
 
 log = logging.getLogger("idcheck.server")
 
 SERVICE_NAMES = (
     register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"].full_name,
     biometrics_pb2.DESCRIPTOR.services_by_name["Biometrics"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditLog"].full_name,
 )
 
 
@@ -141,6 +143,7 @@ def start(config: ServerConfig) -> RunningServer:
         )
         register_pb2_grpc.add_DocumentRegisterServicer_to_server(DocumentRegisterServicer(register), server)
         biometrics_pb2_grpc.add_BiometricsServicer_to_server(BiometricsServicer(gallery), server)
+        audit_pb2_grpc.add_AuditLogServicer_to_server(AuditLogServicer(register), server)
         health_servicer = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

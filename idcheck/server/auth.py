@@ -41,6 +41,7 @@ class RoleDenied(Exception):
 
 _CHECKERS = frozenset({Role.BORDER, Role.MEMBER})
 _OWNERS = frozenset({Role.MEMBER})
+_AUDITORS = frozenset({Role.OPERATOR, Role.MEMBER})  # a member sees only the checks that hit its records
 
 # Every RPC of our services with the roles allowed to call it. An RPC missing here is refused.
 RPC_ROLES: Mapping[str, frozenset[Role]] = {
@@ -53,6 +54,7 @@ RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "/idcheck.v1.Biometrics/Verify": _CHECKERS,
     "/idcheck.v1.Biometrics/Identify": _CHECKERS,
     "/idcheck.v1.Biometrics/RemoveTemplates": _OWNERS,
+    "/idcheck.v1.AuditLog/ListAudit": _AUDITORS,
 }
 
 # Standard services anyone on the (loopback) network may use without identity.

@@ -233,6 +233,51 @@ class RegisterStore:
         )
         return [AuditRow(*r) for r in rows]
 
+    def list_audit(
+        self,
+        *,
+        since: str,
+        until: str,
+        caller_member: str = "",
+        owner: str = "",
+        verdicts: Sequence[str] = (),
+        after: tuple[int, int] = (0, -1),
+        limit: int = 1000,
+    ) -> list[tuple[int, int, AuditRow]]:
+        """Audit rows with `since <= at < until`, oldest first, after the (call id, position) `after`.
+
+        `caller_member` keeps one member's searches; `owner` keeps the searches that matched a record of that
+        member (whoever asked). Returns (call id, position, row) for paging.
+        """
+        where = ["c.at >= ?", "c.at < ?", "(a.call_id, a.position) > (?, ?)"]
+        params: list[object] = [since, until, after[0], after[1]]
+        if caller_member:
+            where.append("c.caller_member = ?")
+            params.append(caller_member)
+        if owner:
+            where.append(
+                "a.matched_records <> '' AND EXISTS (SELECT 1 FROM json_each('[' || a.matched_records || ']') AS j "
+                "JOIN records AS r ON r.record_id = j.value WHERE r.owner = ?)"
+            )
+            params.append(owner)
+        if verdicts:
+            where.append(f"a.verdict IN ({','.join('?' * len(verdicts))})")
+            params.extend(verdicts)
+        params.append(limit)
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT a.call_id, a.position, CASE WHEN c.single THEN c.call_uid ELSE c.call_uid || '-' || a.position "
+                "END, c.at, c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, a.document_number, "
+                "a.verdict, a.matched_records, c.register_seq "
+                "FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
+                f"WHERE {' AND '.join(where)} ORDER BY a.call_id, a.position LIMIT ?",
+                params,
+            )
+            .fetchall()
+        )
+        return [(r[0], r[1], AuditRow(*r[2:])) for r in rows]
+
     def audit_count(self) -> int:
         """Number of checked documents in the audit log."""
         return int(self._reader().execute("SELECT COUNT(*) FROM audit").fetchone()[0])

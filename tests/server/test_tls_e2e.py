@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from idcheck.client.audit import AuditClient
 from idcheck.client.biometrics import BiometricsClient
 from idcheck.client.channel import TlsOptions, open_channel
 from idcheck.client.errors import PermissionDenied, Unauthenticated, Unavailable
@@ -20,7 +21,7 @@ from idcheck.client.register import RegisterClient
 from idcheck.security import certs
 from idcheck.server.config import ConfigError
 from idcheck.server.tls import TlsFiles, peer_identity
-from idcheck.v1 import biometrics_pb2, register_pb2
+from idcheck.v1 import audit_pb2, biometrics_pb2, register_pb2
 from tests.conftest import Pki, ServerProcess
 
 STOLEN, LOST = 2, 1
@@ -66,6 +67,7 @@ MATRIX: dict[str, set[str]] = {
     "/idcheck.v1.DocumentRegister/CheckDocuments": {"border", "member"},
     "/idcheck.v1.DocumentRegister/GetRecord": {"member"},
     "/idcheck.v1.DocumentRegister/CancelRecords": {"member"},
+    "/idcheck.v1.AuditLog/ListAudit": {"operator", "member"},
     "/idcheck.v1.Biometrics/EnrolTemplates": {"member"},
     "/idcheck.v1.Biometrics/Verify": {"border", "member"},
     "/idcheck.v1.Biometrics/Identify": {"border", "member"},
@@ -93,6 +95,12 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
     def cancel(r: RegisterClient, b: BiometricsClient) -> None:
         assert r.cancel([("NZL", number)], reason="found").cancelled == 1
 
+    def audit(r: RegisterClient, b: BiometricsClient) -> None:
+        # the member sees the checks that hit its record; the operator sees those and the CLEAR ones too
+        entries = list(AuditClient(r.target, channel=r._channel).entries("2000-01-01"))
+        assert any(e.document_number == number and e.verdict == "HIT" for e in entries)
+        assert (role == "operator") == any(e.verdict == "CLEAR" for e in entries)
+
     def enrol(r: RegisterClient, b: BiometricsClient) -> None:
         assert b.enrol([{"subject_id": subject, "vector": vector(1)}]).subjects_created == 1
 
@@ -111,6 +119,7 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
         "/idcheck.v1.DocumentRegister/CheckDocuments": check_many,
         "/idcheck.v1.DocumentRegister/GetRecord": get,
         "/idcheck.v1.DocumentRegister/CancelRecords": cancel,
+        "/idcheck.v1.AuditLog/ListAudit": audit,
         "/idcheck.v1.Biometrics/EnrolTemplates": enrol,
         "/idcheck.v1.Biometrics/Verify": verify,
         "/idcheck.v1.Biometrics/Identify": identify,
@@ -118,12 +127,13 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
     }
 
 
-def test_matrix_covers_every_rpc_of_both_services() -> None:
+def test_matrix_covers_every_rpc_of_every_service() -> None:
     rpcs = {
         f"/{service.full_name}/{method.name}"
         for service in (
             register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"],
             biometrics_pb2.DESCRIPTOR.services_by_name["Biometrics"],
+            audit_pb2.DESCRIPTOR.services_by_name["AuditLog"],
         )
         for method in service.methods
     }

@@ -9,8 +9,11 @@ the same vectors). Figures:
   single probes and recall@1, raw (quantised scores) and after exact re-scoring of the 64-template shortlist;
   the same on uniform random vectors (the unstructured baseline);
 - service (a real `idcheck serve` on loopback, real client): enrol rate, resident memory per template (server
-  RSS growth over the empty server, after the approximate index is built), identify p50/p99 and recall@1
-  (top subject against the exact top template's subject), verify p99.
+  RSS growth over the empty server, once every background rebuild due after the enrolment has been swapped
+  in), identify p50/p99 and recall@1 (top subject against the exact top template's subject), verify p99, and
+  the index the service really searched (kind, templates it was trained on, nlist, nprobe, from its log).
+
+The server runs with `--rebuild-growth` (default 2, the server's own default).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -84,6 +88,31 @@ def rss(pid: int) -> int:
     return 0
 
 
+REBUILT = re.compile(
+    r"template index rebuilt: (?P<kind>\w+), (?P<ntotal>\d+) templates, trained on (?P<trained>\d+), "
+    r"nlist (?P<nlist>\d+), nprobe (?P<nprobe>\d+), in (?P<seconds>[\d.]+)s"
+)
+
+
+def wait_for_rebuilds(server, n: int, timeout: float = 3600) -> dict:
+    """Block until every background rebuild started has been swapped in and nothing changed for 5 s (a
+    rebuild that ends with another one due chains it at once); the last rebuild's figures."""
+    deadline = time.monotonic() + timeout
+    quiet_since, seen = time.monotonic(), -1
+    while time.monotonic() < deadline:
+        log = server.log
+        started, done = log.count("template index rebuild:"), log.count("template index rebuilt:")
+        if started != done or started != seen:
+            quiet_since, seen = time.monotonic(), started
+        elif time.monotonic() - quiet_since >= 5:
+            break
+        time.sleep(0.5)
+    last = [m.groupdict() for m in REBUILT.finditer(server.log)]
+    served = {k: (v if k == "kind" else float(v) if k == "seconds" else int(v)) for k, v in last[-1].items()}
+    served["rebuilds"] = len(last)
+    return served
+
+
 def service(
     vectors: np.ndarray,
     identities: np.ndarray,
@@ -93,7 +122,9 @@ def service(
     args: argparse.Namespace,
 ) -> dict:
     data = Path(tempfile.mkdtemp(prefix="bench-templates-"))
-    server = start_server(data, "--ivf-nprobe", str(args.nprobe), "--faiss-threads", "1")
+    server = start_server(
+        data, "--ivf-nprobe", str(args.nprobe), "--faiss-threads", "1", "--rebuild-growth", str(args.rebuild_growth)
+    )
     try:
         time.sleep(1)
         rss_empty = rss(server.proc.pid)
@@ -114,12 +145,7 @@ def service(
                     timeout=600,
                 )
             enrol_seconds = time.perf_counter() - started
-            deadline = time.monotonic() + 3600
-            while time.monotonic() < deadline:  # until every background rebuild started has been swapped in
-                log = server.log
-                if log.count("template index rebuilt:") >= log.count("template index rebuild:"):
-                    break
-                time.sleep(1)
+            served = wait_for_rebuilds(server, len(vectors))
             kind = client.identify(probes[0]).search_kind
             rss_full = rss(server.proc.pid)
             times, hits, found = [], [], []
@@ -140,6 +166,7 @@ def service(
             "rss_full_bytes": rss_full,
             "resident_bytes_per_template": round((rss_full - rss_empty) / len(vectors), 1),
             "search_kind": kind,
+            "served_index": served,
             "identify_single_probe": pct(times),
             # Exact search answers only probes whose best score reaches the identify threshold: recall@1 is
             # measured on those (the others are misses of the threshold, not of the index: FNIR below).
@@ -147,7 +174,7 @@ def service(
             "identify_recall_at_1": float(np.mean(np.asarray(hits)[truth_scores >= found[0]])),
             "probes_below_threshold_exact": float(np.mean(truth_scores < found[0])),
             "verify_single_probe": pct(vtimes),
-            "server_log_tail": server.log.splitlines()[-6:],
+            "server_log_tail": server.log.splitlines()[-8:],
         }
     finally:
         server.stop()
@@ -159,7 +186,10 @@ def main() -> int:
     parser.add_argument("--templates", type=int, default=1_000_000, help="gallery size N (default 1,000,000)")
     parser.add_argument("--probes", type=int, default=1000, help="single probes timed (default 1000)")
     parser.add_argument("--nprobe", type=int, default=64, help="IVF lists searched (default 64, the server default)")
+    parser.add_argument("--rebuild-growth", type=float, default=2.0, help="server --rebuild-growth (default 2)")
     parser.add_argument("--skip-service", action="store_true", help="raw FAISS figures only")
+    parser.add_argument("--skip-raw", action="store_true", help="service figures only")
+    parser.add_argument("--suffix", default="", help="added to the result file's name (partial runs)")
     args = parser.parse_args()
     n = args.templates
     print(f"generating {n:,} face-like templates ...", flush=True)
@@ -171,20 +201,21 @@ def main() -> int:
     truth_scores, truth = exact_search(caps.vectors, probes)
     settings = IndexSettings(approximate_above=min(50_000, n - 1), nprobe=args.nprobe)
     result: dict = {"templates": n, "dimension": 512, "probes": args.probes, "cores": os.cpu_count()}
-    print("raw faiss, face-like ...", flush=True)
-    result["faiss_face"] = raw_faiss(caps.vectors, probes, truth, settings)
-    print(json.dumps(result["faiss_face"]), flush=True)
-    print("raw faiss, uniform ...", flush=True)
-    uni = uniform_gallery(n, 512, seed=5)
-    uprobes = uniform_probes(uni, rows, seed=6)
-    result["faiss_uniform"] = raw_faiss(uni, uprobes, exact_top1(uni, uprobes), settings)
-    print(json.dumps(result["faiss_uniform"]), flush=True)
-    del uni
+    if not args.skip_raw:
+        print("raw faiss, face-like ...", flush=True)
+        result["faiss_face"] = raw_faiss(caps.vectors, probes, truth, settings)
+        print(json.dumps(result["faiss_face"]), flush=True)
+        print("raw faiss, uniform ...", flush=True)
+        uni = uniform_gallery(n, 512, seed=5)
+        uprobes = uniform_probes(uni, rows, seed=6)
+        result["faiss_uniform"] = raw_faiss(uni, uprobes, exact_top1(uni, uprobes), settings)
+        print(json.dumps(result["faiss_uniform"]), flush=True)
+        del uni
     if not args.skip_service:
         print("service end to end ...", flush=True)
         result["service"] = service(caps.vectors, caps.identities, probes, truth, truth_scores, args)
         print(json.dumps(result["service"]), flush=True)
-    out = ROOT / "bench" / "results" / f"templates-{n}.json"
+    out = ROOT / "bench" / "results" / f"templates-{n}{args.suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {out}")
     return 0

@@ -5,15 +5,24 @@ Vectors are L2-normalised on the way in, so the inner product the indexes comput
 - Exact (`IndexIDMap2(IndexFlatIP)`) while the gallery holds at most `approximate_above` templates; it is
   also the reference every recall figure is measured against.
 - Approximate above that: `IndexIVFScalarQuantizer` with 8-bit codes (512 bytes per 512-d template, against
-  2,048 for float32), trained on the gallery itself, `nlist` ~ sqrt(N) lists, `nprobe` lists searched. IVF-SQ8
+  2,048 for float32), trained on the gallery itself, `nprobe` lists searched. An index trained on N templates
+  serves N to `rebuild_growth` * N before it is retrained, so its `nlist` is sqrt of the geometric middle of
+  that range (sqrt(N * sqrt(growth))): lists stay within growth^(1/4) of the ideal sqrt(size) length (1.19x
+  at the default growth of 2), so search time stays flat as the gallery grows between trainings. IVF-SQ8
   is chosen for recall first at a bounded memory cost: it keeps every vector's code (no graph links to
   maintain), supports `remove_ids` directly, and its shortlist is re-scored exactly by the caller from the
   stored vectors, so the small quantisation error never reaches a reported score.
 - Rebuilds happen in the background when the kind no longer fits the size (exact grown past
   `approximate_above`, approximate shrunk below half of it), when the gallery has grown or shrunk by
-  `rebuild_growth` since the last training, or when as many templates were removed as the index held when it
-  was built (churn). Queries keep using the current index while the new one is trained; changes made
-  meanwhile are journaled and replayed on the new index, which is then swapped in under the writer lock.
+  `rebuild_growth` (2) since the size the index was trained on, or when as many templates were removed as the
+  index held when it was built (churn). Queries keep using the current index while the new one is trained;
+  changes made meanwhile are journaled and replayed on the new index (most of them before taking the writer
+  lock, the tail under it), which is then swapped in. A rebuild that finds another one due when it ends (the
+  gallery grew past the next trigger while it trained) chains it, so no rebuild waits for the next change.
+- Memory: FAISS grows an inverted list's arrays by doubling, so a freshly filled index can hold up to twice
+  its codes; a new index's lists are copied to their exact sizes before the swap, and after a swap or a
+  snapshot the freed heap is handed back to the system (`malloc_trim`, glibc), which otherwise keeps the
+  old index's pages resident in its arenas.
 - Removal is immediate: `remove` deletes the ids from the index under the writer lock before it returns, so
   a removed template is never returned once the removal is acknowledged. IVF and flat indexes delete their
   entries physically (no tombstones), and rebuilds retrain and compact, so memory follows the gallery under
@@ -22,8 +31,9 @@ Vectors are L2-normalised on the way in, so the inner product the indexes comput
   OpenMP thread count is set explicitly from the configuration in every thread that calls FAISS (the OpenMP
   setting is per calling thread), so gRPC worker threads times OpenMP threads do not oversubscribe the cores.
 - Snapshots: `save` writes the index with the template sequence number it reflects, its kind and dimension,
-  and a SHA-256 of the serialised index, atomically (temporary file, fsync, rename). `load` refuses anything
-  whose magic, header, length or checksum does not match before FAISS ever parses it.
+  and a SHA-256 of the serialised index, atomically (temporary file, fsync, rename). Only the in-memory
+  serialisation holds the reader lock (searches go on; changes wait for it); the checksum and the disk write do
+  not. `load` refuses anything whose magic, header, length or checksum does not match before FAISS parses it.
 
 Pure compute: no gRPC, no server, no store (vectors come in through `VectorSource`).
 """
@@ -31,6 +41,8 @@ Pure compute: no gRPC, no server, no store (vectors come in through `VectorSourc
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import enum
 import hashlib
 import json
@@ -73,15 +85,18 @@ class IndexSettings:
     dimension: int = 512
     approximate_above: int = 50_000
     nprobe: int = 64
-    nlist: int = 0  # 0: about sqrt(N), chosen at each training
-    rebuild_growth: float = 4.0
+    nlist: int = 0  # 0: sqrt(N * sqrt(rebuild_growth)), chosen at each training
+    rebuild_growth: float = 2.0
     omp_threads: int = 1
 
     def kind_for(self, n: int) -> IndexKind:
         return IndexKind.APPROXIMATE if n > self.approximate_above else IndexKind.EXACT
 
     def nlist_for(self, n: int) -> int:
-        wanted = self.nlist or int(math.sqrt(max(n, 1)))
+        """Lists for an index trained on `n` templates: sized for the geometric middle of the sizes it will
+        serve before the next training (n to rebuild_growth * n), about sqrt of that size."""
+        expected = max(n, 1) * math.sqrt(max(self.rebuild_growth, 1.0))
+        wanted = self.nlist or int(math.sqrt(expected))
         return max(1, min(wanted, n // MIN_TRAINING_POINTS_PER_LIST))
 
 
@@ -201,6 +216,49 @@ def _ids(ids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(ids, dtype=np.int64)
 
 
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the system (glibc `malloc_trim`; a no-op elsewhere).
+
+    A rebuild frees a whole index, its training sample and the store's read batches, much of it from the
+    rebuild thread's own arena, which glibc does not trim by itself: without this the resident size keeps the
+    old index's pages long after the swap.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def compact_lists(index: faiss.Index) -> None:
+    """Copy every inverted list of an IVF index into arrays of its exact size (no-op for other kinds).
+
+    FAISS appends to a list by growing its arrays geometrically, so an index filled by batches holds up to
+    twice the memory its codes need. Not thread-safe: call on an index nobody else uses, or under the writer lock.
+    """
+    if not isinstance(index, faiss.IndexIVF):
+        return
+    old = index.invlists
+    fresh = faiss.ArrayInvertedLists(index.nlist, index.code_size)
+    for list_no in range(index.nlist):
+        size = old.list_size(list_no)
+        if size:  # the first add_entries on an empty list allocates exactly `size` entries
+            fresh.add_entries(list_no, size, old.get_ids(list_no), old.get_codes(list_no))
+    index.replace_invlists(fresh, True)
+    fresh.this.disown()  # the index owns it now
+
+
 def build_index(settings: IndexSettings, source: VectorSource) -> tuple[faiss.Index, IndexKind]:
     """A new index of the kind the source's size calls for, holding every template of the source."""
     set_omp_threads(settings.omp_threads)
@@ -221,7 +279,19 @@ def build_index(settings: IndexSettings, source: VectorSource) -> tuple[faiss.In
     for ids, vectors in source.batches():
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), _ids(ids))
+    compact_lists(index)
     return index, kind
+
+
+def _replay(index: faiss.Index, journal: list[tuple[int, str, np.ndarray, np.ndarray | None]], base: int) -> None:
+    """Apply journaled changes made after sequence `base` (the read a new index was built from) to it."""
+    for seq, op, ids, vectors in journal:
+        if seq <= base:
+            continue  # already in the read the new index was built from
+        if op == "add" and vectors is not None and len(ids):
+            index.add_with_ids(vectors, ids)
+        elif op == "remove" and len(ids):
+            index.remove_ids(faiss.IDSelectorBatch(ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +300,7 @@ class IndexStats:
     ntotal: int
     sequence: int
     built_size: int
+    trained_size: int
     removed_since_build: int
     nlist: int
     nprobe: int
@@ -250,10 +321,12 @@ class TemplateIndex:
         self._configure(index)
         self._sequence = sequence
         self._built_size = index.ntotal
+        self._trained_size = index.ntotal  # templates the approximate index was trained on
         self._removed_since_build = 0
         self._journal: list[tuple[int, str, np.ndarray, np.ndarray | None]] | None = None
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_guard = threading.Lock()
+        self._save_lock = threading.Lock()
         self.rebuilds = 0
         self.last_rebuild_error: BaseException | None = None
 
@@ -267,7 +340,9 @@ class TemplateIndex:
     def build(cls, settings: IndexSettings, source: VectorSource) -> TemplateIndex:
         """A new index holding every template of `source`, at its sequence number."""
         index, _kind = build_index(settings, source)
-        return cls(settings, index, source.sequence)
+        built = cls(settings, index, source.sequence)
+        built._trained_size = source.count
+        return built
 
     @property
     def kind(self) -> IndexKind:
@@ -289,6 +364,7 @@ class TemplateIndex:
             ntotal=int(index.ntotal),
             sequence=self._sequence,
             built_size=self._built_size,
+            trained_size=self._trained_size,
             removed_since_build=self._removed_since_build,
             nlist=int(index.nlist) if ivf else 0,
             nprobe=int(index.nprobe) if ivf else 0,
@@ -346,10 +422,11 @@ class TemplateIndex:
         if self._kind is IndexKind.APPROXIMATE:
             if n < self.settings.approximate_above // 2:
                 return f"{n} templates fit an exact index again"
-            if n >= growth * max(self._built_size, 1):
-                return f"grown from {self._built_size} to {n} templates since training"
-            if n * growth <= self._built_size:
-                return f"shrunk from {self._built_size} to {n} templates since training"
+            trained = max(self._trained_size, 1)
+            if n >= growth * trained:
+                return f"grown from {trained} to {n} templates since training"
+            if n * growth <= trained:
+                return f"shrunk from {trained} to {n} templates since training"
             if self._removed_since_build >= max(self._built_size, 1):
                 return f"{self._removed_since_build} removals since the last build (compaction)"
         return ""
@@ -385,6 +462,11 @@ class TemplateIndex:
     def _rebuild_logged(self, open_source: SourceOpener) -> None:
         try:
             self.rebuild(open_source)
+            # The gallery may have grown past the next trigger while this one trained: chain it now rather
+            # than wait for a change that may not come (the last enrolment of a bulk load).
+            while reason := self.rebuild_reason():
+                log.info("template index rebuild: %s", reason)
+                self.rebuild(open_source)
         except BaseException as exc:  # keep serving from the current index; the next change retries
             self.last_rebuild_error = exc
             log.exception("template index rebuild failed; still serving the current index")
@@ -402,36 +484,54 @@ class TemplateIndex:
         try:
             with open_source() as source:
                 new_index, kind = build_index(self.settings, source)
-                base = source.sequence
+                base, trained = source.sequence, source.count
+            # The new index is private until the swap: replay what was journaled while it was built without
+            # the lock (searches and changes go on), then only the tail journaled meanwhile under it.
             with self._lock.write():
-                journal, self._journal = self._journal or [], None
-                for seq, op, ids, vectors in journal:
-                    if seq <= base:
-                        continue  # already in the read the new index was built from
-                    if op == "add" and vectors is not None and len(ids):
-                        new_index.add_with_ids(vectors, ids)
-                    elif op == "remove" and len(ids):
-                        new_index.remove_ids(faiss.IDSelectorBatch(ids))
+                pending = list(self._journal or [])
+            _replay(new_index, pending, base)
+            compact_lists(new_index)
+            with self._lock.write():
+                _replay(new_index, (self._journal or [])[len(pending) :], base)
+                self._journal = None
                 self._configure(new_index)
                 old, self._index = self._index, new_index
                 self._kind = kind
                 self._built_size = int(new_index.ntotal)
+                self._trained_size = trained
                 self._removed_since_build = 0
                 self._sequence = max(self._sequence, base)
                 self.rebuilds += 1
-            del old
+            del old, pending
         finally:
             with self._lock.write():
                 self._journal = None
+        release_free_memory()
+        stats = self.stats()
         log.info(
-            "template index rebuilt: %s, %d templates, in %.1fs", self._kind, len(self), time.perf_counter() - started
+            "template index rebuilt: %s, %d templates, trained on %d, nlist %d, nprobe %d, in %.1fs",
+            stats.kind,
+            stats.ntotal,
+            stats.trained_size,
+            stats.nlist,
+            stats.nprobe,
+            time.perf_counter() - started,
         )
 
     # -- snapshots ----------------------------------------------------------------------------------
 
-    def save(self, path: Path) -> None:
-        """Write a checksummed snapshot tagged with the sequence number it reflects (atomic replace)."""
+    def save(self, path: Path) -> int:
+        """Write a checksummed snapshot tagged with the sequence number it reflects (atomic replace).
+
+        Returns that sequence number. Only the in-memory serialisation holds the reader lock.
+        """
         path = Path(path)
+        with self._save_lock:  # one writer of the temporary file at a time
+            sequence = self._save(path)
+        release_free_memory()  # the serialised copy was as large as the index
+        return sequence
+
+    def _save(self, path: Path) -> int:
         with self._lock.read():
             data = faiss.serialize_index(self._index)
             header = {
@@ -441,6 +541,7 @@ class TemplateIndex:
                 "kind": str(self._kind),
                 "ntotal": int(self._index.ntotal),
                 "built_size": self._built_size,
+                "trained_size": self._trained_size,
                 "nbytes": int(data.nbytes),
                 "sha256": hashlib.sha256(data.data).hexdigest(),
             }
@@ -458,6 +559,7 @@ class TemplateIndex:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+        return int(header["sequence"])
 
     @classmethod
     def load(cls, path: Path, settings: IndexSettings) -> TemplateIndex:
@@ -494,6 +596,7 @@ class TemplateIndex:
         if loaded.kind is not kind:
             raise SnapshotError(f"{path}: index kind disagrees with its header")
         loaded._built_size = built_size
+        loaded._trained_size = int(header.get("trained_size", built_size))
         return loaded
 
 
@@ -507,6 +610,8 @@ __all__ = [
     "TemplateIndex",
     "VectorSource",
     "build_index",
+    "compact_lists",
     "normalise",
+    "release_free_memory",
     "set_omp_threads",
 ]

@@ -92,6 +92,8 @@ def gallery_settings(config: ServerConfig) -> GallerySettings:
         max_templates_per_call=config.max_templates_per_call,
         max_candidates=max(1, config.max_candidates),
         default_candidates=min(10, max(1, config.max_candidates)),
+        snapshot_changes=max(1, config.snapshot_changes),
+        snapshot_seconds=config.snapshot_seconds,
     )
 
 

@@ -44,7 +44,9 @@ class ServerConfig:
     approximate_above: int = 50_000
     ivf_nprobe: int = 64
     ivf_nlist: int = 0
-    rebuild_growth: float = 4.0
+    rebuild_growth: float = 2.0
+    snapshot_changes: int = 100_000
+    snapshot_seconds: float = 300.0
     faiss_threads: int = 1
     max_templates_per_call: int = 10_000
     max_candidates: int = 100
@@ -87,6 +89,8 @@ _HELP = {
     "ivf_nprobe": "inverted lists searched per probe by the approximate index",
     "ivf_nlist": "inverted lists of the approximate index (0: about the square root of the gallery size)",
     "rebuild_growth": "retrain the approximate index when the gallery grows or shrinks by this factor",
+    "snapshot_changes": "write the template index snapshot in the background after this many template changes",
+    "snapshot_seconds": "... or this many seconds after an unsaved change",
     "faiss_threads": "OpenMP threads per FAISS call (keep threads x faiss_threads near the core count)",
     "max_templates_per_call": "largest batch of templates accepted by EnrolTemplates",
     "max_candidates": "largest number of candidates Identify may be asked for",

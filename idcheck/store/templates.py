@@ -28,6 +28,7 @@ from idcheck.store.schema import migrate
 from idcheck.store.sqlite import connect, utc_now
 
 _CHUNK = 500  # bound parameters per IN (...) query
+WRITER_CACHE_KIB = 8192  # page cache of the template writer connection
 
 
 class TemplateNotFound(StoreError):
@@ -165,7 +166,11 @@ class TemplateStore:
         self.dimension = dimension
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = connect(self.path)
+        # Enrolments append rows of 2 KiB that are never read back through this connection: a small page
+        # cache (the register's default is 64 MiB) is enough for the b-tree interiors it updates.
+        self._conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         migrate(self._conn)
+        self._closed = False
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -420,8 +425,13 @@ class TemplateStore:
                 self._last_seq = changes[-1][0]
         return RemoveOutcome(np.asarray(ids, dtype=np.int64), self._last_seq)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for conn in self._readers:
                 conn.close()
             self._readers.clear()

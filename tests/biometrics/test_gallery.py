@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +151,71 @@ def test_store_backed_approximate_index_keeps_recall_on_periodic_enrolment_order
         assert np.mean(top == truth) >= 0.99
     finally:
         g.close()
+
+
+# A child process enrols, lets the background snapshot catch up with the first 80 templates, enrols and
+# removes more, then dies by SIGKILL: no close(), no snapshot at shutdown.
+CRASHING_CHILD = """
+import os, signal, sys, time
+import numpy as np
+from idcheck.biometrics import Gallery, GallerySettings, TemplateInput
+from idcheck.biometrics.synthetic import FaceGenerator
+from idcheck.index.templates import IndexSettings
+
+caps = FaceGenerator(seed=21).gallery(60, 2, seed=1)
+def tpl(row):
+    return TemplateInput(f"S{caps.identities[row]}", 1, 512, caps.vectors[row].astype("<f4").tobytes())
+settings = GallerySettings(
+    index=IndexSettings(approximate_above=50), snapshot_changes=50, snapshot_seconds=0
+)
+g = Gallery.open(sys.argv[1], settings)
+g.enrol("UTO", [tpl(i) for i in range(40)])
+assert g.snapshots_written == 0  # 40 changes: below snapshot_changes
+g.enrol("UTO", [tpl(i) for i in range(40, 80)])
+deadline = time.monotonic() + 30
+while g.saved_sequence < 80 and time.monotonic() < deadline:
+    time.sleep(0.05)
+g.enrol("UTO", [tpl(i) for i in range(80, 110)])
+g.remove("UTO", [], ["S3"])
+print(g.saved_sequence, g.snapshots_written, len(g), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_after_sigkill_start_loads_the_background_snapshot_and_replays_only_the_tail(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_CHILD, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == -9, child.stderr
+    assert child.stdout.split() == ["80", "1", "108"]  # one background snapshot, at sequence 80
+    settings = GallerySettings(index=IndexSettings(approximate_above=50))
+    g = Gallery.open(tmp_path, settings)
+    try:
+        assert g.load_report == "snapshot at sequence 80 plus 30 enrolled and 2 removed since"
+        assert len(g) == 108 and g.sequence == 112
+        assert g.identify(probe(PROBES.vectors[50]), 1).candidates[0].subject_id == "S50"
+        assert "S3" not in {c.subject_id for c in g.identify(probe(PROBES.vectors[3]), 100).candidates}
+    finally:
+        g.close()
+
+
+def test_background_snapshot_after_quiet_time_and_none_without_changes(tmp_path: Path) -> None:
+    g = Gallery.open(tmp_path, GallerySettings(snapshot_changes=1_000, snapshot_seconds=0.5))
+    try:
+        g.enrol("UTO", [tpl(i) for i in range(10)])
+        deadline = time.monotonic() + 20
+        while g.saved_sequence < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (g.saved_sequence, g.snapshots_written, g.unsaved_changes) == (10, 1, 0)
+        time.sleep(1.5)  # three more timer periods: nothing changed, nothing written
+        assert g.snapshots_written == 1
+    finally:
+        g.close()
+    again = Gallery.open(tmp_path, GallerySettings())
+    try:
+        assert again.load_report == "snapshot at sequence 10 plus 0 enrolled and 0 removed since"
+    finally:
+        again.close()

@@ -15,6 +15,7 @@ from idcheck.index.templates import (
     IndexSettings,
     SnapshotError,
     TemplateIndex,
+    compact_lists,
     normalise,
 )
 
@@ -116,6 +117,62 @@ def test_rebuild_is_due_after_growth_shrink_and_churn() -> None:
     index = TemplateIndex.build(settings, ArraySource(np.arange(4_000), vectors))
     index.remove(np.arange(0, 2_500), 3)
     assert "shrunk" in index.rebuild_reason()
+
+
+def test_lists_are_sized_for_the_middle_of_the_range_served_until_the_next_training() -> None:
+    assert IndexSettings(rebuild_growth=4.0).nlist_for(1_000_000) == 1_414  # sqrt(2,000,000)
+    assert IndexSettings(rebuild_growth=2.0).nlist_for(600_000) == 921  # sqrt(600,000 * 1.414)
+    assert IndexSettings(nlist=300).nlist_for(600_000) == 300  # an explicit nlist wins
+    assert IndexSettings().nlist_for(2_000) == 2_000 // 39  # enough training points per list
+
+
+def test_growth_is_measured_from_the_size_trained_on_and_a_rebuild_due_at_its_end_is_chained() -> None:
+    vectors = GEN.gallery(3_000, 2, seed=4).vectors
+    settings = IndexSettings(approximate_above=1_000, rebuild_growth=2.0, nprobe=16)
+    index = TemplateIndex(settings)
+    index.add(np.arange(1_500), vectors[:1_500], 1_500)
+    held = {"n": 1_500}
+    opened = threading.Event()
+    proceed = threading.Event()
+
+    class SlowSource(ArraySource):
+        def sample(self, n: int) -> np.ndarray:
+            opened.set()
+            proceed.wait(10)
+            return super().sample(n)
+
+    def open_store() -> ArraySource:  # what the store holds when the rebuild reads it
+        n = held["n"]
+        return SlowSource(np.arange(n), vectors[:n], sequence=n)
+
+    assert index.maybe_rebuild(open_store)
+    assert opened.wait(10)
+    index.add(np.arange(1_500, 6_000), vectors[1_500:6_000], 6_000)  # while training on 1,500
+    held["n"] = 6_000
+    proceed.set()
+    index.wait_rebuild(60)  # no further change: the second rebuild was chained by the first
+    stats = index.stats()
+    assert (stats.rebuilds, stats.trained_size, stats.ntotal, stats.kind) == (2, 6_000, 6_000, IndexKind.APPROXIMATE)
+    assert index.rebuild_reason() == ""
+    _s, ids = index.search(vectors[5_000:5_010], 1)
+    assert list(ids[:, 0]) == list(range(5_000, 5_010))
+
+
+def test_compacting_lists_keeps_every_entry_and_answer() -> None:
+    vectors = uniform_gallery(4_000, D, seed=8)
+    index = TemplateIndex.build(
+        IndexSettings(approximate_above=500, nprobe=8), ArraySource(np.arange(2_000), vectors[:2_000])
+    )
+    for start in range(2_000, 4_000, 100):  # batches of adds grow the lists geometrically
+        index.add(np.arange(start, start + 100), vectors[start : start + 100], start)
+    before = index.search(vectors[::40], 10)
+    sizes = [index._index.invlists.list_size(i) for i in range(index._index.nlist)]
+    compact_lists(index._index)
+    assert [index._index.invlists.list_size(i) for i in range(index._index.nlist)] == sizes
+    after = index.search(vectors[::40], 10)
+    assert np.array_equal(before[1], after[1]) and np.allclose(before[0], after[0])
+    assert index.remove(np.arange(0, 4_000, 2), 5_000) == 2_000  # still an ordinary, writable index
+    assert len(index) == 2_000
 
 
 def test_memory_is_bounded_under_enrol_remove_churn() -> None:

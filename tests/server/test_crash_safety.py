@@ -110,13 +110,13 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
     serial = 0
     for kill in range(KILLS):
         server = start_server(data_dir)
-        try:
-            verify(server.address, data_dir, model)
-        except AssertionError as exc:
-            raise AssertionError(f"after kill {kill} (seed {seed}): {exc}") from None
         timer = threading.Timer(rng.uniform(0.05, 0.4), server.proc.kill)
-        timer.start()
         try:
+            try:
+                verify(server.address, data_dir, model)
+            except AssertionError as exc:
+                raise AssertionError(f"after kill {kill} (seed {seed}): {exc}") from None
+            timer.start()
             with server.client(MEMBER, "member", timeout=30) as c:
                 while True:
                     if model.listed and rng.random() < 0.3:
@@ -137,7 +137,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
                         model.listed |= group
         except IdcheckError:
             pass  # the server died under the call: that call is in the model's "maybe" lists
-        finally:
+        finally:  # whatever happened, this round's server does not outlive it
             timer.cancel()
             server.proc.kill()
             server.proc.wait()

@@ -22,6 +22,7 @@ from idcheck.icao import (
 )
 
 MAX_NUMBER_LENGTH = 24
+MAX_PRINTED_NUMBER_LENGTH = 48  # with the spaces and dashes people type
 MAX_NAME_LENGTH = 120
 MAX_INSTRUCTIONS_LENGTH = 1000
 EARLIEST_EVENT = dt.date(1900, 1, 1)
@@ -174,9 +175,12 @@ def validate_record(
             nationality=nat,
             expiry_date=expiry.isoformat() if expiry else "",
         )
+    printed = document_number.strip().upper()
+    if len(printed) > MAX_PRINTED_NUMBER_LENGTH:
+        raise RecordError("key.document_number", f"longer than {MAX_PRINTED_NUMBER_LENGTH} characters as printed")
     return RecordData(
         key=key,
-        number_printed=document_number.strip().upper(),
+        number_printed=printed,
         status=st,
         event_date=event_iso,
         holder=holder,

@@ -249,3 +249,18 @@ def test_first_bad_field_is_reported_in_row_order() -> None:
     assert rejected_field(issuing_state="ZZZ", status=0, event_date="") == "key.issuing_state"
     assert rejected_field(status=0, event_date="") == "status"
     assert rejected_field(event_date="", birth_date="x") == "event_date"
+
+
+def test_printed_number_with_padding_beyond_the_limit_is_rejected() -> None:
+    from idcheck.records import MAX_PRINTED_NUMBER_LENGTH, RecordError, validate_record
+
+    padded = "A" + " " * MAX_PRINTED_NUMBER_LENGTH + "1"
+    with pytest.raises(RecordError) as err:
+        validate_record(
+            issuing_state="NZL", document_number=padded, document_class=1, status=2, event_date="2025-01-01"
+        )
+    assert err.value.field == "key.document_number"
+    ok = validate_record(
+        issuing_state="NZL", document_number="LA 123-456", document_class=1, status=2, event_date="2025-01-01"
+    )
+    assert ok.number_printed == "LA 123-456" and ok.key.number == "LA123456"

@@ -6,6 +6,10 @@ the claimed subject's or document's stored vectors and scores them exactly. Iden
 shortlist and re-scores it exactly from the stored vectors (which also drops anything removed meanwhile), so
 every score reported is an exact cosine similarity whichever index kind served the search.
 
+Every verify and identify answered is queued to the register's audit log when the gallery has an audit
+writer (query kind 'verify' or 'identify', the template ids matched, the caller), under a query id that is
+also returned to the caller.
+
 The index is snapshotted in the background after `snapshot_changes` template changes or `snapshot_seconds`
 with unsaved changes, and at shutdown, so a crash costs at most that much catching up from the change log.
 """
@@ -17,6 +21,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,8 @@ import numpy as np
 from idcheck.biometrics.errors import TemplateError
 from idcheck.icao import DocumentNumberError, StateCodeError, canonical_number, canonical_state
 from idcheck.index.templates import IndexSettings, SnapshotError, TemplateIndex, normalise
+from idcheck.register import Caller
+from idcheck.store import AuditCall, AuditDocument, AuditWriter, utc_now
 from idcheck.store.templates import NewTemplate, TemplateNotFound, TemplateStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,11 @@ SERVED_MODALITIES = frozenset({Modality.FACE})
 class Decision(enum.StrEnum):
     MATCH = "MATCH"
     NO_MATCH = "NO_MATCH"
+
+
+# Audit verdict of an identify call.
+CANDIDATES = "CANDIDATES"
+NO_CANDIDATES = "NO_CANDIDATES"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +137,7 @@ class VerifyResult:
     subject_id: str
     templates_compared: int
     template_sequence: int
+    query_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +157,7 @@ class IdentifyResult:
     gallery_size: int
     template_sequence: int
     search_kind: str
+    query_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +179,11 @@ def _check_modality(value: int) -> str | None:
 class Gallery:
     """The biometric template gallery of one node."""
 
-    def __init__(self, store: TemplateStore, settings: GallerySettings, snapshot_path: Path) -> None:
+    def __init__(
+        self, store: TemplateStore, settings: GallerySettings, snapshot_path: Path, *, audit: AuditWriter | None = None
+    ) -> None:
         self.store = store
+        self.audit = audit  # where verify and identify calls are logged (None: not audited, e.g. offline tools)
         self.settings = settings
         self.snapshot_path = Path(snapshot_path)
         self._write_lock = threading.Lock()
@@ -185,13 +202,16 @@ class Gallery:
         self._snapshot_if_due()
 
     @classmethod
-    def open(cls, data_dir: Path, settings: GallerySettings | None = None) -> Gallery:
-        """Open (or create) the gallery in a data directory (templates in its register.db)."""
+    def open(
+        cls, data_dir: Path, settings: GallerySettings | None = None, *, audit: AuditWriter | None = None
+    ) -> Gallery:
+        """Open (or create) the gallery in a data directory (templates in its register.db); `audit` is the
+        register's audit writer, which then logs every verify and identify."""
         settings = settings or GallerySettings()
         data_dir = Path(data_dir)
         store = TemplateStore(data_dir / "register.db", settings.dimension)
         try:
-            return cls(store, settings, data_dir / SNAPSHOT_NAME)
+            return cls(store, settings, data_dir / SNAPSHOT_NAME, audit=audit)
         except BaseException:
             store.close()
             raise
@@ -395,10 +415,41 @@ class Gallery:
     def identify_point(self) -> OperatingPoint:
         return OperatingPoint(self.settings.identify_threshold, self.settings.identify_fpir, "FPIR")
 
+    def _audit(
+        self,
+        caller: Caller | None,
+        kind: str,
+        verdict: str,
+        template_ids: Sequence[int],
+        sequence: int,
+        *,
+        document: tuple[str, str] = ("", ""),
+        subject_id: str = "",
+    ) -> str:
+        """Queue one verify or identify call for the audit log; returns its query id."""
+        query_id = uuid.uuid4().hex
+        if self.audit is None:
+            return query_id
+        who = caller or Caller("", "")
+        call_id = self.audit.next_call_id()
+        matched = ",".join(str(int(t)) for t in template_ids)
+        self.audit.submit(
+            AuditCall(call_id, query_id, utc_now(), who.member, who.role, who.peer, sequence, 1, True),
+            [AuditDocument(call_id, 0, kind, document[0], document[1], verdict, matched, subject_id)],
+        )
+        return query_id
+
     def verify(
-        self, probe: Probe, *, subject_id: str | None = None, document: tuple[str, str] | None = None
+        self,
+        probe: Probe,
+        *,
+        subject_id: str | None = None,
+        document: tuple[str, str] | None = None,
+        caller: Caller | None = None,
     ) -> VerifyResult:
-        """Compare the probe with the claimed subject's or document's templates (exact scores)."""
+        """Compare the probe with the claimed subject's or document's templates (exact scores).
+
+        The answer is audited for `caller` (matched: the best template when it is a MATCH)."""
         violations: list[tuple[str, str]] = []
         vector: np.ndarray | None = None
         try:
@@ -436,18 +487,32 @@ class Gallery:
         best = int(np.argmax(scores))
         score = float(scores[best])
         point = self.verify_point()
+        decision = Decision.MATCH if score >= point.threshold else Decision.NO_MATCH
+        best_id = int(stored.ids[best])
+        query_id = self._audit(
+            caller,
+            "verify",
+            decision.value,
+            [best_id] if decision == Decision.MATCH else [],
+            sequence,
+            document=key or ("", ""),
+            subject_id=subject_id if key is None and subject_id is not None else "",
+        )
         return VerifyResult(
-            decision=Decision.MATCH if score >= point.threshold else Decision.NO_MATCH,
+            decision=decision,
             score=score,
             operating_point=point,
-            best_template_id=int(stored.ids[best]),
+            best_template_id=best_id,
             subject_id=stored.subjects[best],
             templates_compared=len(stored),
             template_sequence=sequence,
+            query_id=query_id,
         )
 
-    def identify(self, probe: Probe, max_candidates: int = 0) -> IdentifyResult:
-        """Subjects scoring at or above the identify threshold, best first, at most `max_candidates`."""
+    def identify(self, probe: Probe, max_candidates: int = 0, *, caller: Caller | None = None) -> IdentifyResult:
+        """Subjects scoring at or above the identify threshold, best first, at most `max_candidates`.
+
+        The answer is audited for `caller` (matched: each candidate's best template, in rank order)."""
         violations: list[tuple[str, str]] = []
         limit = self.settings.max_candidates
         if not 0 <= max_candidates <= limit:
@@ -484,7 +549,14 @@ class Gallery:
             Candidate(subject, score, owner, tuple(documents.get(subject, ())), tid, rank)
             for rank, (subject, (score, tid, owner)) in enumerate(best.items(), start=1)
         )
-        return IdentifyResult(candidates, point, gallery_size, sequence, kind)
+        query_id = self._audit(
+            caller,
+            "identify",
+            CANDIDATES if candidates else NO_CANDIDATES,
+            [c.template_id for c in candidates],
+            sequence,
+        )
+        return IdentifyResult(candidates, point, gallery_size, sequence, kind, query_id)
 
 
 __all__ = [

@@ -53,6 +53,7 @@ class VerifyAnswer:
     subject_id: str
     templates_compared: int
     template_sequence: int
+    query_id: str = ""  # the answer's id in the audit log
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class IdentifyAnswer:
     gallery_size: int
     template_sequence: int
     search_kind: str
+    query_id: str = ""  # the answer's id in the audit log
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class BiometricsClient(ServiceClient):
             subject_id=r.subject_id,
             templates_compared=r.templates_compared,
             template_sequence=r.template_sequence,
+            query_id=r.query_id,
         )
 
     def identify(
@@ -203,6 +206,7 @@ class BiometricsClient(ServiceClient):
             gallery_size=r.gallery_size,
             template_sequence=r.template_sequence,
             search_kind=r.search_kind,
+            query_id=r.query_id,
         )
 
     def remove(

@@ -888,10 +888,10 @@ def _add_audit(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "audit",
         parents=[_client_options()],
-        help="list checked documents from the audit log",
-        description="List checked documents, oldest first. Operators (--role operator) see every check, "
-        "optionally one member's searches (--caller); a member sees the checks that hit its own records, "
-        "whoever asked.",
+        help="list checked documents, verifies and identifies from the audit log",
+        description="List checked documents, verifies and identifies, oldest first. Operators (--role operator) "
+        "see every call, optionally one member's searches (--caller); a member sees the checks that hit its own "
+        "records and the verifies and identifies that matched its own templates, whoever asked.",
     )
     parser.add_argument("--since", required=True, help="start, RFC 3339 time or YYYY-MM-DD (UTC)")
     parser.add_argument("--until", default="", help="end (exclusive), RFC 3339 time or YYYY-MM-DD")
@@ -900,7 +900,7 @@ def _add_audit(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         "--verdict",
         action="append",
         default=[],
-        choices=("HIT", "POSSIBLE_MATCH", "CLEAR"),
+        choices=("HIT", "POSSIBLE_MATCH", "CLEAR", "MATCH", "NO_MATCH", "CANDIDATES", "NO_CANDIDATES"),
         help="only this verdict (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -932,13 +932,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                                 "verdict": e.verdict,
                                 "matched_record_ids": list(e.matched_record_ids),
                                 "register_sequence": e.register_sequence,
+                                "subject_id": e.subject_id,
                             }
                         )
                     )
                 else:
                     print(
                         f"{e.at}  {e.caller_member:<4} {e.caller_role:<8} {e.verdict:<14} "
-                        f"{e.issuing_state or '-':<4} {e.document_number:<12} {matched or '-':<10} {e.query_id}"
+                        f"{e.query_kind:<8} {e.issuing_state or '-':<4} {e.document_number or e.subject_id or '-':<12} "
+                        f"{matched or '-':<10} {e.query_id}"
                     )
     except IdcheckError as err:
         return _service_error("audit", err, args)
@@ -1229,7 +1231,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"{a.decision}: score {a.score:.4f} against threshold {a.threshold:.4f} "
             f"(target {a.rate_kind} {a.target_rate:g}); subject {a.subject_id}, best template {a.best_template_id} "
-            f"of {a.templates_compared} compared"
+            f"of {a.templates_compared} compared; query id {a.query_id}"
         )
     return EXIT_OK if a.decision == "MATCH" else EXIT_NO_MATCH
 
@@ -1261,7 +1263,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     else:
         print(
             f"{len(a.candidates)} candidate(s) at or above {a.threshold:.4f} (target {a.rate_kind} {a.target_rate:g}); "
-            f"{a.search_kind} search of {a.gallery_size:,} templates"
+            f"{a.search_kind} search of {a.gallery_size:,} templates; query id {a.query_id}"
         )
         if a.candidates:
             print(f"  {'rank':>4}  {'score':>7}  {'subject':<24} {'owner':<6} documents")

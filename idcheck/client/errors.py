@@ -19,6 +19,7 @@ class IdcheckError(Exception):
         code: grpc.StatusCode | None = None,
         violations: list[tuple[str, str]] | None = None,
         reason: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         if code is not None:
@@ -26,6 +27,9 @@ class IdcheckError(Exception):
         self.message = message
         self.violations = violations or []
         self.reason = reason
+        # Seconds the server asks the caller to wait before retrying (google.rpc.RetryInfo), e.g. when the
+        # member's rate limit is exhausted; None when the server gave no hint.
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         lines = [f"{self.code.name}: {self.message}"]
@@ -83,6 +87,7 @@ def from_rpc_error(err: grpc.RpcError) -> IdcheckError:
     message = (err.details() if hasattr(err, "details") else "") or (code.name if code else "error")
     violations: list[tuple[str, str]] = []
     reason = ""
+    retry_after: float | None = None
     try:
         status = rpc_status.from_call(err)  # type: ignore[arg-type]
     except Exception:  # malformed trailers: keep the plain message
@@ -97,5 +102,9 @@ def from_rpc_error(err: grpc.RpcError) -> IdcheckError:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 reason = info.reason
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
     cls = _BY_CODE.get(code, IdcheckError)
-    return cls(message, code=code, violations=violations, reason=reason)
+    return cls(message, code=code, violations=violations, reason=reason, retry_after=retry_after)

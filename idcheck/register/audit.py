@@ -1,7 +1,8 @@
 """Reading the audit log: who may see which checks, time ranges, and paging.
 
-Operators see every check (optionally one member's searches). A member sees the checks that matched its own
-records, whoever asked: the owner of a record learns where its document was presented.
+Operators see every check, verify and identify (optionally one member's searches). A member sees the checks
+that matched its own records, and the verify and identify calls that matched its own templates, whoever asked:
+the owner of a record or template learns where its document or subject was presented.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from idcheck.store import AuditRow, RegisterStore
 
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1_000
-VERDICTS = ("HIT", "POSSIBLE_MATCH", "CLEAR")
+# Document checks, then verify (1:1) and identify (1:N) calls of the biometric gallery.
+VERDICTS = ("HIT", "POSSIBLE_MATCH", "CLEAR", "MATCH", "NO_MATCH", "CANDIDATES", "NO_CANDIDATES")
 
 
 @dataclass(frozen=True)

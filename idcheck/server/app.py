@@ -27,6 +27,7 @@ from idcheck.server.auth import is_loopback, metadata_identity
 from idcheck.server.biometrics import BiometricsServicer
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
+from idcheck.server.limits import RateLimiter
 from idcheck.server.register import DocumentRegisterServicer
 from idcheck.server.tls import TlsFiles, certificate_identity
 from idcheck.v1 import audit_pb2, audit_pb2_grpc, biometrics_pb2, biometrics_pb2_grpc, register_pb2, register_pb2_grpc
@@ -97,6 +98,15 @@ def gallery_settings(config: ServerConfig) -> GallerySettings:
     )
 
 
+def rate_limiter(config: ServerConfig) -> RateLimiter | None:
+    """The per-member rate limiter of `config`, or None when the limit is disabled (0 requests/s)."""
+    if config.rate_limit_per_second == 0:
+        return None
+    if config.rate_limit_burst < 1:
+        raise ConfigError("rate_limit_burst must be at least 1 when rate_limit_per_second is set")
+    return RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+
+
 # A check allocates a few objects per document; collecting the young generation every 700 allocations
 # (the default) costs more than the checks themselves on large manifests.
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -125,17 +135,18 @@ def start(config: ServerConfig) -> RunningServer:
         max_rows_per_upload=config.max_rows_per_upload,
     )
     settings = gallery_settings(config)
+    limiter = rate_limiter(config)
     gc.set_threshold(*GC_THRESHOLDS)
     register = Register.open(config.data_dir, limits=limits, audit_interval=config.audit_interval)
     gallery: Gallery | None = None
     try:
-        gallery = Gallery.open(config.data_dir, settings)
+        gallery = Gallery.open(config.data_dir, settings, audit=register.audit)
         if config.demo and register.sequence == 0:
             outcomes = seed_demo(register)
             log.info("seeded demo register: %d records", sum(o.created for o in outcomes))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
-            interceptors=[GuardInterceptor(certificate_identity if tls is not None else metadata_identity)],
+            interceptors=[GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter)],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),

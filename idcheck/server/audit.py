@@ -1,4 +1,5 @@
-"""The AuditLog servicer: lists checked documents for operators and for the members whose records were hit."""
+"""The AuditLog servicer: lists checked documents, verifies and identifies for operators, and for the members
+whose records or templates were matched."""
 
 from __future__ import annotations
 
@@ -40,5 +41,6 @@ class AuditLogServicer(audit_pb2_grpc.AuditLogServicer):
                 verdict=row.verdict,
                 matched_record_ids=[int(x) for x in row.matched_records.split(",") if x],
                 register_sequence=row.register_seq,
+                subject_id=row.subject_id,
             )
         return response

@@ -56,6 +56,7 @@ class BiometricsServicer(biometrics_pb2_grpc.BiometricsServicer):
             _probe(request.probe, request.modality),
             subject_id=request.subject_id if claim == "subject_id" else None,
             document=(document.issuing_state, document.document_number) if claim == "document" else None,
+            caller=current_caller(),
         )
         return pb.VerifyResponse(
             decision=pb.DECISION_MATCH if result.decision == "MATCH" else pb.DECISION_NO_MATCH,
@@ -65,10 +66,13 @@ class BiometricsServicer(biometrics_pb2_grpc.BiometricsServicer):
             subject_id=result.subject_id,
             templates_compared=result.templates_compared,
             template_sequence=result.template_sequence,
+            query_id=result.query_id,
         )
 
     def Identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext) -> pb.IdentifyResponse:
-        result = self.gallery.identify(_probe(request.probe, request.modality), request.max_candidates)
+        result = self.gallery.identify(
+            _probe(request.probe, request.modality), request.max_candidates, caller=current_caller()
+        )
         return pb.IdentifyResponse(
             candidates=[
                 pb.Candidate(
@@ -85,6 +89,7 @@ class BiometricsServicer(biometrics_pb2_grpc.BiometricsServicer):
             gallery_size=result.gallery_size,
             template_sequence=result.template_sequence,
             search_kind=result.search_kind,
+            query_id=result.query_id,
         )
 
     def RemoveTemplates(

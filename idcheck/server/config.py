@@ -34,6 +34,10 @@ class ServerConfig:
     max_rows_per_upload: int = 5_000_000
     audit_interval: float = 0.2
     grace_seconds: float = 10.0
+    # Per-member request rate limit (README "Configuration"): a token bucket per authenticated member, one
+    # token per RPC; health and reflection are exempt. 0 requests/s disables it.
+    rate_limit_per_second: float = 1000.0
+    rate_limit_burst: int = 2000
     log_level: str = "INFO"
     # Biometric template index (defaults and thresholds explained in README "Biometrics").
     template_dimension: int = 512
@@ -79,6 +83,8 @@ _HELP = {
     "max_rows_per_upload": "largest upload accepted (rows)",
     "audit_interval": "seconds between audit log commits",
     "grace_seconds": "seconds in-flight calls get to finish at shutdown",
+    "rate_limit_per_second": "requests per second each member may make (token bucket refill rate; 0 disables)",
+    "rate_limit_burst": "requests a member may make at once before the rate limit applies (token bucket size)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "template_dimension": "dimension of biometric templates (float32 values per vector)",
     "verify_fmr": "target false-match rate of Verify, stated in every answer",

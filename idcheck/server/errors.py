@@ -8,17 +8,18 @@ INTERNAL with an incident id, logged with its traceback; the message never carri
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from idcheck.biometrics import TemplateError
-from idcheck.register import InvalidRequest, LimitExceeded, UploadAborted
+from idcheck.register import Caller, InvalidRequest, LimitExceeded, UploadAborted
 from idcheck.server.auth import (
     IdentitySource,
     RoleDenied,
@@ -29,6 +30,7 @@ from idcheck.server.auth import (
     reset_caller,
     set_caller,
 )
+from idcheck.server.limits import RateLimited, RateLimiter
 from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound
 from idcheck.store.templates import TemplateNotFound
 
@@ -90,6 +92,31 @@ def to_status(exc: BaseException) -> status_pb2.Status | None:
             message=str(exc),
             details=[_info("LIMIT_EXCEEDED", field=exc.field)],
         )
+    if isinstance(exc, RateLimited):
+        # Retry hint rounded up to the millisecond, so that a client waiting exactly this long finds a token.
+        millis = max(1, math.ceil(exc.retry_after * 1000))
+        return status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=str(exc),
+            details=[
+                _pack(
+                    error_details_pb2.RetryInfo(
+                        retry_delay=duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+                    )
+                ),
+                _pack(
+                    error_details_pb2.QuotaFailure(
+                        violations=[
+                            error_details_pb2.QuotaFailure.Violation(
+                                subject=f"member:{exc.member}",
+                                description=f"at most {exc.per_second:g} requests/s per member (burst {exc.burst})",
+                            )
+                        ]
+                    )
+                ),
+                _info("RATE_LIMITED", member=exc.member),
+            ],
+        )
     if isinstance(exc, NotOwner):
         return status_pb2.Status(
             code=code_pb2.PERMISSION_DENIED,
@@ -137,13 +164,16 @@ def _is_grpc_termination(exc: BaseException) -> bool:
 
 
 class GuardInterceptor(grpc.ServerInterceptor):
-    """Authentication, role checks and error mapping for every RPC.
+    """Authentication, role checks, the per-member rate limit and error mapping for every RPC.
 
     `identify` says where the caller's member and role come from: the client certificate with TLS
-    (`idcheck.server.tls.certificate_identity`), request metadata on loopback without TLS (the default)."""
+    (`idcheck.server.tls.certificate_identity`), request metadata on loopback without TLS (the default).
+    `limiter` takes one token per call from the caller's member right after authentication (none: no limit);
+    health and reflection are public and never limited."""
 
-    def __init__(self, identify: IdentitySource = metadata_identity) -> None:
+    def __init__(self, identify: IdentitySource = metadata_identity, limiter: RateLimiter | None = None) -> None:
         self._identify = identify
+        self._limiter = limiter
 
     def intercept_service(
         self,
@@ -153,14 +183,21 @@ class GuardInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         identify = self._identify
+        limiter = self._limiter
         if handler is None or is_public(method):
             return handler
+
+        def admit(context: grpc.ServicerContext) -> Caller:
+            caller = authenticate(method, context, identify)
+            if limiter is not None:
+                limiter.acquire(caller.member)
+            return caller
 
         def guard_unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    token = set_caller(authenticate(method, context, identify))
-                except (Unauthenticated, RoleDenied) as exc:
+                    token = set_caller(admit(context))
+                except (Unauthenticated, RoleDenied, RateLimited) as exc:
                     _abort(context, exc)
                     return None
                 try:
@@ -178,8 +215,8 @@ class GuardInterceptor(grpc.ServerInterceptor):
         def guard_stream(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
-                    token = set_caller(authenticate(method, context, identify))
-                except (Unauthenticated, RoleDenied) as exc:
+                    token = set_caller(admit(context))
+                except (Unauthenticated, RoleDenied, RateLimited) as exc:
                     _abort(context, exc)
                     return
                 try:

@@ -129,6 +129,18 @@ MIGRATIONS: list[str] = [
         changed_at  TEXT    NOT NULL
     );
     """,
+    # 2 -> 3: biometric calls in the audit log. Verify and identify are audited like checks (query_kind
+    # 'verify' or 'identify', matched_records holding template ids); `subject_id` is the subject a verify
+    # claimed ('' for document checks, identify and verify by document).
+    """
+    ALTER TABLE audit ADD COLUMN subject_id TEXT NOT NULL DEFAULT '';
+    DROP VIEW audit_log;
+    CREATE VIEW audit_log AS
+        SELECT CASE WHEN c.single THEN c.call_uid ELSE c.call_uid || '-' || a.position END AS query_id,
+               c.at, c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, a.document_number,
+               a.verdict, a.matched_records, c.register_seq, a.call_id, a.position, a.subject_id
+        FROM audit AS a JOIN audit_calls AS c USING (call_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -69,7 +69,10 @@ def utc_now() -> str:
 
 
 class AuditCall(NamedTuple):
-    """One check call in the audit log (its documents are `AuditDocument` rows)."""
+    """One check, verify or identify call in the audit log (its documents are `AuditDocument` rows).
+
+    `register_seq` is the register sequence a check was answered at, or the template sequence of a verify or
+    identify."""
 
     call_id: int
     call_uid: str
@@ -83,7 +86,11 @@ class AuditCall(NamedTuple):
 
 
 class AuditDocument(NamedTuple):
-    """One checked document of a call, as inserted."""
+    """One checked document of a call (or the one probe of a verify or identify), as inserted.
+
+    `matched_records` holds comma-separated record ids for document checks ('typed', 'mrz') and template ids
+    for 'verify' and 'identify'; `subject_id` is the subject a verify claimed.
+    """
 
     call_id: int
     position: int
@@ -92,6 +99,7 @@ class AuditDocument(NamedTuple):
     document_number: str
     verdict: str
     matched_records: str
+    subject_id: str = ""
 
 
 class AuditRow(NamedTuple):
@@ -108,6 +116,7 @@ class AuditRow(NamedTuple):
     verdict: str
     matched_records: str
     register_seq: int
+    subject_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +234,7 @@ class RegisterStore:
             self._reader()
             .execute(
                 "SELECT query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
-                "document_number, verdict, matched_records, register_seq FROM "
+                "document_number, verdict, matched_records, register_seq, subject_id FROM "
                 "(SELECT * FROM audit_log ORDER BY call_id DESC, position DESC LIMIT ?) ORDER BY call_id, position",
                 (limit,),
             )
@@ -247,7 +256,10 @@ class RegisterStore:
         """Audit rows with `since <= at < until`, oldest first, after the (call id, position) `after`.
 
         `caller_member` keeps one member's searches; `owner` keeps the searches that matched a record of that
-        member (whoever asked). Returns (call id, position, row) for paging.
+        member (whoever asked), or for verify and identify one of its templates. Template ownership is read from
+        the ENROLLED entries of the template change log (template id = their sequence number), which outlive a
+        removal, so a member keeps seeing the searches that matched a template it has since removed.
+        Returns (call id, position, row) for paging.
         """
         where = ["c.at >= ?", "c.at < ?", "(a.call_id, a.position) > (?, ?)"]
         params: list[object] = [since, until, after[0], after[1]]
@@ -256,10 +268,13 @@ class RegisterStore:
             params.append(caller_member)
         if owner:
             where.append(
-                "a.matched_records <> '' AND EXISTS (SELECT 1 FROM json_each('[' || a.matched_records || ']') AS j "
-                "JOIN records AS r ON r.record_id = j.value WHERE r.owner = ?)"
+                "a.matched_records <> '' AND CASE WHEN a.query_kind IN ('verify', 'identify') "
+                "THEN EXISTS (SELECT 1 FROM json_each('[' || a.matched_records || ']') AS j "
+                "JOIN template_changes AS t ON t.seq = j.value WHERE t.op = 'ENROLLED' AND t.actor = ?) "
+                "ELSE EXISTS (SELECT 1 FROM json_each('[' || a.matched_records || ']') AS j "
+                "JOIN records AS r ON r.record_id = j.value WHERE r.owner = ?) END"
             )
-            params.append(owner)
+            params.extend((owner, owner))
         if verdicts:
             where.append(f"a.verdict IN ({','.join('?' * len(verdicts))})")
             params.extend(verdicts)
@@ -269,7 +284,7 @@ class RegisterStore:
             .execute(
                 "SELECT a.call_id, a.position, CASE WHEN c.single THEN c.call_uid ELSE c.call_uid || '-' || a.position "
                 "END, c.at, c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, a.document_number, "
-                "a.verdict, a.matched_records, c.register_seq "
+                "a.verdict, a.matched_records, c.register_seq, a.subject_id "
                 "FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
                 f"WHERE {' AND '.join(where)} ORDER BY a.call_id, a.position LIMIT ?",
                 params,
@@ -597,7 +612,7 @@ class RegisterStore:
             )
             c.executemany(
                 "INSERT INTO audit (call_id, position, query_kind, issuing_state, document_number, verdict, "
-                "matched_records) VALUES (?,?,?,?,?,?,?)",
+                "matched_records, subject_id) VALUES (?,?,?,?,?,?,?,?)",
                 itertools.chain.from_iterable(docs for _, docs in calls),
             )
             c.execute("COMMIT")

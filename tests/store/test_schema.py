@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from idcheck.store import RegisterStore
-from idcheck.store.schema import SCHEMA_VERSION, SchemaError, current_version, migrate
+from idcheck.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, current_version, migrate
 
 
 def stored_version(path: Path) -> str:
@@ -50,3 +50,18 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="newer"):
         RegisterStore(path)
     assert stored_version(path) == str(SCHEMA_VERSION + 1)
+
+
+def test_version_2_database_gains_the_audit_subject_column_and_keeps_its_rows() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    for version, script in enumerate(MIGRATIONS[:2]):
+        conn.executescript(
+            "BEGIN;\nCREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+            + script
+            + f"\nINSERT OR REPLACE INTO meta VALUES ('schema_version', '{version + 1}');\nCOMMIT;"
+        )
+    conn.execute("INSERT INTO audit_calls VALUES (1, 'u', '2026-01-01T00:00:00.000Z', 'NZL', 'border', '', 3, 1, 1)")
+    conn.execute("INSERT INTO audit VALUES (1, 0, 'typed', 'NZL', 'LA1', 'CLEAR', '')")
+    assert migrate(conn) == 2
+    row = conn.execute("SELECT query_id, verdict, subject_id FROM audit_log").fetchone()
+    assert row == ("u", "CLEAR", "")

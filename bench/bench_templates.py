@@ -123,7 +123,15 @@ def service(
 ) -> dict:
     data = Path(tempfile.mkdtemp(prefix="bench-templates-"))
     server = start_server(
-        data, "--ivf-nprobe", str(args.nprobe), "--faiss-threads", "1", "--rebuild-growth", str(args.rebuild_growth)
+        data,
+        "--ivf-nprobe",
+        str(args.nprobe),
+        "--faiss-threads",
+        "1",
+        "--rebuild-growth",
+        str(args.rebuild_growth),
+        "--rate-limit-per-second",
+        "0",  # measure the index, not the per-member rate limit
     )
     try:
         time.sleep(1)

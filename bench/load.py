@@ -63,6 +63,9 @@ def start_server(data_dir: Path, tls_dir: Path | None = None) -> tuple[subproces
         str(data_dir),
         "--log-level",
         "WARNING",
+        # the load generator is one member sending as fast as it can: measure the server, not the rate limit
+        "--rate-limit-per-second",
+        "0",
         *(["--tls-dir", str(tls_dir)] if tls_dir else []),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -881,7 +881,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- idcheck get -----------------------------------------------------------------------------------------
+# --- idcheck audit ---------------------------------------------------------------------------------------
 
 
 def _add_audit(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
@@ -947,6 +947,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{count} checked document(s)", file=sys.stderr)
     return EXIT_OK
+
+
+# --- idcheck get -----------------------------------------------------------------------------------------
 
 
 def _add_get(subparsers: SubParsers[argparse.ArgumentParser]) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
 from idcheck.client.channel import ServiceClient, TlsLike
+from idcheck.client.errors import from_rpc_error
 from idcheck.client.register import DEFAULT_TARGET
 from idcheck.v1 import audit_pb2 as pb
 from idcheck.v1 import audit_pb2_grpc
@@ -54,3 +56,48 @@ class AuditClient(ServiceClient):
             token = response.next_page_token
             if not token:
                 return
+
+    def watch_hits(self, cursor: str = "", *, follow: bool = True, timeout: float | None = None) -> HitWatch:
+        """HITs and POSSIBLE_MATCHes on the caller's records after `cursor`, then (`follow`) live ones as they
+        come, until `timeout` seconds pass (None: the client's timeout; 0: no deadline) or `cancel()` is called
+        (from any thread). Keep the cursor of the last notification processed to resume without gap or
+        duplicate."""
+        deadline = self.timeout if timeout is None else timeout
+        request = pb.WatchHitsRequest(cursor=cursor, catch_up_only=not follow)
+        return HitWatch(self._stub.WatchHits(request, timeout=deadline or None, metadata=self._metadata))
+
+    def confirm_hit(
+        self, query_id: str, outcome: str, note: str = "", *, timeout: float | None = None
+    ) -> pb.HitOutcome:
+        """Confirm or reject (outcome CONFIRMED or REJECTED) a hit on one of the caller's records."""
+        request = pb.ConfirmHitRequest(query_id=query_id, outcome=outcome, note=note)
+        return self._call(self._stub.ConfirmHit, request, timeout).outcome
+
+    def hit_outcome(self, query_id: str, *, timeout: float | None = None) -> pb.HitOutcome:
+        """The outcome of a hit (PENDING until its owner decides)."""
+        return self._call(self._stub.GetHitOutcome, pb.GetHitOutcomeRequest(query_id=query_id), timeout)
+
+
+class HitWatch:
+    """An open WatchHits stream: iterate it for notifications; `cancel()` ends it (the iteration then stops)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[pb.HitNotification]:
+        try:
+            yield from self._call
+        except grpc.RpcError as err:
+            if not self._cancelled:
+                raise from_rpc_error(err) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    def __enter__(self) -> HitWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cancel(subparsers)
     _add_get(subparsers)
     _add_audit(subparsers)
+    _add_hits(subparsers)
+    _add_confirm_hit(subparsers)
+    _add_hit_outcome(subparsers)
     _add_enrol(subparsers)
     _add_verify(subparsers)
     _add_identify(subparsers)
@@ -946,6 +949,110 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return _service_error("audit", err, args)
     if not args.json:
         print(f"{count} checked document(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- idcheck hits, confirm-hit, hit-outcome ------------------------------------------------------------------
+
+
+def _add_hits(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "hits",
+        parents=[_client_options()],
+        help="show the hits on your records (--follow: live)",
+        description="Show every HIT and POSSIBLE_MATCH on the records you own, oldest first, after --cursor; with "
+        "--follow keep waiting for new ones until interrupted. Each line ends with its cursor: pass the last one "
+        "you processed as --cursor to resume without gap or duplicate.",
+    )
+    parser.add_argument("--cursor", default="", help="resume after this cursor (from an earlier line)")
+    parser.add_argument("--follow", action="store_true", help="keep the stream open and print hits as they come")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.set_defaults(func=_cmd_hits)
+
+
+def _cmd_hits(args: argparse.Namespace) -> int:
+    from idcheck.client.audit import AuditClient
+
+    # a follow waits for live hits: no deadline unless one is asked for
+    timeout = args.timeout if args.timeout is not None else (0 if args.follow else None)
+    try:
+        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args)) as client:
+            for h in client.watch_hits(args.cursor, follow=args.follow, timeout=timeout):
+                if args.json:
+                    fields = ("cursor", "query_id", "at", "caller_member", "caller_role", "query_kind")
+                    fields += ("issuing_state", "document_number", "verdict")
+                    entry: dict[str, Any] = {f: getattr(h, f) for f in fields}
+                    entry["matched_record_ids"] = list(h.matched_record_ids)
+                    print(json.dumps(entry), flush=True)
+                else:
+                    matched = ",".join(str(x) for x in h.matched_record_ids)
+                    print(
+                        f"{h.at}  {h.caller_member:<4} {h.verdict:<14} {h.issuing_state:<4} {h.document_number:<12} "
+                        f"{matched:<10} {h.query_id}  cursor {h.cursor}",
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except IdcheckError as err:
+        return _service_error("hits", err, args)
+    return EXIT_OK
+
+
+def _add_confirm_hit(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "confirm-hit",
+        parents=[_client_options()],
+        help="confirm or reject a hit on one of your records",
+        description="Record your decision on a HIT or POSSIBLE_MATCH on one of your records, once per query id; "
+        "the member that asked the query can read it with `idcheck hit-outcome`.",
+    )
+    parser.add_argument("query_id", help="query id of the hit (from `idcheck hits`)")
+    parser.add_argument("--outcome", required=True, choices=("confirmed", "rejected"), type=str.lower)
+    parser.add_argument("--note", default="", help="free text for the querying border system")
+    parser.set_defaults(func=_cmd_confirm_hit)
+
+
+def _print_outcome(outcome: Any) -> None:
+    print(f"query {outcome.query_id}: {outcome.outcome}")
+    if outcome.decided_by:
+        print(f"decided by {outcome.decided_by} at {outcome.decided_at}")
+    if outcome.note:
+        print(f"note: {outcome.note}")
+
+
+def _cmd_confirm_hit(args: argparse.Namespace) -> int:
+    from idcheck.client.audit import AuditClient
+
+    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
+    try:
+        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs) as client:
+            _print_outcome(client.confirm_hit(args.query_id, args.outcome.upper(), args.note))
+    except IdcheckError as err:
+        return _service_error("confirm-hit", err, args)
+    return EXIT_OK
+
+
+def _add_hit_outcome(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "hit-outcome",
+        parents=[_client_options()],
+        help="show whether the owner confirmed or rejected a hit",
+        description="Show the owner's decision on a hit (PENDING until it decides): for the member that asked "
+        "the query and the owner of the matched record.",
+    )
+    parser.add_argument("query_id", help="query id given with the check's answer")
+    parser.set_defaults(func=_cmd_hit_outcome)
+
+
+def _cmd_hit_outcome(args: argparse.Namespace) -> int:
+    from idcheck.client.audit import AuditClient
+
+    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
+    try:
+        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs) as client:
+            _print_outcome(client.hit_outcome(args.query_id))
+    except IdcheckError as err:
+        return _service_error("hit-outcome", err, args)
     return EXIT_OK
 
 

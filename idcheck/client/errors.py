@@ -53,6 +53,10 @@ class NotFound(IdcheckError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class FailedPrecondition(IdcheckError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(IdcheckError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -74,6 +78,7 @@ _BY_CODE: dict[grpc.StatusCode, type[IdcheckError]] = {
         PermissionDenied,
         Unauthenticated,
         NotFound,
+        FailedPrecondition,
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,

@@ -34,3 +34,19 @@ class LimitExceeded(RegisterError):
 
 class UploadAborted(RegisterError):
     """The upload stream did not end cleanly; nothing of it was applied."""
+
+
+class HitNotFound(RegisterError):
+    """No HIT or POSSIBLE_MATCH under that query id (becomes NOT_FOUND)."""
+
+    def __init__(self, message: str, *, field: str = "query_id") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class HitAlreadyDecided(RegisterError):
+    """The hit was already confirmed or rejected; one outcome per query id (becomes FAILED_PRECONDITION)."""
+
+    def __init__(self, message: str, *, field: str = "query_id") -> None:
+        super().__init__(message)
+        self.field = field

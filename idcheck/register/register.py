@@ -28,6 +28,7 @@ from idcheck.records import (
     parse_key,
     validate_record,
 )
+from idcheck.register import hits
 from idcheck.register.audit import AuditPage, list_audit
 from idcheck.register.checks import (
     CLEAR_ACTION,
@@ -172,6 +173,23 @@ class Register:
             documents,
         )
         return batch
+
+    def hits_after(self, caller: Caller, cursor: str = "", *, flush: bool = True, limit: int = 500) -> list[hits.Hit]:
+        """Hits on the caller's records after `cursor` (see idcheck.register.hits). `flush` first commits pending
+        audit rows, so that a check answered before this call is included."""
+        if flush:
+            self.audit.flush()
+        return hits.hits_after(self.store, caller.member, cursor, limit=limit)
+
+    def confirm_hit(self, caller: Caller, query_id: str, outcome: str, note: str = "") -> hits.HitOutcome:
+        """The owner of a matched record confirms or rejects a hit, once per query id."""
+        self.audit.flush()
+        return hits.confirm_hit(self.store, caller.member, query_id, outcome, note)
+
+    def hit_outcome(self, caller: Caller, query_id: str) -> hits.HitOutcome:
+        """The outcome of a hit, for the member that asked or an owner of a matched record."""
+        self.audit.flush()
+        return hits.hit_outcome(self.store, caller.member, query_id)
 
     def audit_page(
         self,

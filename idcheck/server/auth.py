@@ -55,6 +55,9 @@ RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "/idcheck.v1.Biometrics/Identify": _CHECKERS,
     "/idcheck.v1.Biometrics/RemoveTemplates": _OWNERS,
     "/idcheck.v1.AuditLog/ListAudit": _AUDITORS,
+    "/idcheck.v1.AuditLog/WatchHits": _OWNERS,  # hits on the caller's own records
+    "/idcheck.v1.AuditLog/ConfirmHit": _OWNERS,
+    "/idcheck.v1.AuditLog/GetHitOutcome": _CHECKERS,  # the querying member, or the owner
 }
 
 # Standard services anyone on the (loopback) network may use without identity.

@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 
 from idcheck.biometrics import TemplateError
 from idcheck.register import Caller, InvalidRequest, LimitExceeded, UploadAborted
+from idcheck.register.errors import HitAlreadyDecided, HitNotFound
 from idcheck.server.auth import (
     IdentitySource,
     RoleDenied,
@@ -134,6 +135,14 @@ def to_status(exc: BaseException) -> status_pb2.Status | None:
             code=code_pb2.NOT_FOUND,
             message=f"{exc.field}: {exc}" if exc.field else str(exc),
             details=[_info("TEMPLATE_NOT_FOUND", field=exc.field)],
+        )
+    if isinstance(exc, HitNotFound):
+        return status_pb2.Status(
+            code=code_pb2.NOT_FOUND, message=str(exc), details=[_info("HIT_NOT_FOUND", field=exc.field)]
+        )
+    if isinstance(exc, HitAlreadyDecided):
+        return status_pb2.Status(
+            code=code_pb2.FAILED_PRECONDITION, message=str(exc), details=[_info("HIT_ALREADY_DECIDED", field=exc.field)]
         )
     if isinstance(exc, RoleDenied):
         return status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=str(exc), details=[_info("ROLE_DENIED")])

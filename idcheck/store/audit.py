@@ -84,9 +84,9 @@ class AuditWriter:
             due = stop or waiters or rows >= self._max_batch or time.monotonic() >= deadline
             if pending and due:
                 try:
-                    shift = self._store.write_audit(pending, self._conn)
-                    if shift:  # another writer used these ids: continue numbering above the shifted batch
-                        self._call_ids = itertools.count(next(self._call_ids) + shift)
+                    renumbered, next_free = self._store.write_audit(pending, self._conn)
+                    if renumbered:  # provisional numbering fell out of line: realign it with the file
+                        self._call_ids = itertools.count(next_free)
                 except Exception:  # keep the thread alive: a full disk must not stop checks
                     log.exception("audit write of %d rows failed; retrying in %.1fs", rows, self._interval)
                     deadline = time.monotonic() + self._interval

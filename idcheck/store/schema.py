@@ -141,6 +141,17 @@ MIGRATIONS: list[str] = [
                a.verdict, a.matched_records, c.register_seq, a.call_id, a.position, a.subject_id
         FROM audit AS a JOIN audit_calls AS c USING (call_id);
     """,
+    # 3 -> 4: hit outcomes. The owner of a record matched by a HIT or POSSIBLE_MATCH confirms or rejects it,
+    # once per query id; the querying member reads it back.
+    """
+    CREATE TABLE hit_outcomes (
+        query_id   TEXT PRIMARY KEY,
+        outcome    TEXT NOT NULL CHECK (outcome IN ('CONFIRMED', 'REJECTED')),
+        note       TEXT NOT NULL DEFAULT '',
+        decided_by TEXT NOT NULL,
+        decided_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -293,6 +293,56 @@ class RegisterStore:
         )
         return [(r[0], r[1], AuditRow(*r[2:])) for r in rows]
 
+    def find_audit_row(self, query_id: str) -> tuple[AuditRow, frozenset[str]] | None:
+        """The audit row of one query id (a call uid, or `uid-position` in a manifest) and the owners of the
+        records it matched (document checks only), or None when there is no such query."""
+        uid, _, position = query_id.partition("-")
+        if position and not position.isdigit():
+            return None
+        found = (
+            self._reader()
+            .execute(
+                "SELECT c.at, c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, "
+                "a.document_number, a.verdict, a.matched_records, c.register_seq, a.subject_id "
+                "FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
+                "WHERE c.call_uid = ? AND c.single = ? AND a.position = ?",
+                (uid, 0 if position else 1, int(position) if position else 0),
+            )
+            .fetchone()
+        )
+        if found is None:
+            return None
+        row = AuditRow(query_id, *found)
+        owners: frozenset[str] = frozenset()
+        if row.matched_records and row.query_kind not in ("verify", "identify"):
+            owners = frozenset(
+                r[0]
+                for r in self._reader().execute(
+                    "SELECT DISTINCT r.owner FROM json_each(?) AS j JOIN records AS r ON r.record_id = j.value",
+                    (f"[{row.matched_records}]",),
+                )
+            )
+        return row, owners
+
+    def hit_outcome(self, query_id: str) -> tuple[str, str, str, str] | None:
+        """(outcome, note, decided_by, decided_at) recorded for a hit, or None while it is pending."""
+        found = (
+            self._reader()
+            .execute("SELECT outcome, note, decided_by, decided_at FROM hit_outcomes WHERE query_id = ?", (query_id,))
+            .fetchone()
+        )
+        return None if found is None else (found[0], found[1], found[2], found[3])
+
+    def record_hit_outcome(self, query_id: str, outcome: str, note: str, member: str) -> bool:
+        """Store the decision on a hit durably; False (nothing changed) when one is already recorded."""
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO hit_outcomes (query_id, outcome, note, decided_by, decided_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (query_id, outcome, note, member, utc_now()),
+            )
+            return cur.rowcount == 1
+
     def audit_count(self) -> int:
         """Number of checked documents in the audit log."""
         return int(self._reader().execute("SELECT COUNT(*) FROM audit").fetchone()[0])
@@ -588,38 +638,44 @@ class RegisterStore:
 
     def write_audit(
         self, calls: Sequence[tuple[AuditCall, Sequence[AuditDocument]]], conn: sqlite3.Connection | None = None
-    ) -> int:
+    ) -> tuple[int, int]:
         """Append check calls and their documents in one transaction (the audit writer's own connection).
 
-        Call ids are numbered by the writer in memory; if another writer on the same file took those ids
-        first, the batch is shifted above the highest id in the file (query ids do not depend on call ids).
-        Returns the shift applied, so the writer can continue its numbering after it.
+        Call ids are final only here: each call gets the next id after the highest in the file, in commit order,
+        so the ids have no gaps and a call committed later always has a higher id (a reader that has seen call N
+        never later finds a new call below it, which is what makes WatchHits cursors gap-free). Callers number
+        calls provisionally; when a provisional id is already right (the usual case) its rows are inserted as
+        they are, otherwise the call and its rows are renumbered. Query ids do not depend on call ids.
+        Returns (calls renumbered, next free call id).
         """
         c = conn or self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            highest = int(c.execute("SELECT COALESCE(MAX(call_id), 0) FROM audit_calls").fetchone()[0])
-            shift = max(0, highest + 1 - calls[0][0].call_id) if calls else 0
-            if shift:
-                calls = [
-                    (call._replace(call_id=call.call_id + shift), [d._replace(call_id=d.call_id + shift) for d in docs])
-                    for call, docs in calls
-                ]
+            next_id = int(c.execute("SELECT COALESCE(MAX(call_id), 0) FROM audit_calls").fetchone()[0]) + 1
+            final: list[tuple[AuditCall, Sequence[AuditDocument]]] = []
+            renumbered = 0
+            for call, docs in calls:
+                if call.call_id != next_id:
+                    renumbered += 1
+                    call = call._replace(call_id=next_id)
+                    docs = [d._replace(call_id=next_id) for d in docs]
+                final.append((call, docs))
+                next_id += 1
             c.executemany(
                 "INSERT INTO audit_calls (call_id, call_uid, at, caller_member, caller_role, peer, register_seq, "
                 "documents, single) VALUES (?,?,?,?,?,?,?,?,?)",
-                [call for call, _ in calls],
+                [call for call, _ in final],
             )
             c.executemany(
                 "INSERT INTO audit (call_id, position, query_kind, issuing_state, document_number, verdict, "
                 "matched_records, subject_id) VALUES (?,?,?,?,?,?,?,?)",
-                itertools.chain.from_iterable(docs for _, docs in calls),
+                itertools.chain.from_iterable(docs for _, docs in final),
             )
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        return shift
+        return renumbered, next_id
 
     def close(self) -> None:
         """Close every connection this store opened (the write connection and each thread's reader)."""

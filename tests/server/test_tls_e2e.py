@@ -68,11 +68,18 @@ MATRIX: dict[str, set[str]] = {
     "/idcheck.v1.DocumentRegister/GetRecord": {"member"},
     "/idcheck.v1.DocumentRegister/CancelRecords": {"member"},
     "/idcheck.v1.AuditLog/ListAudit": {"operator", "member"},
+    "/idcheck.v1.AuditLog/WatchHits": {"member"},
+    "/idcheck.v1.AuditLog/ConfirmHit": {"member"},
+    "/idcheck.v1.AuditLog/GetHitOutcome": {"border", "member"},
     "/idcheck.v1.Biometrics/EnrolTemplates": {"member"},
     "/idcheck.v1.Biometrics/Verify": {"border", "member"},
     "/idcheck.v1.Biometrics/Identify": {"border", "member"},
     "/idcheck.v1.Biometrics/RemoveTemplates": {"member"},
 }
+
+
+# The query id of a hit on NZL's record, found by the member's WatchHits call and used by the calls after it.
+_HIT: dict[str, str] = {}
 
 
 def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], None]]:
@@ -101,6 +108,19 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
         assert any(e.document_number == number and e.verdict == "HIT" for e in entries)
         assert (role == "operator") == any(e.verdict == "CLEAR" for e in entries)
 
+    def watch_hits(r: RegisterClient, b: BiometricsClient) -> None:
+        with AuditClient(r.target, channel=r._channel).watch_hits(follow=False) as watch:
+            hits = [h for h in watch if h.document_number == number and h.verdict == "HIT"]
+        assert hits
+        _HIT["query_id"] = hits[0].query_id
+
+    def confirm_hit(r: RegisterClient, b: BiometricsClient) -> None:
+        outcome = AuditClient(r.target, channel=r._channel).confirm_hit(_HIT.get("query_id", "none"), "CONFIRMED")
+        assert outcome.outcome == "CONFIRMED"
+
+    def hit_outcome(r: RegisterClient, b: BiometricsClient) -> None:
+        assert AuditClient(r.target, channel=r._channel).hit_outcome(_HIT["query_id"]).outcome == "CONFIRMED"
+
     def enrol(r: RegisterClient, b: BiometricsClient) -> None:
         assert b.enrol([{"subject_id": subject, "vector": vector(1)}]).subjects_created == 1
 
@@ -120,6 +140,9 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
         "/idcheck.v1.DocumentRegister/GetRecord": get,
         "/idcheck.v1.DocumentRegister/CancelRecords": cancel,
         "/idcheck.v1.AuditLog/ListAudit": audit,
+        "/idcheck.v1.AuditLog/WatchHits": watch_hits,
+        "/idcheck.v1.AuditLog/ConfirmHit": confirm_hit,
+        "/idcheck.v1.AuditLog/GetHitOutcome": hit_outcome,
         "/idcheck.v1.Biometrics/EnrolTemplates": enrol,
         "/idcheck.v1.Biometrics/Verify": verify,
         "/idcheck.v1.Biometrics/Identify": identify,

@@ -147,3 +147,20 @@ def test_two_writers_on_one_database_lose_no_rows(tmp_path: Path) -> None:
         second.close()
         first_store.close()
         second_store.close()
+
+
+def test_call_ids_are_final_in_commit_order_without_gaps(store: RegisterStore) -> None:
+    # Checks provisionally numbered 1, 2, 3 whose rows reach the writer as [2], then [3, 1]: committed ids follow
+    # the commit order with no gap, so a reader that saw call N never later finds a new call below N (WatchHits
+    # cursors rely on this) and an auditor never sees a hole that looks like lost rows.
+    def doc(call_id: int) -> tuple[AuditCall, list[AuditDocument]]:
+        d = AuditDocument(call_id, 0, "typed", "NZL", f"LA{call_id}", "HIT", "1")
+        return AuditCall(call_id, uuid.uuid4().hex, utc_now(), "NZL", "border", "", 1, 1, True), [d]
+
+    assert store.write_audit([doc(2)]) == (1, 2)  # renumbered to 1
+    assert store.write_audit([doc(2), doc(3)]) == (0, 4)  # already in line: inserted as they are
+    assert store.write_audit([doc(5), doc(1)]) == (2, 6)  # both out of line: 4 and 5, in commit order
+    assert documents_in_table(store.path) == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]
+    with sqlite3.connect(store.path) as conn:
+        numbers = [n for (n,) in conn.execute("SELECT document_number FROM audit ORDER BY call_id")]
+    assert numbers == ["LA2", "LA2", "LA3", "LA5", "LA1"]

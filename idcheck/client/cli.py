@@ -19,12 +19,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 from idcheck.client import files
-from idcheck.client.channel import TlsConfigError, TlsOptions
+from idcheck.client.channel import ServiceClient, TlsConfigError, TlsOptions
 from idcheck.client.errors import (
     DeadlineExceeded,
     IdcheckError,
@@ -322,9 +322,13 @@ def _tls(args: argparse.Namespace) -> TlsOptions | None:
     return TlsOptions.from_dir(base, member=args.member, role=args.role, cert=tls_cert)
 
 
-def _connect(args: argparse.Namespace) -> RegisterClient:
+_Client = TypeVar("_Client", bound=ServiceClient)
+
+
+def _connect(args: argparse.Namespace, client_class: type[_Client] = RegisterClient) -> _Client:  # type: ignore[assignment]
+    """A client of `client_class` from the common connection options (--target, --member, --role, TLS, --timeout)."""
     kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
-    return RegisterClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs)
+    return client_class(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs)
 
 
 def _usage_error(command: str, message: str) -> int:
@@ -913,10 +917,9 @@ def _add_audit(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from idcheck.client.audit import AuditClient
 
-    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
     count = 0
     try:
-        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs) as client:
+        with _connect(args, AuditClient) as client:
             for e in client.entries(args.since, until=args.until, caller_member=args.caller, verdicts=args.verdict):
                 count += 1
                 matched = ",".join(str(x) for x in e.matched_record_ids)
@@ -976,7 +979,7 @@ def _cmd_hits(args: argparse.Namespace) -> int:
     # a follow waits for live hits: no deadline unless one is asked for
     timeout = args.timeout if args.timeout is not None else (0 if args.follow else None)
     try:
-        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args)) as client:
+        with _connect(args, AuditClient) as client:
             for h in client.watch_hits(args.cursor, follow=args.follow, timeout=timeout):
                 if args.json:
                     fields = ("cursor", "query_id", "at", "caller_member", "caller_role", "query_kind")
@@ -1023,9 +1026,8 @@ def _print_outcome(outcome: Any) -> None:
 def _cmd_confirm_hit(args: argparse.Namespace) -> int:
     from idcheck.client.audit import AuditClient
 
-    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
     try:
-        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs) as client:
+        with _connect(args, AuditClient) as client:
             _print_outcome(client.confirm_hit(args.query_id, args.outcome.upper(), args.note))
     except IdcheckError as err:
         return _service_error("confirm-hit", err, args)
@@ -1047,9 +1049,8 @@ def _add_hit_outcome(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 def _cmd_hit_outcome(args: argparse.Namespace) -> int:
     from idcheck.client.audit import AuditClient
 
-    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
     try:
-        with AuditClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs) as client:
+        with _connect(args, AuditClient) as client:
             _print_outcome(client.hit_outcome(args.query_id))
     except IdcheckError as err:
         return _service_error("hit-outcome", err, args)
@@ -1160,8 +1161,7 @@ EXIT_NO_MATCH = 5  # verify: NO_MATCH; identify: no candidate
 def _bio_connect(args: argparse.Namespace) -> Any:
     from idcheck.client.biometrics import BiometricsClient
 
-    kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
-    return BiometricsClient(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs)
+    return _connect(args, BiometricsClient)
 
 
 def _read_vectors(path: Path, column: str = "vector") -> Any:

@@ -7,9 +7,8 @@ from typing import Any
 
 import grpc
 
-from idcheck.client.channel import ServiceClient, TlsLike
+from idcheck.client.channel import ServiceClient
 from idcheck.client.errors import from_rpc_error
-from idcheck.client.register import DEFAULT_TARGET
 from idcheck.v1 import audit_pb2 as pb
 from idcheck.v1 import audit_pb2_grpc
 
@@ -17,18 +16,8 @@ from idcheck.v1 import audit_pb2_grpc
 class AuditClient(ServiceClient):
     """Client of the AuditLog service."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        member: str | None = None,
-        role: str | None = None,
-        timeout: float = 30.0,
-        channel: grpc.Channel | None = None,
-        tls: TlsLike = None,
-    ) -> None:
-        super().__init__(target, member=member, role=role, timeout=timeout, channel=channel, tls=tls)
-        self._stub = audit_pb2_grpc.AuditLogStub(self._channel)
+    stub_class = audit_pb2_grpc.AuditLogStub
+    default_timeout = 30.0
 
     def entries(
         self,

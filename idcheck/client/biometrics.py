@@ -16,11 +16,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 
-from idcheck.client.channel import ServiceClient, TlsLike
-from idcheck.client.register import DEFAULT_TARGET
+from idcheck.client.channel import ServiceClient
 from idcheck.v1 import biometrics_pb2 as pb
 from idcheck.v1 import biometrics_pb2_grpc
 
@@ -109,18 +107,7 @@ def make_template(t: TemplateLike) -> pb.TemplateEnrolment:
 class BiometricsClient(ServiceClient):
     """Client of the Biometrics service."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        member: str | None = None,
-        role: str | None = None,
-        timeout: float = 10.0,
-        channel: grpc.Channel | None = None,
-        tls: TlsLike = None,
-    ) -> None:
-        super().__init__(target, member=member, role=role, timeout=timeout, channel=channel, tls=tls)
-        self._stub = biometrics_pb2_grpc.BiometricsStub(self._channel)
+    stub_class = biometrics_pb2_grpc.BiometricsStub
 
     def enrol(
         self,

@@ -103,26 +103,35 @@ def open_channel(target: str, *, tls: TlsLike = None) -> grpc.Channel:
     return grpc.secure_channel(target, tls_options.credentials(), options=options)
 
 
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
 class ServiceClient:
     """What every idcheck service client shares: the channel, the caller's development identity, deadlines,
-    and errors turned into `idcheck.client.errors.IdcheckError` subclasses."""
+    and errors turned into `idcheck.client.errors.IdcheckError` subclasses.
+
+    A subclass names its generated stub class in `stub_class` and may change `default_timeout`."""
+
+    stub_class: Callable[[grpc.Channel], Any]
+    default_timeout: float = 10.0
 
     def __init__(
         self,
-        target: str,
+        target: str = DEFAULT_TARGET,
         *,
         member: str | None = None,
         role: str | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         channel: grpc.Channel | None = None,
         tls: TlsLike = None,
     ) -> None:
         """`tls`: TlsOptions or a TLS directory (its client.pem) for mutual TLS; the server then takes the
         identity from the certificate and ignores `member`/`role`. Without it the channel is plaintext."""
         self.target = target
-        self.timeout = timeout
+        self.timeout = self.default_timeout if timeout is None else timeout
         self._own_channel = channel is None
         self._channel = channel or open_channel(target, tls=tls)
+        self._stub = self.stub_class(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = tuple(
             (k, v) for k, v in (("x-idcheck-member", member), ("x-idcheck-role", role)) if v
         )

@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from idcheck.client.channel import DEFAULT_TARGET as DEFAULT_TARGET  # re-exported
 from idcheck.client.channel import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported
-from idcheck.client.channel import ServiceClient, TlsLike
+from idcheck.client.channel import ServiceClient
 from idcheck.client.errors import IdcheckError
 from idcheck.client.files import REQUIRED_RECORD_COLUMNS, FileFormatError, column_names, read_records
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
-
-DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def _enum_name(enum_type: Any, value: int, prefix: str) -> str:
@@ -237,18 +234,7 @@ def file_upload_id(path: Path, mode: str) -> str:
 class RegisterClient(ServiceClient):
     """Client of the DocumentRegister service."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        member: str | None = None,
-        role: str | None = None,
-        timeout: float = 10.0,
-        channel: grpc.Channel | None = None,
-        tls: TlsLike = None,
-    ) -> None:
-        super().__init__(target, member=member, role=role, timeout=timeout, channel=channel, tls=tls)
-        self._stub = register_pb2_grpc.DocumentRegisterStub(self._channel)
+    stub_class = register_pb2_grpc.DocumentRegisterStub
 
     def check(
         self,

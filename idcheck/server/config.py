@@ -7,7 +7,6 @@ Precedence, highest first: command-line flag, environment variable, TOML file (`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -169,10 +168,6 @@ def _set(values: dict[str, Any], name: str, raw: object, source: str) -> None:
     values[name] = value
 
 
-def replace(config: ServerConfig, **changes: Any) -> ServerConfig:
-    return dataclasses.replace(config, **changes)
-
-
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split HOST:PORT (IPv6 in brackets)."""
     host, sep, port = listen.rpartition(":")
@@ -181,4 +176,4 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-__all__: Sequence[str] = ["ConfigError", "ServerConfig", "add_arguments", "load", "parse_listen", "replace"]
+__all__: Sequence[str] = ["ConfigError", "ServerConfig", "add_arguments", "load", "parse_listen"]

@@ -195,19 +195,11 @@ _EMPTY_HOLDER = Holder()
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-@lru_cache(maxsize=4096)
-def _state_or_error(code: str) -> str | StateCodeError:
-    try:
-        return canonical_state(code)
-    except StateCodeError as exc:
-        return exc
-
-
 def _state(code: str, field: str) -> str:
-    found = _state_or_error(code)
-    if isinstance(found, StateCodeError):
-        raise RecordError(field, str(found))
-    return found
+    try:
+        return canonical_state(code)  # memoised in idcheck.icao
+    except StateCodeError as exc:
+        raise RecordError(field, str(exc)) from None
 
 
 def _number(value: str, field: str) -> str:

@@ -11,6 +11,7 @@ parse, and flagged by :func:`is_specimen_state` so a real register can refuse to
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import MappingProxyType
 
 import pycountry
@@ -83,6 +84,7 @@ def _normalise(code: str) -> str:
     return (stripped.upper() if stripped.isascii() else stripped).strip("<")
 
 
+@lru_cache(maxsize=4096)  # every check and uploaded row asks; a deployment sees a few hundred spellings
 def canonical_state(code: str) -> str:
     """The code as printed, without fillers: ``"utO"`` -> ``"UTO"``, ``"D<<"`` -> ``"D"``.
 

@@ -83,7 +83,6 @@ def prepare(query: Query, field: str) -> PreparedQuery:
 
 _CLASSES = tuple(DocumentClass)
 INVALID_LOOKUP = Lookup("", "", DocumentClass.UNSPECIFIED)  # placeholder for a query that failed validation
-_STATE_CACHE: dict[str, str] = {}  # raw code as received -> canonical code (valid codes only)
 
 
 def prepare_columns(
@@ -104,10 +103,14 @@ def prepare_columns(
     lookups: list[Lookup] = []
     special: dict[int, PreparedQuery] = {}
     violations: list[tuple[str, str]] = []
-    cache = _STATE_CACHE
     for i, q in enumerate(queries):
         number = next(canonical) if canonical is not None and not q.mrz else ""
-        state = cache.get(q.issuing_state) if q.issuing_state else ""
+        state: str | None = ""
+        if q.issuing_state:
+            try:
+                state = canonical_state(q.issuing_state)  # memoised in idcheck.icao
+            except StateCodeError:
+                state = None  # the slow path below reports it
         cls = q.document_class
         if number and state is not None and len(number) <= MAX_NUMBER_LENGTH and 0 <= cls < 5 and not q.birth_date:
             lookups.append(Lookup(state, number, _CLASSES[cls]))
@@ -118,8 +121,6 @@ def prepare_columns(
             violations.append((exc.field, exc.description))
             lookups.append(INVALID_LOOKUP)  # keeps positions aligned with the queries
             continue
-        if p.kind == "typed" and p.lookup.issuing_state and len(cache) < 4096:
-            cache[q.issuing_state] = p.lookup.issuing_state
         lookups.append(p.lookup)
         special[i] = p
     return lookups, special, violations

@@ -10,8 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
+
+import numpy as np
 
 from idcheck.icao import (
     DocumentClass,
@@ -91,6 +94,36 @@ class StoredRecord(NamedTuple):
     owner: str
     recorded_at: str
     sequence: int
+
+
+class KeyColumns(NamedTuple):
+    """Records as columns: what the document index needs of each one (its key, status and sequence).
+
+    Bulk changes (an upload of millions of rows, a start-up load, a replicated batch) travel to the index in
+    this form, so that no Python object per record is built. Row i of every column describes one record.
+    """
+
+    record_id: np.ndarray  # int64
+    issuing_state: Sequence[str]  # canonical state codes
+    number: Sequence[str]  # canonical document numbers
+    document_class: np.ndarray  # int8, DocumentClass values
+    status: np.ndarray  # int8, RecordStatus values
+    sequence: np.ndarray  # int64, sequence of each record's latest change
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.record_id)
+
+    @classmethod
+    def from_records(cls, records: Sequence[StoredRecord]) -> KeyColumns:
+        """Columns of a few records in hand (a cancel, a small upload)."""
+        return cls(
+            np.fromiter((r.record_id for r in records), np.int64, len(records)),
+            [r.data.key.issuing_state for r in records],
+            [r.data.key.number for r in records],
+            np.fromiter((r.data.key.document_class for r in records), np.int8, len(records)),
+            np.fromiter((r.data.status for r in records), np.int8, len(records)),
+            np.fromiter((r.sequence for r in records), np.int64, len(records)),
+        )
 
 
 class RecordChange(NamedTuple):

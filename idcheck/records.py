@@ -11,6 +11,7 @@ import datetime as dt
 import enum
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -96,7 +97,8 @@ class StoredRecord(NamedTuple):
     sequence: int
 
 
-class KeyColumns(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class KeyColumns:
     """Records as columns: what the document index needs of each one (its key, status and sequence).
 
     Bulk changes (an upload of millions of rows, a start-up load, a replicated batch) travel to the index in
@@ -110,7 +112,7 @@ class KeyColumns(NamedTuple):
     status: np.ndarray  # int8, RecordStatus values
     sequence: np.ndarray  # int64, sequence of each record's latest change
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self.record_id)
 
     @classmethod

@@ -1,5 +1,27 @@
 """In-memory derived state: the document key index and the biometric template index. Pure compute."""
 
-from idcheck.index.documents import DocumentIndex, Lookup, Match, MatchKind, classify
+from idcheck.index.documents import (
+    Candidate,
+    DocumentIndex,
+    IndexSettings,
+    Lookup,
+    Match,
+    MatchKind,
+    classify,
+    folded_number_key,
+    number_key,
+    number_keys,
+)
 
-__all__ = ["DocumentIndex", "Lookup", "Match", "MatchKind", "classify"]
+__all__ = [
+    "Candidate",
+    "DocumentIndex",
+    "IndexSettings",
+    "Lookup",
+    "Match",
+    "MatchKind",
+    "classify",
+    "folded_number_key",
+    "number_key",
+    "number_keys",
+]

@@ -1,23 +1,58 @@
-"""The document key index: in-memory lookup of the records that can hit, derived from the store.
+"""The document key index: a compact, columnar, in-memory index of the records that can hit.
 
-Every active record is filed under the confusion-folded form of its canonical number, so one dictionary
-lookup finds exact matches, OCR variants (same folded key, different number) and the same number under
-another issuing state. The matching rules of design.md are applied to that short candidate list.
+Sized for a register of a hundred million documents on one machine. No Python object is kept per record;
+each active record is a row of five numpy columns (about 28 bytes):
 
-Readers take no lock: each folded key maps to an immutable tuple that writers replace whole, so a check
-sees either the old or the new candidates, never a half-edited list. Writers (`apply`) are serialised by
-the caller in change-log order. The interface (`apply`, `lookup`, `lookup_many`, `sequence`, `len`) is
-what a compact columnar implementation for 100 million records has to provide.
+    folded    uint64  key of the confusion-folded canonical number (rows sorted by it)
+    number    uint64  key of the canonical number itself
+    state     uint16  code of the issuing state (codes in `states`, assigned as states appear)
+    cls       int8    DocumentClass
+    record_id int64   the record in the store
+
+A number of up to 12 characters is packed exactly into its key (base 37: 37**12 < 2**63), so equal keys
+mean equal numbers. A longer one (rare: the limit is 24) is hashed into the upper half of the key space;
+two long numbers could then share a key, which can only add a candidate, never hide one. The register
+therefore re-checks every candidate against the stored record before answering, and nothing in the index
+decides alone that a document is listed.
+
+Lookups search the sorted `folded` column (O(log n); vectorised for manifests) and then apply the matching
+rules of design.md to the few rows found. Changes arrive in change-log order:
+
+* a record already in the base columns only flips its `dead` flag (a record's key never changes, only its
+  status), so a cancel or a re-activation costs one binary search;
+* a new record goes to a small overlay dictionary, merged into fresh base columns in the background once it
+  grows (or at once, for a bulk upload of many new records).
+
+Readers take no lock: they read the current view (base, dead flags, overlay) from one attribute, writers
+replace overlay tuples whole, and a merge installs a complete new view in one assignment. Changes applied
+while a background merge runs are replayed onto its result before it is installed, so none is dropped.
+
+A snapshot of the base columns (`.npy` files tagged with the sequence they cover, written atomically) lets a
+restart memory-map the index instead of rebuilding it, then replay the change log after that sequence.
+Several server processes that map the same snapshot share one copy of it in the page cache.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
-from idcheck.icao import DocumentClass, folded_key, folded_keys
-from idcheck.records import StoredRecord
+import numpy as np
+
+from idcheck.icao import CONFUSION_TABLE, DocumentClass, folded_key
+from idcheck.records import KeyColumns, RecordStatus, StoredRecord
+
+log = logging.getLogger(__name__)
 
 
 class MatchKind(enum.IntEnum):
@@ -32,10 +67,17 @@ class MatchKind(enum.IntEnum):
 
 
 class Match(NamedTuple):
-    """One record that matched, and how."""
+    """One record that matched, and how (as the register answers it, with the stored record)."""
 
     kind: MatchKind
     record: StoredRecord
+
+
+class Candidate(NamedTuple):
+    """One index row that matched a query, and how: to be confirmed against the stored record."""
+
+    kind: MatchKind
+    record_id: int
 
 
 class Lookup(NamedTuple):
@@ -46,67 +88,566 @@ class Lookup(NamedTuple):
     document_class: DocumentClass = DocumentClass.UNSPECIFIED
 
 
-class DocumentIndex:
-    """Active records by folded document number."""
+# -- number keys ------------------------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self._by_folded: dict[str, tuple[StoredRecord, ...]] = {}
-        self._folded_of: dict[int, str] = {}
-        self.sequence = 0
+PACKED_LENGTH = 12  # numbers up to this length are packed exactly
+_MAX_WIDTH = 24  # records hold at most 24 characters; longer query numbers are hashed on their first 24
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_CODE_OF = {c: i + 1 for i, c in enumerate(_ALPHABET)}
+_CODES = np.zeros(256, np.uint64)
+for _c, _v in _CODE_OF.items():
+    _CODES[ord(_c)] = _v
+_FOLD_BYTES = np.arange(256, dtype=np.uint8)
+for _c, _v in CONFUSION_TABLE.items():
+    _FOLD_BYTES[ord(_c)] = ord(_v)
+_POWERS = np.array([37**i for i in reversed(range(PACKED_LENGTH))], np.uint64)
+_MASK = (1 << 64) - 1
+_TOP = 1 << 63
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _pack(text: str) -> int:
+    key = 0
+    for ch in text:
+        key = key * 37 + _CODE_OF.get(ch, 0)
+    return key * 37 ** (PACKED_LENGTH - len(text))
+
+
+def _mix(head: int, tail: int) -> int:
+    x = ((head * _GOLDEN) & _MASK) ^ tail
+    x = ((x ^ (x >> 30)) * _MIX1) & _MASK
+    x = ((x ^ (x >> 27)) * _MIX2) & _MASK
+    return (x ^ (x >> 31)) | _TOP
+
+
+def number_key(canonical: str) -> int:
+    """Key of a canonical number (exact for up to 12 characters, a hash with the top bit set beyond)."""
+    if len(canonical) <= PACKED_LENGTH:
+        return _pack(canonical)
+    text = canonical[:_MAX_WIDTH]
+    return _mix(_pack(text[:PACKED_LENGTH]), _pack(text[PACKED_LENGTH:]))
+
+
+def number_keys(canonicals: Sequence[str] | np.ndarray, *, fold: bool = False) -> np.ndarray:
+    """`number_key` of every number (of its folded form with `fold`), vectorised; uint64."""
+    n = len(canonicals)
+    if n == 0:
+        return np.zeros(0, np.uint64)
+    raw = np.asarray(canonicals, dtype=f"S{_MAX_WIDTH}") if not isinstance(canonicals, np.ndarray) else canonicals
+    if raw.dtype.itemsize < _MAX_WIDTH:
+        raw = raw.astype(f"S{_MAX_WIDTH}")
+    chars = raw.view(np.uint8).reshape(n, -1)[:, :_MAX_WIDTH]
+    if fold:
+        chars = _FOLD_BYTES[chars]
+    codes = _CODES[chars]
+    keys = codes[:, :PACKED_LENGTH] @ _POWERS
+    long_rows = np.flatnonzero(chars[:, PACKED_LENGTH])
+    if len(long_rows):
+        head = keys[long_rows]
+        tail = codes[long_rows, PACKED_LENGTH:] @ _POWERS
+        x = (head * np.uint64(_GOLDEN)) ^ tail
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(_MIX1)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(_MIX2)
+        keys[long_rows] = (x ^ (x >> np.uint64(31))) | np.uint64(_TOP)
+    return keys
+
+
+def folded_number_key(canonical: str) -> int:
+    """Key of the confusion-folded form of a canonical number."""
+    return number_key(folded_key(canonical))
+
+
+# -- the index --------------------------------------------------------------------------------------
+
+COLUMNS = ("folded", "number", "state", "cls", "record_id")
+_DTYPES = {"folded": np.uint64, "number": np.uint64, "state": np.uint16, "cls": np.int8, "record_id": np.int64}
+
+
+@dataclass(frozen=True)
+class _Base:
+    """Sorted columns of the records known at `sequence` (read-only once built; possibly memory-mapped)."""
+
+    folded: np.ndarray
+    number: np.ndarray
+    state: np.ndarray
+    cls: np.ndarray
+    record_id: np.ndarray
+    sequence: int
+
+    @classmethod
+    def empty(cls) -> _Base:
+        return cls(*(np.zeros(0, _DTYPES[c]) for c in COLUMNS), sequence=0)
 
     def __len__(self) -> int:
-        return len(self._folded_of)
+        return len(self.folded)
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, c).nbytes for c in COLUMNS)
+
+
+class _Entry(NamedTuple):
+    """An overlay row: a record added since the base columns were built."""
+
+    record_id: int
+    number: int
+    state: int
+    cls: int
+
+
+class _View(NamedTuple):
+    base: _Base
+    dead: np.ndarray  # bool per base row: cancelled since the base was built
+    overlay: dict[int, tuple[_Entry, ...]]  # folded key -> rows
+
+
+class _Changes(NamedTuple):
+    """Encoded changes, in change-log order."""
+
+    record_id: np.ndarray
+    folded: np.ndarray
+    number: np.ndarray
+    state: np.ndarray
+    cls: np.ndarray
+    active: np.ndarray
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.record_id)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """When the overlay is merged and snapshots are written."""
+
+    merge_threshold: int = 65_536  # overlay rows (or new rows in one change) that trigger a merge
+    snapshot_dir: Path | None = None  # where snapshots go; None: never written
+    snapshot_min_changes: int = 100_000  # changes since the last snapshot before a merge writes a new one
+    snapshots_kept: int = 2
+
+
+class DocumentIndex:
+    """Active records by folded document number, in numpy columns plus a small overlay."""
+
+    def __init__(self, settings: IndexSettings | None = None) -> None:
+        self.settings = settings or IndexSettings()
+        self._view = _View(_Base.empty(), np.zeros(0, bool), {})
+        self._states: list[str] = [""]  # code 0 is never a record's state
+        self._state_code: dict[str, int] = {}
+        self._dead_count = 0
+        self._overlay_count = 0
+        self.sequence = 0
+        self.snapshot_sequence = 0  # sequence of the newest snapshot written or loaded
+        self._lock = threading.Lock()  # serialises writers (readers never take it)
+        self._pending: list[_Changes] | None = None  # changes recorded while a background merge runs
+        self._merger: threading.Thread | None = None
+        self._generation = 0  # bumped whenever new base columns are installed
+        self._rebuilt: _Base | None = None
+        self._snapshot_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._view.base) - self._dead_count + self._overlay_count
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def lookup(self, query: Lookup) -> tuple[Candidate, ...]:
+        """Candidates for one query, exact ones first. Cancelled records are never in the index."""
+        view = self._view
+        folded = np.uint64(folded_number_key(query.number))
+        rows: list[_Entry] = []
+        base = view.base
+        lo = int(base.folded.searchsorted(folded, "left"))
+        if lo < len(base) and base.folded[lo] == folded:
+            hi = int(base.folded.searchsorted(folded, "right"))
+            rows.extend(_base_rows(view, lo, hi))
+        if view.overlay:
+            rows.extend(view.overlay.get(int(folded), ()))
+        return self._candidates(query, number_key(query.number), rows) if rows else ()
+
+    def lookup_many(self, queries: Sequence[Lookup]) -> list[tuple[Candidate, ...]]:
+        """Candidates for each query, in order; the base columns are searched for the whole batch at once."""
+        out: list[tuple[Candidate, ...]] = [()] * len(queries)
+        if not queries:
+            return out
+        view = self._view
+        base = view.base
+        numbers = [q.number for q in queries]
+        folded = number_keys(numbers, fold=True)
+        found: dict[int, list[_Entry]] = {}
+        if len(base):
+            lo = base.folded.searchsorted(folded, "left")
+            inside = np.flatnonzero(lo < len(base))
+            inside = inside[base.folded[lo[inside]] == folded[inside]]
+            if len(inside):
+                hi = base.folded.searchsorted(folded[inside], "right")
+                for i, a, b in zip(inside.tolist(), lo[inside].tolist(), hi.tolist(), strict=True):
+                    rows = _base_rows(view, a, b)
+                    if rows:
+                        found[i] = rows
+        if view.overlay:
+            get = view.overlay.get
+            for i, f in enumerate(folded.tolist()):
+                extra = get(f)
+                if extra:
+                    found.setdefault(i, []).extend(extra)
+        for i, rows in found.items():
+            out[i] = self._candidates(queries[i], number_key(numbers[i]), rows)
+        return out
+
+    def _candidates(self, query: Lookup, number: int, rows: Iterable[_Entry]) -> tuple[Candidate, ...]:
+        state = self._state_code.get(query.issuing_state, -1) if query.issuing_state else 0
+        found = []
+        for row in rows:
+            kind = _classify_row(state, number, int(query.document_class), row)
+            if kind is not None:
+                found.append(Candidate(kind, row.record_id))
+        found.sort()
+        return tuple(found)
+
+    def record_ids(self) -> np.ndarray:
+        """Ids of every active record, sorted (for comparing an index with a rebuild)."""
+        view = self._view
+        ids = [view.base.record_id[~view.dead[: len(view.base)]]]
+        ids.append(np.fromiter((e.record_id for rows in list(view.overlay.values()) for e in rows), np.int64))
+        return np.sort(np.concatenate(ids))
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the columns (memory-mapped ones included) and an estimate for the overlay."""
+        view = self._view
+        return view.base.nbytes() + view.dead.nbytes + 200 * self._overlay_count
+
+    # -- writing --------------------------------------------------------------------------------------
 
     def apply(self, records: Iterable[StoredRecord], sequence: int | None = None) -> None:
         """Bring records to their current state, in change-log order: add active ones, drop cancelled ones."""
-        for record in records:
-            self._discard(record.record_id)
-            if record.data.status.hits:
-                folded = folded_key(record.data.key.number)
-                self._by_folded[folded] = (*self._by_folded.get(folded, ()), record)
-                self._folded_of[record.record_id] = folded
-            if sequence is None and record.sequence > self.sequence:
-                self.sequence = record.sequence
-        if sequence is not None:
-            self.sequence = max(self.sequence, sequence)
+        records = list(records)
+        self.apply_columns(KeyColumns.from_records(records), sequence)
 
-    def _discard(self, record_id: int) -> None:
-        folded = self._folded_of.pop(record_id, None)
-        if folded is None:
+    def apply_columns(self, changes: KeyColumns, sequence: int | None = None) -> None:
+        """`apply` for changes in column form (a bulk upload, a start-up load, a replicated batch)."""
+        with self._lock:
+            if sequence is None:
+                sequence = int(changes.sequence.max()) if len(changes) else self.sequence
+            sequence = max(self.sequence, sequence)
+            if len(changes):
+                encoded = self._encode(changes)
+                self._apply_encoded(encoded, rebuild_at=sequence)
+                if self._pending is not None:
+                    self._pending.append(encoded)
+            self.sequence = sequence
+            if self._overlay_count >= self.settings.merge_threshold or (
+                self._dead_count >= max(self.settings.merge_threshold, len(self._view.base) // 10)
+            ):
+                self._start_merge()
+            rebuilt, self._rebuilt = self._rebuilt, None
+        if rebuilt is not None and self._snapshot_due(rebuilt):
+            threading.Thread(target=self._maybe_snapshot, args=(rebuilt,), name="index-snapshot", daemon=True).start()
+
+    def _encode(self, changes: KeyColumns) -> _Changes:
+        codes = self._state_code
+        for value in set(changes.issuing_state):
+            if value not in codes:
+                if len(self._states) >= 65_535:
+                    raise ValueError("more than 65,534 issuing states")
+                codes[value] = len(self._states)
+                self._states.append(value)
+        states = np.fromiter((codes[s] for s in changes.issuing_state), np.uint16, len(changes))
+        numbers = np.asarray(changes.number, dtype=f"S{_MAX_WIDTH}")
+        active = ~np.isin(changes.status, (RecordStatus.CANCELLED, RecordStatus.UNSPECIFIED))
+        return _Changes(
+            np.asarray(changes.record_id, np.int64),
+            number_keys(numbers, fold=True),
+            number_keys(numbers),
+            states,
+            np.asarray(changes.document_class, np.int8),
+            active,
+        )
+
+    def _apply_encoded(self, ch: _Changes, *, rebuild_at: int | None) -> None:
+        """Apply encoded changes to the current view (writer lock held). Many new records at once rebuild the
+        base columns, which then cover `rebuild_at`; None: never rebuild (replaying onto a merge)."""
+        view = self._view
+        base = view.base
+        positions = np.full(len(ch), -1, np.int64)
+        if len(base):
+            lo = base.folded.searchsorted(ch.folded, "left")
+            hi = base.folded.searchsorted(ch.folded, "right")
+            one = np.flatnonzero(hi - lo == 1)
+            hit = one[base.record_id[lo[one]] == ch.record_id[one]]
+            positions[hit] = lo[hit]
+            for i in np.flatnonzero(hi - lo > 1).tolist():
+                at = np.flatnonzero(base.record_id[lo[i] : hi[i]] == ch.record_id[i])
+                if len(at):
+                    positions[i] = lo[i] + at[0]
+        in_base = positions >= 0
+        if in_base.any():
+            rows = positions[in_base]
+            touched = np.unique(rows)
+            before = int(view.dead[touched].sum())
+            view.dead[rows] = ~ch.active[in_base]  # repeated rows: the last change in the batch wins
+            self._dead_count += int(view.dead[touched].sum()) - before
+        new = np.flatnonzero(~in_base)
+        if not len(new):
             return
-        rest = tuple(r for r in self._by_folded[folded] if r.record_id != record_id)
-        if rest:
-            self._by_folded[folded] = rest
-        else:
-            del self._by_folded[folded]
+        if rebuild_at is not None and len(new) >= self.settings.merge_threshold:
+            self._rebuild(ch, new, rebuild_at)
+            return
+        overlay = view.overlay
+        for i in new.tolist():
+            folded = int(ch.folded[i])
+            rid = int(ch.record_id[i])
+            rows_now = overlay.get(folded, ())
+            kept = tuple(e for e in rows_now if e.record_id != rid)
+            self._overlay_count -= len(rows_now) - len(kept)
+            if ch.active[i]:
+                kept = (*kept, _Entry(rid, int(ch.number[i]), int(ch.state[i]), int(ch.cls[i])))
+                self._overlay_count += 1
+            if kept:
+                overlay[folded] = kept
+            else:
+                overlay.pop(folded, None)
 
-    def lookup(self, query: Lookup) -> tuple[Match, ...]:
-        """Matches for one query, exact ones first. Cancelled records are never in the index."""
-        candidates = self._by_folded.get(folded_key(query.number))
-        return _matches(query, candidates) if candidates else ()
+    def _rebuild(self, ch: _Changes, new: np.ndarray, sequence: int) -> None:
+        """Merge the overlay and many new records into fresh base columns now (writer lock held)."""
+        # Within one batch a record may appear more than once: keep its last change only.
+        order = new[::-1]
+        _, first = np.unique(ch.record_id[order], return_index=True)
+        latest = np.sort(order[first])
+        latest = latest[ch.active[latest]]
+        extra = {c: getattr(ch, c)[latest] for c in COLUMNS}
+        view = self._view
+        if view.overlay:  # overlay rows of records this batch changes are superseded by the batch
+            changed = set(ch.record_id[new].tolist())
+            overlay = {f: tuple(e for e in rows if e.record_id not in changed) for f, rows in view.overlay.items()}
+            view = _View(view.base, view.dead, overlay)
+        base = _merge(view, extra, sequence)
+        self._install(base)
+        self._rebuilt = base
 
-    def lookup_many(self, queries: Sequence[Lookup]) -> list[tuple[Match, ...]]:
-        """Matches for each query, in order (numbers folded in one pass for the whole batch)."""
-        get = self._by_folded.get
-        out: list[tuple[Match, ...]] = []
-        for query, folded in zip(queries, folded_keys([q.number for q in queries]), strict=True):
-            candidates = get(folded)
-            out.append(_matches(query, candidates) if candidates else ())
-        return out
+    def _install(self, base: _Base) -> None:
+        """Make `base` the current columns; any background merge in flight is now outdated (lock held)."""
+        self._view = _View(base, np.zeros(len(base), bool), {})
+        self._dead_count = 0
+        self._overlay_count = 0
+        self._generation += 1
+        self._pending = None
+
+    # -- merging --------------------------------------------------------------------------------------
+
+    def merge(self) -> None:
+        """Fold the overlay and the cancelled rows into fresh base columns now (and snapshot if due)."""
+        with self._lock:
+            base = _merge(self._view, None, self.sequence)
+            self._install(base)
+        self._maybe_snapshot(base)
+
+    def _start_merge(self) -> None:
+        if self._merger is not None and self._merger.is_alive():
+            return
+        view, sequence = self._view, self.sequence
+        frozen = _View(view.base, view.dead.copy(), dict(view.overlay))
+        self._pending = []
+        generation = self._generation
+        self._merger = threading.Thread(
+            target=self._merge_in_background, args=(frozen, sequence, generation), name="index-merge", daemon=True
+        )
+        self._merger.start()
+
+    def _merge_in_background(self, frozen: _View, sequence: int, generation: int) -> None:
+        try:
+            base = _merge(frozen, None, sequence)
+        except BaseException:
+            log.exception("index merge failed; the overlay stays in use")
+            with self._lock:
+                if self._generation == generation:
+                    self._pending = None
+            return
+        with self._lock:
+            if self._generation != generation:
+                return  # a rebuild installed newer columns meanwhile; this result is outdated
+            pending = self._pending or []
+            self._install(base)
+            for ch in pending:  # changes applied while merging, replayed onto the merged columns
+                self._apply_encoded(ch, rebuild_at=None)
+        self._maybe_snapshot(base)
+
+    def wait_idle(self) -> None:
+        """Block until no background merge or snapshot is running (tests, shutdown)."""
+        merger = self._merger
+        if merger is not None:
+            merger.join()
+        with self._snapshot_lock:
+            pass
+
+    # -- snapshots ------------------------------------------------------------------------------------
+
+    def _snapshot_due(self, base: _Base) -> bool:
+        due = base.sequence - self.snapshot_sequence >= self.settings.snapshot_min_changes
+        return self.settings.snapshot_dir is not None and due
+
+    def _maybe_snapshot(self, base: _Base) -> None:
+        if not self._snapshot_due(base):
+            return
+        try:
+            self.write_snapshot(base)
+        except OSError:
+            log.exception("could not write an index snapshot; the next start will rebuild from the store")
+
+    def write_snapshot(self, base: _Base | None = None) -> Path:
+        """Write the base columns (by default: a fresh merge of the current state) as a snapshot; atomic.
+
+        Files are written into a temporary directory, fsynced, described by a manifest (sequence, sizes,
+        CRC-32 of each file) written last, and the directory is renamed into place.
+        """
+        directory = self.settings.snapshot_dir
+        if directory is None:
+            raise ValueError("no snapshot directory configured")
+        if base is None:
+            with self._lock:
+                base = _merge(self._view, None, self.sequence)
+        with self._snapshot_lock:
+            states = list(self._states)
+            directory.mkdir(parents=True, exist_ok=True)
+            final = directory / f"documents-{base.sequence:015d}"
+            if final.exists():
+                return final
+            tmp = directory / f".tmp-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            files = {}
+            for name in COLUMNS:
+                path = tmp / f"{name}.npy"
+                with open(path, "wb") as f:
+                    np.save(f, getattr(base, name))
+                    f.flush()
+                    os.fsync(f.fileno())
+                files[name] = {"bytes": path.stat().st_size, "crc32": _crc32(path)}
+            manifest = {"format": 1, "sequence": base.sequence, "rows": len(base), "states": states, "files": files}
+            with open(tmp / "manifest.json", "w") as f:
+                json.dump(manifest, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(directory)
+            self.snapshot_sequence = max(self.snapshot_sequence, base.sequence)
+            self._prune_snapshots(directory)
+        log.info("index snapshot written at sequence %d (%d records) in %s", base.sequence, len(base), final)
+        return final
+
+    def _prune_snapshots(self, directory: Path) -> None:
+        for old in sorted(directory.glob("documents-*"))[: -self.settings.snapshots_kept]:
+            shutil.rmtree(old, ignore_errors=True)
+        for tmp in directory.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load_snapshot(self, *, max_sequence: int) -> int:
+        """Map the newest valid snapshot covering at most `max_sequence`; its sequence, or 0 if none is usable.
+
+        A snapshot with a missing or unreadable manifest, a file of the wrong size or checksum (torn), or a
+        sequence beyond the store's (stale store, or a snapshot from elsewhere) is skipped with a warning.
+        """
+        directory = self.settings.snapshot_dir
+        if directory is None or not directory.is_dir():
+            return 0
+        for path in sorted(directory.glob("documents-*"), reverse=True):
+            try:
+                base, states = _read_snapshot(path, max_sequence)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring index snapshot %s: %s", path.name, exc)
+                continue
+            with self._lock:
+                self._states = states
+                self._state_code = {s: i for i, s in enumerate(states) if i}
+                self._install(base)
+                self.sequence = base.sequence
+                self.snapshot_sequence = base.sequence
+            log.info("index snapshot %s mapped (%d records)", path.name, len(base))
+            return base.sequence
+        return 0
 
 
-def _matches(query: Lookup, candidates: tuple[StoredRecord, ...]) -> tuple[Match, ...]:
-    found = []
-    for record in candidates:
-        kind = classify(query, record)
-        if kind is not None:
-            found.append(Match(kind, record))
-    found.sort(key=lambda m: (m.kind, m.record.record_id))
-    return tuple(found)
+def _base_rows(view: _View, lo: int, hi: int) -> list[_Entry]:
+    base, dead = view.base, view.dead
+    return [
+        _Entry(int(base.record_id[p]), int(base.number[p]), int(base.state[p]), int(base.cls[p]))
+        for p in range(lo, hi)
+        if not dead[p]
+    ]
+
+
+def _classify_row(state: int, number: int, cls: int, row: _Entry) -> MatchKind | None:
+    # The matching rules of `classify`, on codes and keys (state 0: the query has no state).
+    same_number = row.number == number
+    if state == 0:
+        return MatchKind.STATE_MISSING if same_number else None
+    if row.state == state:
+        if not same_number:
+            return MatchKind.OCR_VARIANT
+        if cls in (DocumentClass.UNSPECIFIED, row.cls):
+            return MatchKind.EXACT
+        return MatchKind.CLASS_MISMATCH
+    return MatchKind.STATE_MISMATCH if same_number else None
+
+
+def _merge(view: _View, extra: dict[str, np.ndarray] | None, sequence: int) -> _Base:
+    """Fresh sorted columns: live base rows, the overlay and `extra` rows."""
+    base = view.base
+    live = ~view.dead[: len(base)]
+    everyone = bool(live.all())
+    parts = {c: [getattr(base, c) if everyone else getattr(base, c)[live]] for c in COLUMNS}
+    entries = [(f, e) for f, rows in view.overlay.items() for e in rows]
+    if entries:
+        parts["folded"].append(np.fromiter((f for f, _ in entries), np.uint64, len(entries)))
+        parts["number"].append(np.fromiter((e.number for _, e in entries), np.uint64, len(entries)))
+        parts["state"].append(np.fromiter((e.state for _, e in entries), np.uint16, len(entries)))
+        parts["cls"].append(np.fromiter((e.cls for _, e in entries), np.int8, len(entries)))
+        parts["record_id"].append(np.fromiter((e.record_id for _, e in entries), np.int64, len(entries)))
+    if extra:
+        for c in COLUMNS:
+            parts[c].append(extra[c].astype(_DTYPES[c], copy=False))
+    columns = {c: np.concatenate(parts[c]) if len(parts[c]) > 1 else np.array(parts[c][0]) for c in COLUMNS}
+    # The live base rows are already sorted: a stable sort of sorted runs is close to a linear merge.
+    order = np.argsort(columns["folded"], kind="stable")
+    return _Base(**{c: np.ascontiguousarray(columns[c][order]) for c in COLUMNS}, sequence=sequence)
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_snapshot(path: Path, max_sequence: int) -> tuple[_Base, list[str]]:
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("format") != 1:
+        raise ValueError(f"unknown snapshot format {manifest.get('format')!r}")
+    sequence = int(manifest["sequence"])
+    if sequence > max_sequence:
+        raise ValueError(f"covers sequence {sequence}, beyond the store's {max_sequence}")
+    columns = {}
+    for name in COLUMNS:
+        file = path / f"{name}.npy"
+        expected = manifest["files"][name]
+        if file.stat().st_size != expected["bytes"] or _crc32(file) != expected["crc32"]:
+            raise ValueError(f"{name}.npy does not match its manifest (torn or altered)")
+        array = np.load(file, mmap_mode="r")
+        if array.dtype != _DTYPES[name] or array.shape != (manifest["rows"],):
+            raise ValueError(f"{name}.npy has the wrong type or length")
+        columns[name] = array
+    states = list(manifest["states"])
+    return _Base(**columns, sequence=sequence), states
 
 
 def classify(query: Lookup, record: StoredRecord) -> MatchKind | None:
-    """The matching rules: how `record` (already sharing the folded number) relates to `query`, if at all.
+    """The matching rules: how `record` relates to `query`, if at all (None also when the folded numbers differ).
 
     Same state and number with a compatible class is EXACT (a HIT). Everything else is at most a possible
     match: another class, an OCR variant under the same state, the same number under another or a missing
@@ -114,6 +655,8 @@ def classify(query: Lookup, record: StoredRecord) -> MatchKind | None:
     """
     key = record.data.key
     same_number = key.number == query.number
+    if not same_number and folded_key(key.number) != folded_key(query.number):
+        return None
     if not query.issuing_state:
         return MatchKind.STATE_MISSING if same_number else None
     if key.issuing_state == query.issuing_state:

@@ -1,0 +1,250 @@
+"""The compact document index: number keys, overlay merges, bulk rebuilds, snapshots, concurrent readers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from idcheck.icao import DocumentClass, folded_key
+from idcheck.index import DocumentIndex, IndexSettings, Lookup, MatchKind, classify, number_key, number_keys
+from idcheck.index.documents import PACKED_LENGTH, folded_number_key
+from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, StoredRecord
+
+PASSPORT, ID_CARD = DocumentClass.PASSPORT, DocumentClass.ID_CARD
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def stored(rid: int, state: str, number: str, cls: DocumentClass = PASSPORT, status=RecordStatus.STOLEN, seq=None):
+    data = RecordData(DocumentKey(state, number, cls), number, status, "2024-01-01")
+    return StoredRecord(rid, data, "NZL", "2024-01-02T00:00:00.000Z", rid if seq is None else seq)
+
+
+def columns(records: list[StoredRecord]) -> KeyColumns:
+    return KeyColumns.from_records(records)
+
+
+def found(index: DocumentIndex, query: Lookup) -> list[tuple[MatchKind, int]]:
+    return [(c.kind, c.record_id) for c in index.lookup(query)]
+
+
+# -- number keys ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=_ALNUM, min_size=1, max_size=24), min_size=1, max_size=20))
+def test_vectorised_keys_equal_scalar_keys(numbers: list[str]) -> None:
+    assert number_keys(numbers).tolist() == [number_key(n) for n in numbers]
+    assert number_keys(numbers, fold=True).tolist() == [folded_number_key(n) for n in numbers]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=_ALNUM, min_size=1, max_size=PACKED_LENGTH), st.text(alphabet=_ALNUM, max_size=PACKED_LENGTH))
+def test_numbers_up_to_twelve_characters_have_distinct_exact_keys(a: str, b: str) -> None:
+    b = b or "0"
+    assert (number_key(a) == number_key(b)) == (a == b)
+    assert number_key(a) < 2**63  # packed keys never meet hashed ones, which have the top bit set
+
+
+def test_long_numbers_are_hashed_into_the_upper_half() -> None:
+    long = "A" * 13
+    assert number_key(long) >= 2**63
+    assert number_key(long) != number_key("A" * 14)
+    assert number_key("ABC") != number_key("ABC0")  # padding is not a digit
+
+
+# -- behaviour across merges and rebuilds -----------------------------------------------------------
+
+_STATES = ("NZL", "FJI", "D")
+_CHARS = "0OQD1IL2Z5S6G8B7UVA"
+_numbers = st.text(alphabet=_CHARS, min_size=1, max_size=4) | st.text(alphabet=_CHARS, min_size=13, max_size=15)
+_records = st.lists(
+    st.tuples(
+        st.sampled_from(_STATES),
+        _numbers,
+        st.sampled_from([PASSPORT, ID_CARD]),
+        st.sampled_from([RecordStatus.STOLEN, RecordStatus.LOST, RecordStatus.CANCELLED]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    batches=st.lists(_records, min_size=1, max_size=4),
+    threshold=st.sampled_from([1, 2, 5, 65_536]),
+    queries=st.lists(
+        st.builds(Lookup, st.sampled_from(("", *_STATES)), _numbers, st.sampled_from(list(DocumentClass))),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_index_agrees_with_the_rules_whatever_merges_happen(
+    batches: list[list[tuple[str, str, DocumentClass, RecordStatus]]], threshold: int, queries: list[Lookup]
+) -> None:
+    index = DocumentIndex(IndexSettings(merge_threshold=threshold))
+    ids: dict[tuple[str, str, DocumentClass], int] = {}
+    current: dict[int, StoredRecord] = {}
+    seq = 0
+    for batch in batches:
+        changed = []
+        for state, number, cls, status in batch:
+            rid = ids.setdefault((state, number, cls), len(ids) + 1)
+            seq += 1
+            current[rid] = stored(rid, state, number, cls, status, seq)
+            changed.append(current[rid])
+        index.apply_columns(columns(changed))
+    index.wait_idle()
+    active = [r for r in current.values() if r.data.status.hits]
+    assert len(index) == len(active)
+    assert index.record_ids().tolist() == sorted(r.record_id for r in active)
+    for q in queries:
+        expected = sorted(
+            (kind, r.record_id)
+            for r in active
+            if folded_key(r.data.key.number) == folded_key(q.number) and (kind := classify(q, r)) is not None
+        )
+        assert found(index, q) == expected
+        assert [(c.kind, c.record_id) for c in index.lookup_many([q])[0]] == expected
+
+
+def test_bulk_change_rebuilds_columns_and_keeps_the_last_change_of_a_record() -> None:
+    index = DocumentIndex(IndexSettings(merge_threshold=10))
+    records = [stored(i, "NZL", f"N{i}") for i in range(1, 101)]
+    records.append(stored(5, "NZL", "N5", status=RecordStatus.CANCELLED, seq=101))  # same batch, later change
+    index.apply_columns(columns(records))
+    assert len(index) == 99
+    assert not index.lookup(Lookup("NZL", "N5"))
+    assert found(index, Lookup("NZL", "N6")) == [(MatchKind.EXACT, 6)]
+    assert index.sequence == 101
+    # Cancelling and re-listing a record of the base columns flips it in place.
+    index.apply([stored(6, "NZL", "N6", status=RecordStatus.CANCELLED, seq=102)])
+    assert not index.lookup(Lookup("NZL", "N6")) and len(index) == 98
+    index.apply([stored(6, "NZL", "N6", status=RecordStatus.LOST, seq=103)])
+    assert found(index, Lookup("NZL", "N6")) == [(MatchKind.EXACT, 6)] and len(index) == 99
+
+
+def test_manifest_lookup_vectorised_equals_single_lookups() -> None:
+    rng = np.random.default_rng(7)
+    numbers = ["".join(rng.choice(list(_ALNUM), 9)) for _ in range(5000)]
+    index = DocumentIndex(IndexSettings(merge_threshold=1000))
+    index.apply_columns(columns([stored(i + 1, "NZL", n) for i, n in enumerate(numbers)]))
+    index.apply([stored(9000, "FJI", numbers[3], seq=6000)])  # overlay row sharing a base row's number
+    queries = [Lookup("NZL", n) for n in numbers[:50]] + [Lookup("FJI", numbers[3]), Lookup("NZL", "NOSUCH1")]
+    assert index.lookup_many(queries) == [index.lookup(q) for q in queries]
+    assert found(index, Lookup("FJI", numbers[3])) == [(MatchKind.EXACT, 9000), (MatchKind.STATE_MISMATCH, 4)]
+
+
+# -- concurrent readers -----------------------------------------------------------------------------
+
+
+def test_merges_under_concurrent_checks_never_drop_a_record() -> None:
+    index = DocumentIndex(IndexSettings(merge_threshold=50))
+    listed = [stored(i, "NZL", f"P{i:07d}") for i in range(1, 2001)]
+    index.apply_columns(columns(listed))
+    queries = [Lookup("NZL", r.data.key.number) for r in listed]
+    missed: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            for q, answer in zip(queries, index.lookup_many(queries), strict=True):
+                if not answer:
+                    missed.append(q.number)
+            for q in queries[::97]:
+                if not index.lookup(q):
+                    missed.append(q.number)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    seq = 2000
+    for rid in range(2001, 6001):  # new records one at a time: the overlay fills and merges again and again
+        seq += 1
+        index.apply([stored(rid, "NZL", f"Q{rid:07d}", seq=seq)])
+        if rid % 7 == 0:  # and cancels of new ones, flipping rows while merges run
+            seq += 1
+            index.apply([stored(rid, "NZL", f"Q{rid:07d}", status=RecordStatus.CANCELLED, seq=seq)])
+    stop.set()
+    for t in threads:
+        t.join()
+    index.wait_idle()
+    assert missed == []
+    expected = {r.record_id for r in listed} | {rid for rid in range(2001, 6001) if rid % 7}
+    assert set(index.record_ids().tolist()) == expected
+    assert len(index) == len(expected)
+
+
+# -- snapshots --------------------------------------------------------------------------------------
+
+
+def snapshot_index(tmp_path: Path, **kw: int) -> DocumentIndex:
+    return DocumentIndex(IndexSettings(merge_threshold=10, snapshot_dir=tmp_path, snapshot_min_changes=1, **kw))
+
+
+def test_snapshot_round_trip_answers_identically(tmp_path: Path) -> None:
+    index = snapshot_index(tmp_path)
+    records = [stored(i, ("NZL", "D", "FJI")[i % 3], f"S{i:05d}", status=RecordStatus.STOLEN) for i in range(1, 301)]
+    index.apply_columns(columns(records))
+    index.apply([stored(7, "D", "S00007", status=RecordStatus.CANCELLED, seq=301)])
+    path = index.write_snapshot()
+    assert path.name == "documents-000000000000301"
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["sequence"] == 301 and manifest["rows"] == 299
+
+    again = snapshot_index(tmp_path)
+    assert again.load_snapshot(max_sequence=301) == 301
+    assert again.sequence == 301 and len(again) == 299
+    queries = [Lookup(s, f"S{i:05d}") for i in range(0, 305) for s in ("NZL", "")]
+    assert again.lookup_many(queries) == index.lookup_many(queries)
+    assert isinstance(again._view.base.folded, np.memmap)  # mapped, not copied
+    # A mapped index still takes changes (into the overlay and the dead flags).
+    again.apply([stored(500, "NZL", "NEW500", seq=302), stored(1, "D", "S00001", status=RecordStatus.CANCELLED, seq=303)])
+    assert found(again, Lookup("NZL", "NEW500")) == [(MatchKind.EXACT, 500)]
+    assert not again.lookup(Lookup("D", "S00001"))
+
+
+def test_torn_or_stale_snapshots_are_ignored(tmp_path: Path) -> None:
+    index = snapshot_index(tmp_path, snapshots_kept=5)
+    index.apply_columns(columns([stored(i, "NZL", f"T{i}") for i in range(1, 21)]))
+    older = index.write_snapshot()
+    index.apply([stored(21, "NZL", "T21", seq=21)])
+    newer = index.write_snapshot()
+    assert older.name < newer.name
+
+    fresh = snapshot_index(tmp_path)
+    assert fresh.load_snapshot(max_sequence=20) == 20  # the newer one covers more than the store has
+    assert fresh.load_snapshot(max_sequence=21) == 21
+
+    with open(newer / "record_id.npy", "r+b") as f:  # a flipped byte: torn or altered
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert snapshot_index(tmp_path).load_snapshot(max_sequence=21) == 20
+    (older / "manifest.json").unlink()  # written last: a snapshot cut off before its manifest
+    assert snapshot_index(tmp_path).load_snapshot(max_sequence=21) == 0
+
+
+def test_background_merge_writes_a_snapshot_when_due(tmp_path: Path) -> None:
+    index = snapshot_index(tmp_path)
+    for i in range(1, 30):
+        index.apply([stored(i, "NZL", f"B{i}", seq=i)])
+    index.wait_idle()
+    snapshots = sorted(tmp_path.glob("documents-*"))
+    assert snapshots, "the merge should have written a snapshot"
+    assert len(snapshots) <= 2  # older ones pruned
+    loaded = snapshot_index(tmp_path)
+    seq = loaded.load_snapshot(max_sequence=29)
+    assert 10 <= seq <= 29
+    assert loaded.record_ids().tolist() == list(range(1, seq + 1))
+
+
+def test_snapshot_needs_a_directory() -> None:
+    with pytest.raises(ValueError):
+        DocumentIndex().write_snapshot()

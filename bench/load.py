@@ -1,4 +1,7 @@
-"""First load script for the document register (grown into `idcheck bench` by a later issue).
+"""First load script for the document register, kept for `make bench-service` and its figures in the README.
+
+`idcheck bench` (idcheck/client/bench.py) is the benchmark tool that grew out of it: more scenarios, load from
+several processes, baselines (Redis, SQLite, raw FAISS), JSON and PNG results.
 
 Starts `idcheck serve` on a fresh data directory (or targets a running server with --target), uploads a
 synthetic register through the real UploadRecords RPC, then measures:

@@ -106,8 +106,8 @@ class KeyColumns:
     """
 
     record_id: np.ndarray  # int64
-    issuing_state: Sequence[str]  # canonical state codes
-    number: Sequence[str]  # canonical document numbers
+    issuing_state: Sequence[str] | np.ndarray  # canonical state codes
+    number: Sequence[str] | np.ndarray  # canonical document numbers (str, or a numpy bytes array)
     document_class: np.ndarray  # int8, DocumentClass values
     status: np.ndarray  # int8, RecordStatus values
     sequence: np.ndarray  # int64, sequence of each record's latest change

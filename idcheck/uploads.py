@@ -6,6 +6,8 @@ import enum
 import json
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
+
 
 class UploadMode(enum.IntEnum):
     """How an upload relates to the member's other records. Values match `idcheck.v1.UploadMode`."""
@@ -54,3 +56,38 @@ class UploadOutcome:
         d = json.loads(text)
         d["rejections"] = tuple(Rejection(int(i), f, r) for i, f, r in d["rejections"])
         return cls(**d, replayed=replayed)
+
+
+#: Validated upload rows in column form: what an upload session hands the store (one row per accepted row).
+ACCEPTED_SCHEMA = pa.schema(
+    [
+        ("row_index", pa.int64()),  # 0-based index of the row in the whole upload
+        ("issuing_state", pa.string()),  # canonical state code
+        ("number", pa.string()),  # canonical document number
+        ("document_class", pa.int8()),  # DocumentClass value
+        ("number_printed", pa.string()),
+        ("status", pa.int8()),  # RecordStatus value
+        ("event_date", pa.string()),  # ISO 8601
+        ("surname", pa.string()),
+        ("given_names", pa.string()),
+        ("birth_date", pa.string()),
+        ("nationality", pa.string()),
+        ("expiry_date", pa.string()),
+        ("instructions", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadColumns:
+    """The accepted rows of an upload as one Arrow table (ACCEPTED_SCHEMA), for the store's bulk path.
+
+    Invariants the producer (idcheck.register.columns.in_key_order) guarantees: every row is valid, no two rows
+    share a document key, and rows are sorted by key (issuing state, number, class), the order in which the
+    store inserts them so that its unique index and record ids grow at their ends.
+    """
+
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows

@@ -82,6 +82,30 @@ def start_server(data_dir: Path, *args: str, timeout: float = 60.0) -> ServerPro
     return ServerProcess(proc, found[0], data_dir, output)
 
 
+# Tables that hold the register's and the gallery's durable state (the audit log is left out: answered checks
+# legitimately add to it). Hostile-input tests compare digests before and after a refused call.
+DURABLE_TABLES = (
+    "records", "changes", "uploads", "template_subjects", "templates", "template_documents", "template_changes",
+    "hit_outcomes",
+)  # fmt: skip
+
+
+def store_digest(data_dir: Path) -> str:
+    """SHA-256 over every row of the durable tables of the register in `data_dir` (read while it serves)."""
+    import hashlib
+    import sqlite3
+
+    digest = hashlib.sha256()
+    with sqlite3.connect(f"file:{data_dir / 'register.db'}?mode=ro", uri=True) as db:
+        present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in DURABLE_TABLES:
+            if table in present:
+                digest.update(table.encode())
+                for row in sorted(repr(r) for r in db.execute(f"SELECT * FROM {table}")):  # some have no rowid
+                    digest.update(row.encode())
+    return digest.hexdigest()
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers (stopped at the end of the test); call with extra `idcheck serve` arguments."""

@@ -32,6 +32,7 @@ from idcheck.biometrics.errors import TemplateError
 from idcheck.icao import DocumentNumberError, StateCodeError, canonical_number, canonical_state
 from idcheck.index.templates import IndexSettings, SnapshotError, TemplateIndex, normalise
 from idcheck.register import Caller
+from idcheck.register.peers import SequenceChannel
 from idcheck.store import AuditCall, AuditDocument, AuditWriter, utc_now
 from idcheck.store.templates import NewTemplate, TemplateNotFound, TemplateStore
 
@@ -187,6 +188,8 @@ class Gallery:
         self.settings = settings
         self.snapshot_path = Path(snapshot_path)
         self._write_lock = threading.Lock()
+        self._peers: SequenceChannel | None = None  # other worker processes sharing the store, if any
+        self.writes_snapshots = True
         started = time.perf_counter()
         self.saved_sequence = -1  # template sequence of the last snapshot written or loaded (-1: none)
         self.snapshots_written = 0
@@ -252,7 +255,8 @@ class Gallery:
         self._snapshotter.join()
         with self._write_lock:
             try:
-                if self.index.sequence == self.store.last_sequence and self.index.sequence != self.saved_sequence:
+                current = self.index.sequence == self.store.last_sequence
+                if self.writes_snapshots and current and self.index.sequence != self.saved_sequence:
                     self.saved_sequence = self.index.save(self.snapshot_path)
             finally:
                 self.store.close()
@@ -265,7 +269,7 @@ class Gallery:
         return self.index.sequence - max(self.saved_sequence, 0)
 
     def _snapshot_due(self) -> bool:
-        if self._closing or self.store.closed or self.unsaved_changes <= 0:
+        if self._closing or self.store.closed or self.unsaved_changes <= 0 or not self.writes_snapshots:
             return False
         every = self.settings.snapshot_seconds
         return self.unsaved_changes >= self.settings.snapshot_changes or (
@@ -393,7 +397,10 @@ class Gallery:
         prepared, vectors = self._prepare(templates)
         with self._write_lock:
             outcome = self.store.enrol(member, prepared, vectors)
-            self.index.add(outcome.template_ids, vectors, outcome.sequence)
+            if self._peers is not None:
+                self._catch_up()  # another worker may have enrolled just before: take it all from the store
+            else:
+                self.index.add(outcome.template_ids, vectors, outcome.sequence)
         self.index.maybe_rebuild(self.store.open_snapshot)
         self._snapshot_if_due()
         return EnrolResult(tuple(int(i) for i in outcome.template_ids), outcome.sequence, outcome.subjects_created)
@@ -404,10 +411,38 @@ class Gallery:
             raise TemplateError.single("template_ids", "give template ids or subject ids to remove")
         with self._write_lock:
             outcome = self.store.remove(member, template_ids, subject_ids)
-            self.index.remove(outcome.template_ids, outcome.sequence)
+            if self._peers is not None:
+                self._catch_up()
+            else:
+                self.index.remove(outcome.template_ids, outcome.sequence)
         self.index.maybe_rebuild(self.store.open_snapshot)
         self._snapshot_if_due()
         return RemoveResult(len(outcome.template_ids), outcome.sequence)
+
+    # -- worker processes sharing the store (idcheck.register.peers) ------------------------------------
+
+    def follow(self, peers: SequenceChannel, *, writes_snapshots: bool) -> None:
+        """Share the store with other processes: catch up with their template changes before searching,
+        publish ours. Only one of the processes should write the index snapshot (one file for all)."""
+        self._peers = peers
+        self.writes_snapshots = writes_snapshots
+        peers.publish(self.index.sequence)
+
+    def _catch_up_with_peers(self) -> None:
+        peers = self._peers
+        if peers is not None and peers.latest() > self.index.sequence:
+            with self._write_lock:
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Apply every template change committed after the index's sequence (write lock held)."""
+        changes = self.store.changes_since(self.index.sequence)
+        if changes.sequence > self.index.sequence:
+            self.index.remove(changes.removed, changes.sequence)
+            self.index.add(changes.added.ids, changes.added.vectors, changes.sequence)
+        self.store.note_sequence(changes.sequence)
+        if self._peers is not None:
+            self._peers.publish(changes.sequence)
 
     def verify_point(self) -> OperatingPoint:
         return OperatingPoint(self.settings.verify_threshold, self.settings.verify_fmr, "FMR")
@@ -450,6 +485,7 @@ class Gallery:
         """Compare the probe with the claimed subject's or document's templates (exact scores).
 
         The answer is audited for `caller` (matched: the best template when it is a MATCH)."""
+        self._catch_up_with_peers()
         violations: list[tuple[str, str]] = []
         vector: np.ndarray | None = None
         try:
@@ -513,6 +549,7 @@ class Gallery:
         """Subjects scoring at or above the identify threshold, best first, at most `max_candidates`.
 
         The answer is audited for `caller` (matched: each candidate's best template, in rank order)."""
+        self._catch_up_with_peers()
         violations: list[tuple[str, str]] = []
         limit = self.settings.max_candidates
         if not 0 <= max_candidates <= limit:

@@ -8,6 +8,7 @@ the same CA; the server takes the caller's member and role from that certificate
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,11 +90,37 @@ def as_tls_options(tls: TlsLike) -> TlsOptions | None:
     return TlsOptions.from_dir(tls)
 
 
+# Reads are retried by grpc itself when the server is UNAVAILABLE (a connection reset while a worker process
+# restarts, a server coming up): a border check should not fail on what a second attempt 50 ms later answers.
+# Writes are not retried here: an upload is re-sent under its upload id by the caller, which makes it safe.
+_RETRIED_READS = [
+    {"service": "idcheck.v1.DocumentRegister", "method": m} for m in ("CheckDocument", "CheckDocuments", "GetRecord")
+] + [{"service": "idcheck.v1.Biometrics", "method": m} for m in ("Verify", "Identify")]
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": _RETRIED_READS,
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
 def open_channel(target: str, *, tls: TlsLike = None) -> grpc.Channel:
     """A channel to `target`: mutual TLS when `tls` is given, plaintext otherwise (loopback servers only)."""
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
     ]
     tls_options = as_tls_options(tls)
     if tls_options is None:

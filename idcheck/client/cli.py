@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_mrz(subparsers)
     _add_serve(subparsers)
+    _add_mirror(subparsers)
     _add_check(subparsers)
     _add_check_manifest(subparsers)
     _add_upload(subparsers)
@@ -88,12 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hits(subparsers)
     _add_confirm_hit(subparsers)
     _add_hit_outcome(subparsers)
+    _add_stats(subparsers)
     _add_enrol(subparsers)
     _add_verify(subparsers)
     _add_identify(subparsers)
     _add_remove_templates(subparsers)
     _add_calibrate(subparsers)
     _add_certs(subparsers)
+    _add_bench(subparsers)
     return parser
 
 
@@ -213,7 +216,7 @@ def _describe(mrz: MRZ, today: datetime.date) -> str:
 
 # --- options shared by the commands that talk to the register --------------------------------------------
 
-_ROLES = ("border", "member", "operator")
+_ROLES = ("border", "member", "operator", "mirror")
 _VERDICT_EXIT = {"CLEAR": EXIT_OK, "HIT": EXIT_HIT, "POSSIBLE_MATCH": EXIT_POSSIBLE_MATCH}
 _VERDICT_TITLES = {
     "HIT": "HIT: the document is listed in the register",
@@ -287,7 +290,7 @@ def _client_options() -> argparse.ArgumentParser:
         "--role",
         default=os.environ.get("IDCHECK_ROLE") or "member",
         choices=_ROLES,
-        help="border, member or operator (default: $IDCHECK_ROLE or member; now %(default)s)",
+        help="border, member, operator or mirror (default: $IDCHECK_ROLE or member; now %(default)s)",
     )
     group.add_argument(
         "--timeout",
@@ -424,6 +427,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --- idcheck mirror --------------------------------------------------------------------------------------
+
+
+def _add_mirror(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    from idcheck.server.mirror import add_mirror_arguments
+
+    parser = subparsers.add_parser(
+        "mirror",
+        help="serve an on-site, read-only mirror that follows a register's change feed",
+        description=(
+            "Follow the register at --upstream (role mirror), keep a durable copy in --data and answer "
+            "CheckDocument and CheckDocuments from it, also while the link is down. Health turns NOT_SERVING "
+            "when the last contact with the upstream is older than --max-staleness seconds. Flags win over "
+            "IDCHECK_* environment variables, which win over the TOML file (--config: tables [server], [mirror])."
+        ),
+    )
+    add_mirror_arguments(parser)
+    parser.set_defaults(func=_cmd_mirror)
+
+
+def _cmd_mirror(args: argparse.Namespace) -> int:
+    from idcheck.server.mirror import run
+
+    return run(args)
+
+
 # --- idcheck check ---------------------------------------------------------------------------------------
 
 
@@ -496,7 +525,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except IdcheckError as err:
         return _service_error("check", err, args)
     if args.json:
-        print(json.dumps(_answer_json(answer), ensure_ascii=False))
+        found = _answer_json(answer)
+        if answer.upstream_contact_time:  # answered by a mirror
+            found["upstream_contact_time"] = answer.upstream_contact_time
+        print(json.dumps(found, ensure_ascii=False))
     else:
         print(_describe_answer(answer))
     return _verdict_exit(answer.verdict)
@@ -555,6 +587,8 @@ def _describe_answer(a: CheckAnswer) -> str:
         out.append(f"Reference: {a.reference}")
     out.append(f"Query id: {a.query_id}")
     out.append(f"Register sequence: {a.register_sequence}")
+    if a.upstream_contact_time:
+        out.append(f"Answered by a mirror, in step with its upstream as of {a.upstream_contact_time}")
     return "\n".join(out)
 
 
@@ -676,9 +710,10 @@ def _add_upload(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         description=(
             "Upload the records of a file as one all-or-nothing change. Required columns: "
             f"{', '.join(files.REQUIRED_RECORD_COLUMNS)}; optional: surname, given_names, birth_date, nationality, "
-            "expiry_date, instructions. Rows the register rejects are listed in <file>.rejected.csv next to the "
-            "input; the other rows are committed. Exit status: 0 committed (even with rejected rows), 2 bad "
-            "input, 1 service error."
+            "expiry_date, instructions. The file is read in bounded chunks and sent as Arrow batches. Rows the "
+            "register rejects are listed, with their reasons and original values, in <file>.rejected.csv next to "
+            "the input (or --rejects FILE); the other rows are committed. Exit status: 0 committed (even with "
+            "rejected rows), 2 bad input, 1 service error."
         ),
     )
     parser.add_argument("records", type=Path, metavar="FILE", help="the records: .csv, .parquet or .arrow")
@@ -696,14 +731,36 @@ def _add_upload(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         help="idempotency key (default: derived from the file's content and the mode, so that sending the same "
         "file again changes nothing)",
     )
-    parser.add_argument("--batch-size", type=_batch_size(None), default=5000, help="rows per message (default 5000)")
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size(None),
+        default=None,
+        help="rows per message (default 50,000 as Arrow batches, 5000 as protobuf records)",
+    )
+    parser.add_argument(
+        "--wire",
+        choices=("arrow", "records"),
+        default="arrow",
+        help="arrow: Arrow IPC batches, the bulk path (default); records: one protobuf record per row",
+    )
+    parser.add_argument(
+        "--rejects",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where to write the rejected rows as CSV (row_index, line, field, reason, then the row's values); "
+        "default: <file>.rejected.csv next to the input",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(func=_cmd_upload)
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
     path: Path = args.records
-    show_progress = sys.stderr.isatty()
+    show_progress = sys.stderr.isatty() and not args.quiet
+    arrow = args.wire == "arrow"
+    batch_size = args.batch_size or (50_000 if arrow else 5000)
     try:
         names = files.column_names(path)
         missing = [c for c in files.REQUIRED_RECORD_COLUMNS if c not in names]
@@ -719,17 +776,17 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     # The file is streamed as read_records batches, as RegisterClient.upload(path) does, with the same
     # content-derived upload id and description. A read error mid-file abandons the stream before its end
     # message, so nothing is applied; the client re-raises the reader's own error.
-    batches = files.read_records(path, chunk_rows=args.batch_size)
     started = time.perf_counter()
     try:
         with _connect(args) as client:
             kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
             result = client.upload(
-                batches,
+                path if arrow else files.read_records(path, chunk_rows=batch_size),
                 mode=args.mode,
                 upload_id=args.upload_id or file_upload_id(path, args.mode),
                 description=path.name,
-                batch_size=args.batch_size,
+                batch_size=batch_size,
+                arrow_rows=batch_size,
                 on_batch=(lambda rows: _advance(bar, rows)) if bar is not None else None,
                 **kwargs,
             )
@@ -741,13 +798,13 @@ def _cmd_upload(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - started
-    rejected_path = path.with_name(f"{path.stem}.rejected.csv")
+    rejected_path = args.rejects or path.with_name(f"{path.stem}.rejected.csv")
     written: Path | None = None
     if result.rejected_rows:
         try:
-            _write_rejections(rejected_path, result, on_lines=files.is_csv(path))
+            _write_rejections(rejected_path, result, on_lines=files.is_csv(path), source=path)
             written = rejected_path
-        except OSError as err:
+        except (OSError, files.FileFormatError) as err:
             print(f"idcheck upload: could not write the rejected rows to {rejected_path}: {err}", file=sys.stderr)
     if args.json:
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "rejected_rows"}
@@ -800,13 +857,21 @@ def _describe_upload(path: Path, r: UploadResult, elapsed: float) -> str:
     return "\n".join([head, *(f"  {label + ':':<20}{value}" for label, value in rows)])
 
 
-def _write_rejections(target: Path, result: UploadResult, *, on_lines: bool) -> None:
-    """The rejected rows as CSV; `line` is the CSV line of the row (header on line 1) for CSV inputs."""
+def _write_rejections(target: Path, result: UploadResult, *, on_lines: bool, source: Path | None = None) -> None:
+    """The rejected rows as CSV; `line` is the CSV line of the row (header on line 1) for CSV inputs. With
+    `source`, each row's original values follow (read back from the file in one streaming pass)."""
+    names = files.column_names(source) if source is not None else []
+    values = files.rows_at(source, (r.row_index for r in result.rejected_rows)) if source is not None else iter(())
+    pending = next(values, None)
     with target.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["row_index", "line", "field", "reason"])
-        for r in result.rejected_rows:
-            writer.writerow([r.row_index, r.row_index + 2 if on_lines else "", r.field, r.reason])
+        writer.writerow(["row_index", "line", "field", "reason", *names])
+        for r in result.rejected_rows:  # sorted by row index, as the server sends them
+            while pending is not None and pending[0] < r.row_index:
+                pending = next(values, None)
+            original = pending[1] if pending is not None and pending[0] == r.row_index else {}
+            line = r.row_index + 2 if on_lines else ""
+            writer.writerow([r.row_index, line, r.field, r.reason, *(original.get(n, "") for n in names)])
 
 
 # --- idcheck cancel --------------------------------------------------------------------------------------
@@ -1055,6 +1120,79 @@ def _cmd_hit_outcome(args: argparse.Namespace) -> int:
     except IdcheckError as err:
         return _service_error("hit-outcome", err, args)
     return EXIT_OK
+
+
+# --- idcheck stats ---------------------------------------------------------------------------------------
+
+
+def _add_stats(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "stats",
+        parents=[_client_options()],
+        help="service statistics (operators)",
+        description="Show the server's statistics: register size by status, sequence numbers, templates, calls and "
+        "verdicts since start, audit log writing, rate-limit and overload refusals, RPCs in flight. Role operator "
+        "only (the default role of this command; with TLS an operator certificate).",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object with every counter")
+    # an operator's command: act as operator unless told otherwise
+    parser.set_defaults(func=_cmd_stats, role=os.environ.get("IDCHECK_ROLE") or "operator")
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from idcheck.client.operations import OperationsClient
+
+    try:
+        with _connect(args, OperationsClient) as client:
+            stats = client.statistics()
+    except IdcheckError as err:
+        return _service_error("stats", err, args)
+    if args.json:
+        # every field, numbers as numbers (the proto3 JSON mapping would quote the 64-bit ones)
+        entry = {
+            f.name: dict(getattr(stats, f.name)) if f.message_type is not None else getattr(stats, f.name)
+            for f in stats.DESCRIPTOR.fields
+        }
+        print(json.dumps(entry))
+        return EXIT_OK
+    print(_describe_stats(stats))
+    return EXIT_OK
+
+
+def _counts(counts: Any, order: Sequence[str]) -> str:
+    """`A 1, B 2` in `order`, then any other keys; '-' when there are none."""
+    keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
+    return ", ".join(f"{k} {counts[k]:,}" for k in keys) or "-"
+
+
+def _describe_stats(s: Any) -> str:
+    up = int(s.uptime_seconds)
+    statuses = ("STOLEN", "STOLEN_BLANK", "LOST", "REVOKED", "INVALIDATED", "CANCELLED")
+    documents = {k: v for k, v in s.answers_by_verdict.items() if k in ("HIT", "POSSIBLE_MATCH", "CLEAR")}
+    biometric = {k: v for k, v in s.answers_by_verdict.items() if k not in documents}
+    if s.audit_enabled:
+        audit = (
+            f"{s.audit_calls_written:,} calls / {s.audit_rows_written:,} rows written; {s.audit_rows_pending:,} rows "
+            f"pending, {s.audit_calls_queued:,} calls queued; {s.audit_write_failures:,} failed commits"
+        )
+    else:
+        audit = "NOT WRITTEN (server started with benchmark_no_audit)"
+    lines = [
+        f"uptime      {up // 3600}h {up % 3600 // 60:02d}m {up % 60:02d}s (since {s.started_at})",
+        f"register    {s.active_records:,} active records at sequence {s.register_sequence:,}; by status: "
+        + _counts(s.records_by_status, statuses),
+        f"templates   {s.templates_enrolled:,} enrolled ({s.template_index or '-'} index), template sequence "
+        f"{s.template_sequence:,}",
+        "calls       " + _counts(s.calls_by_kind, ("check", "manifest", "verify", "identify")),
+        f"documents   {s.documents_checked:,} checked: " + _counts(documents, ("HIT", "POSSIBLE_MATCH", "CLEAR")),
+        "biometrics  " + _counts(biometric, ("MATCH", "NO_MATCH", "CANDIDATES", "NO_CANDIDATES")),
+        f"audit       {audit}",
+        f"limits      {s.rate_limited_calls:,} calls rate-limited; {s.overload_refusals:,} refused for overload; "
+        f"{s.calls_in_work:,} in work, {s.calls_waiting:,} waiting; {s.streams_open:,} of {s.streams_max:,} "
+        "streams open",
+        f"rpcs        {s.rpcs_in_flight:,} in flight (this one included), {s.rpcs_started:,} started since start",
+    ]
+    return "\n".join(lines)
 
 
 # --- idcheck get -----------------------------------------------------------------------------------------
@@ -1558,6 +1696,31 @@ def _cmd_certs_issue_server(args: argparse.Namespace) -> int:
     print(certs.describe(cert))
     print(f"{key}: private key")
     return EXIT_OK
+
+
+# --- idcheck bench ---------------------------------------------------------------------------------------
+
+
+def _add_bench(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    from idcheck.client import bench
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="latency and throughput of a register server, optionally beside Redis, SQLite and raw FAISS",
+        description=(
+            "Start a server on a fresh synthetic register (or target a running one) and measure single checks, "
+            "manifests, verify, identify and uploads: requests/s, documents/s, p50/p95/p99/p99.9/max latency, "
+            "errors by status code. Writes a JSON result file and a PNG plot; Ctrl-C prints what was measured."
+        ),
+    )
+    bench.add_arguments(parser)
+    parser.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from idcheck.client import bench
+
+    return bench.run(args)
 
 
 if __name__ == "__main__":

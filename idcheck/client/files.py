@@ -8,10 +8,12 @@ optional ones may be missing. Manifests have either an `mrz` column or `issuing_
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -82,7 +84,9 @@ def iter_tables(path: Path, *, chunk_rows: int = 5000) -> Iterator[pa.Table]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            batches: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+            # pre_buffer (the default) keeps every column chunk read so far: memory then grows with the file.
+            parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+            batches: Iterator[pa.RecordBatch] = parquet.iter_batches(batch_size=chunk_rows)
         elif suffix in (".arrow", ".feather", ".ipc"):
             reader = ipc.open_file(path)
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
@@ -148,6 +152,91 @@ def read_records(path: Path, *, chunk_rows: int = 5000) -> Iterator[list[pb.Reco
                 )
             )
         yield batch
+
+
+# Arrow upload payloads (RecordBatch.arrow_ipc in register.proto): text columns as utf8, class and status as
+# their enum numbers. A payload stays well under the 32 MiB message limit and the server's 100,000 rows.
+ARROW_TEXT_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in ("document_class", "status"))
+MAX_ARROW_ROWS = 100_000
+MAX_ARROW_BYTES = 16 * 1024 * 1024
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _enum_numbers(column: pa.ChunkedArray | pa.Array, parse: Callable[[str], int]) -> pa.Array:
+    """Class or status names ('passport', 'STOLEN', '2' ...) to enum numbers, parsed once per distinct value;
+    unknown names (and numbers a protobuf enum field could not carry) become -1, which the server rejects."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.fill_null(column, "").dictionary_encode()
+    numbers = []
+    for text in encoded.dictionary.to_pylist():
+        value = parse(text)
+        numbers.append(value if _INT32[0] <= value <= _INT32[1] else -1)
+    lookup = np.asarray(numbers or [0], np.int32)
+    return pa.array(lookup[encoded.indices.to_numpy(zero_copy_only=False)], pa.int32())
+
+
+def wire_table(table: pa.Table) -> pa.Table:
+    """A chunk of a record file (text columns, as `iter_tables` gives them) in the Arrow upload schema."""
+    missing = [c for c in REQUIRED_RECORD_COLUMNS if c not in table.column_names]
+    if missing:
+        raise FileFormatError(f"missing column(s) {', '.join(missing)}; have {', '.join(table.column_names)}")
+    arrays: dict[str, pa.Array] = {}
+    for name in RECORD_COLUMNS:
+        if name not in table.column_names:
+            continue
+        if name == "document_class":
+            arrays[name] = _enum_numbers(table.column(name), lambda t: max(-1, document_class_value(t)))
+        elif name == "status":
+            arrays[name] = _enum_numbers(table.column(name), status_value)
+        else:
+            arrays[name] = pc.fill_null(table.column(name).combine_chunks(), "")
+    return pa.table(arrays)
+
+
+def encode_ipc(table: pa.Table) -> list[tuple[int, bytes]]:
+    """`table` as (rows, Arrow IPC stream payload) pairs, split so that each payload stays within MAX_ARROW_ROWS
+    and MAX_ARROW_BYTES."""
+    if table.num_rows > MAX_ARROW_ROWS:
+        half = table.num_rows // 2
+        return encode_ipc(table.slice(0, half)) + encode_ipc(table.slice(half))
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    payload = sink.getvalue()
+    if payload.size > MAX_ARROW_BYTES and table.num_rows > 1:
+        half = table.num_rows // 2
+        return encode_ipc(table.slice(0, half)) + encode_ipc(table.slice(half))
+    return [(table.num_rows, payload.to_pybytes())]
+
+
+def read_arrow_payloads(path: Path, *, chunk_rows: int = 50_000) -> Iterator[tuple[int, bytes]]:
+    """The record file as (rows, Arrow IPC payload) pairs for an upload, read in chunks of about `chunk_rows`
+    rows: memory stays bounded by the chunk, whatever the size of the file."""
+    for table in iter_tables(path, chunk_rows=chunk_rows):
+        try:
+            wire = wire_table(table)
+        except FileFormatError as exc:
+            raise FileFormatError(f"{path}: {exc}") from None
+        yield from encode_ipc(wire)
+
+
+def rows_at(path: Path, indexes: Iterable[int], *, chunk_rows: int = 50_000) -> Iterator[tuple[int, dict[str, str]]]:
+    """The rows of a file at the given 0-based indexes (in file order), as {column: text}: one streaming pass."""
+    wanted = np.unique(np.fromiter(indexes, np.int64))
+    if not len(wanted):
+        return
+    start = 0
+    for table in iter_tables(path, chunk_rows=chunk_rows):
+        end = start + table.num_rows
+        lo, hi = np.searchsorted(wanted, [start, end])
+        if hi > lo:
+            picked = table.take(pa.array(wanted[lo:hi] - start))
+            for i, row in zip(wanted[lo:hi].tolist(), picked.to_pylist(), strict=True):
+                yield i, {k: ("" if v is None else v) for k, v in row.items()}
+        start = end
+        if hi == len(wanted):
+            return
 
 
 def read_manifest(path: Path, *, chunk_rows: int = 1000) -> Iterator[list[pb.DocumentQuery]]:

@@ -23,7 +23,13 @@ from idcheck.client.channel import DEFAULT_TARGET as DEFAULT_TARGET  # re-export
 from idcheck.client.channel import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported
 from idcheck.client.channel import ServiceClient
 from idcheck.client.errors import IdcheckError
-from idcheck.client.files import REQUIRED_RECORD_COLUMNS, FileFormatError, column_names, read_records
+from idcheck.client.files import (
+    REQUIRED_RECORD_COLUMNS,
+    FileFormatError,
+    column_names,
+    read_arrow_payloads,
+    read_records,
+)
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
 
@@ -68,9 +74,11 @@ class CheckAnswer:
     mrz_checks: dict[str, bool] = field(default_factory=dict)
     mrz_valid: bool | None = None
     mrz_fields: dict[str, str] = field(default_factory=dict)
+    # From an on-site mirror: when it last knew it held every upstream change (RFC 3339); "" from the upstream.
+    upstream_contact_time: str = ""
 
     @classmethod
-    def from_proto(cls, r: pb.DocumentResult, sequence: int) -> CheckAnswer:
+    def from_proto(cls, r: pb.DocumentResult, sequence: int, upstream_contact_time: str = "") -> CheckAnswer:
         matches = tuple(
             MatchInfo(
                 kind=_enum_name(pb.MatchKind, m.kind, "MATCH_KIND_"),
@@ -116,6 +124,7 @@ class CheckAnswer:
             mrz_checks={c.name: c.valid for c in r.mrz.checks} if has_mrz else {},
             mrz_valid=r.mrz.checks_valid if has_mrz else None,
             mrz_fields=mrz_fields,
+            upstream_contact_time=upstream_contact_time,
         )
 
 
@@ -259,7 +268,7 @@ class RegisterClient(ServiceClient):
             }
         )
         resp = self._call(self._stub.CheckDocument, pb.CheckDocumentRequest(query=query), timeout)
-        return CheckAnswer.from_proto(resp.result, resp.register_sequence)
+        return CheckAnswer.from_proto(resp.result, resp.register_sequence, resp.upstream_contact_time)
 
     def check_many(
         self, queries: Iterable[QueryInput], *, batch_size: int = 1000, timeout: float | None = None
@@ -272,7 +281,7 @@ class RegisterClient(ServiceClient):
             req = pb.CheckDocumentsRequest(queries=[make_query(q) for q in chunk])
             resp = self._call(self._stub.CheckDocuments, req, timeout)
             for r in resp.results:
-                yield CheckAnswer.from_proto(r, resp.register_sequence)
+                yield CheckAnswer.from_proto(r, resp.register_sequence, resp.upstream_contact_time)
 
     def upload(
         self,
@@ -284,12 +293,19 @@ class RegisterClient(ServiceClient):
         batch_size: int = 5000,
         on_batch: Callable[[int], None] | None = None,
         timeout: float | None = 3600.0,
+        arrow: bool | None = None,
+        arrow_rows: int = 50_000,
     ) -> UploadResult:
         """Upload records (an iterable of records, or a CSV/Parquet/Arrow file) all or nothing.
 
         `mode` is "incremental" or "replace-all". Without `upload_id`, a file gets an id derived from its
         content (re-uploading the same file changes nothing), other inputs a random one. `on_batch` is
         called with the number of rows of each batch sent (for progress bars).
+
+        A file is read in bounded chunks and sent as Arrow IPC batches of about `arrow_rows` rows (the bulk
+        path: validated column by column and written in one large transaction by the server); `arrow=False`
+        sends it as protobuf records of `batch_size` instead. Records given as an iterable always go as
+        protobuf records (small uploads).
         """
         mode_value = {
             "incremental": pb.UPLOAD_MODE_INCREMENTAL,
@@ -305,6 +321,8 @@ class RegisterClient(ServiceClient):
                 raise FileFormatError(f"{path}: missing column(s) {', '.join(missing)}")
             upload_id = upload_id or file_upload_id(path, mode)
             description = description or path.name
+            if arrow is not False:
+                return self._upload_arrow(path, upload_id, mode_value, description, arrow_rows, on_batch, timeout)
             batches: Iterable[Sequence[RecordInput]] = read_records(path, chunk_rows=batch_size)
         else:
             upload_id = upload_id or f"upload-{uuid.uuid4().hex}"
@@ -323,6 +341,42 @@ class RegisterClient(ServiceClient):
                     sent += len(batch)
                     if on_batch:
                         on_batch(len(batch))
+            except Exception as exc:  # kept to re-raise: gRPC only reports "Exception iterating requests"
+                reader_errors.append(exc)
+                raise
+            yield pb.UploadRecordsRequest(end=pb.UploadEnd(total_rows=sent))
+
+        try:
+            resp = self._call(self._stub.UploadRecords, stream(), timeout)
+        except IdcheckError:
+            if reader_errors:  # the stream never sent its end message: nothing was applied
+                raise reader_errors[0] from None
+            raise
+        return UploadResult.from_proto(resp)
+
+    def _upload_arrow(
+        self,
+        path: Path,
+        upload_id: str,
+        mode_value: int,
+        description: str,
+        chunk_rows: int,
+        on_batch: Callable[[int], None] | None,
+        timeout: float | None,
+    ) -> UploadResult:
+        reader_errors: list[BaseException] = []
+
+        def stream() -> Iterator[pb.UploadRecordsRequest]:
+            yield pb.UploadRecordsRequest(
+                header=pb.UploadHeader(upload_id=upload_id, mode=mode_value, description=description)
+            )
+            sent = 0
+            try:
+                for rows, payload in read_arrow_payloads(path, chunk_rows=chunk_rows):
+                    yield pb.UploadRecordsRequest(batch=pb.RecordBatch(arrow_ipc=payload))
+                    sent += rows
+                    if on_batch:
+                        on_batch(rows)
             except Exception as exc:  # kept to re-raise: gRPC only reports "Exception iterating requests"
                 reader_errors.append(exc)
                 raise

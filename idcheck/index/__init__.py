@@ -3,7 +3,7 @@
 from idcheck.index.documents import (
     Candidate,
     DocumentIndex,
-    IndexSettings,
+    DocumentIndexSettings,
     Lookup,
     Match,
     MatchKind,
@@ -16,7 +16,7 @@ from idcheck.index.documents import (
 __all__ = [
     "Candidate",
     "DocumentIndex",
-    "IndexSettings",
+    "DocumentIndexSettings",
     "Lookup",
     "Match",
     "MatchKind",

@@ -94,13 +94,14 @@ PACKED_LENGTH = 12  # numbers up to this length are packed exactly
 _MAX_WIDTH = 24  # records hold at most 24 characters; longer query numbers are hashed on their first 24
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _CODE_OF = {c: i + 1 for i, c in enumerate(_ALPHABET)}
-_CODES = np.zeros(256, np.uint64)
+_CODES = np.zeros(256, np.uint8)  # byte -> code (0: padding)
 for _c, _v in _CODE_OF.items():
     _CODES[ord(_c)] = _v
-_FOLD_BYTES = np.arange(256, dtype=np.uint8)
+_FOLDED_CODES = _CODES.copy()  # byte -> code of the character it folds to
 for _c, _v in CONFUSION_TABLE.items():
-    _FOLD_BYTES[ord(_c)] = ord(_v)
+    _FOLDED_CODES[ord(_c)] = _CODE_OF[_v]
 _POWERS = np.array([37**i for i in reversed(range(PACKED_LENGTH))], np.uint64)
+_CHUNK = 1 << 20
 _MASK = (1 << 64) - 1
 _TOP = 1 << 63
 _GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -133,18 +134,18 @@ def number_keys(canonicals: Sequence[str] | np.ndarray, *, fold: bool = False) -
     n = len(canonicals)
     if n == 0:
         return np.zeros(0, np.uint64)
+    if n > _CHUNK:  # bounded temporaries for bulk loads (the code matrix is 12 bytes a row, then 96)
+        return np.concatenate([number_keys(canonicals[i : i + _CHUNK], fold=fold) for i in range(0, n, _CHUNK)])
     raw = np.asarray(canonicals, dtype=f"S{_MAX_WIDTH}") if not isinstance(canonicals, np.ndarray) else canonicals
     if raw.dtype.itemsize < _MAX_WIDTH:
         raw = raw.astype(f"S{_MAX_WIDTH}")
     chars = raw.view(np.uint8).reshape(n, -1)[:, :_MAX_WIDTH]
-    if fold:
-        chars = _FOLD_BYTES[chars]
-    codes = _CODES[chars]
-    keys = codes[:, :PACKED_LENGTH] @ _POWERS
+    lut = _FOLDED_CODES if fold else _CODES
+    keys = lut[chars[:, :PACKED_LENGTH]].astype(np.uint64) @ _POWERS
     long_rows = np.flatnonzero(chars[:, PACKED_LENGTH])
     if len(long_rows):
         head = keys[long_rows]
-        tail = codes[long_rows, PACKED_LENGTH:] @ _POWERS
+        tail = lut[chars[long_rows, PACKED_LENGTH:]].astype(np.uint64) @ _POWERS
         x = (head * np.uint64(_GOLDEN)) ^ tail
         x = (x ^ (x >> np.uint64(30))) * np.uint64(_MIX1)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(_MIX2)
@@ -215,20 +216,21 @@ class _Changes(NamedTuple):
 
 
 @dataclass(frozen=True)
-class IndexSettings:
+class DocumentIndexSettings:
     """When the overlay is merged and snapshots are written."""
 
     merge_threshold: int = 65_536  # overlay rows (or new rows in one change) that trigger a merge
     snapshot_dir: Path | None = None  # where snapshots go; None: never written
     snapshot_min_changes: int = 100_000  # changes since the last snapshot before a merge writes a new one
     snapshots_kept: int = 2
+    write_snapshots: bool = True  # False: only map snapshots another process writes (serve --workers)
 
 
 class DocumentIndex:
     """Active records by folded document number, in numpy columns plus a small overlay."""
 
-    def __init__(self, settings: IndexSettings | None = None) -> None:
-        self.settings = settings or IndexSettings()
+    def __init__(self, settings: DocumentIndexSettings | None = None) -> None:
+        self.settings = settings or DocumentIndexSettings()
         self._view = _View(_Base.empty(), np.zeros(0, bool), {})
         self._states: list[str] = [""]  # code 0 is never a record's state
         self._state_code: dict[str, int] = {}
@@ -288,8 +290,11 @@ class DocumentIndex:
                 extra = get(f)
                 if extra:
                     found.setdefault(i, []).extend(extra)
-        for i, rows in found.items():
-            out[i] = self._candidates(queries[i], number_key(numbers[i]), rows)
+        if found:
+            hit = list(found)
+            exact = number_keys([numbers[i] for i in hit]).tolist()
+            for i, key in zip(hit, exact, strict=True):
+                out[i] = self._candidates(queries[i], key, found[i])
         return out
 
     def _candidates(self, query: Lookup, number: int, rows: Iterable[_Entry]) -> tuple[Candidate, ...]:
@@ -343,13 +348,21 @@ class DocumentIndex:
 
     def _encode(self, changes: KeyColumns) -> _Changes:
         codes = self._state_code
-        for value in set(changes.issuing_state):
+        given = changes.issuing_state
+        if isinstance(given, np.ndarray):  # many rows: map the few distinct codes, not every row
+            distinct, inverse = _distinct(given)
+        else:
+            distinct, inverse = list(set(given)), None
+        for value in distinct:
             if value not in codes:
                 if len(self._states) >= 65_535:
                     raise ValueError("more than 65,534 issuing states")
                 codes[value] = len(self._states)
                 self._states.append(value)
-        states = np.fromiter((codes[s] for s in changes.issuing_state), np.uint16, len(changes))
+        if inverse is not None:
+            states = np.array([codes[v] for v in distinct], np.uint16)[inverse.reshape(-1)]
+        else:
+            states = np.fromiter((codes[s] for s in given), np.uint16, len(changes))
         numbers = np.asarray(changes.number, dtype=f"S{_MAX_WIDTH}")
         active = ~np.isin(changes.status, (RecordStatus.CANCELLED, RecordStatus.UNSPECIFIED))
         return _Changes(
@@ -407,10 +420,15 @@ class DocumentIndex:
 
     def _rebuild(self, ch: _Changes, new: np.ndarray, sequence: int) -> None:
         """Merge the overlay and many new records into fresh base columns now (writer lock held)."""
-        # Within one batch a record may appear more than once: keep its last change only.
-        order = new[::-1]
-        _, first = np.unique(ch.record_id[order], return_index=True)
-        latest = np.sort(order[first])
+        # Within one batch a record may appear more than once: keep its last change only. (A load from the
+        # store lists each record once, in record id order: nothing to sort out then.)
+        ids = ch.record_id[new]
+        if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
+            latest = new
+        else:
+            order = new[::-1]
+            _, first = np.unique(ch.record_id[order], return_index=True)
+            latest = np.sort(order[first])
         latest = latest[ch.active[latest]]
         extra = {c: getattr(ch, c)[latest] for c in COLUMNS}
         view = self._view
@@ -481,7 +499,7 @@ class DocumentIndex:
 
     def _snapshot_due(self, base: _Base) -> bool:
         due = base.sequence - self.snapshot_sequence >= self.settings.snapshot_min_changes
-        return self.settings.snapshot_dir is not None and due
+        return self.settings.snapshot_dir is not None and self.settings.write_snapshots and due
 
     def _maybe_snapshot(self, base: _Base) -> None:
         if not self._snapshot_due(base):
@@ -562,6 +580,22 @@ class DocumentIndex:
             log.info("index snapshot %s mapped (%d records)", path.name, len(base))
             return base.sequence
         return 0
+
+
+def _distinct(values: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Distinct strings of a numpy string array and each row's index among them (short ASCII codes such as
+    issuing states are packed into integers first: sorting integers is many times faster than strings)."""
+    if values.dtype.kind == "U" and values.dtype.itemsize <= 4 * 7:
+        width = values.dtype.itemsize // 4
+        chars = values.view(np.uint32).reshape(len(values), width)
+        if len(values) and int(chars.max()) < 128:
+            packed = np.zeros(len(values), np.uint64)
+            for i in range(width):
+                packed = (packed << np.uint64(8)) | chars[:, i].astype(np.uint64)
+            _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+            return [str(values[i]) for i in first], inverse
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return [str(v) for v in distinct], inverse
 
 
 def _base_rows(view: _View, lo: int, hi: int) -> list[_Entry]:

@@ -9,14 +9,18 @@ The owner of a matched record then confirms or rejects the hit, as the issuing s
 one outcome per query id, recorded durably; a second decision is refused (HitAlreadyDecided) rather than
 overwriting what the querying border system may already have acted on. The member that asked the query and the
 owners of the records it matched may read the outcome; nobody else.
+
+A watch that has caught up sleeps until the audit writer commits (it wakes every waiting watch after each
+commit), so a hit reaches its owner as soon as it is in the log, without polling.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from idcheck.register.errors import HitAlreadyDecided, HitNotFound, InvalidRequest
-from idcheck.store import AuditRow, NotOwner, RegisterStore
+from idcheck.store import AuditRow, AuditWriter, NotOwner, RegisterStore
 
 HIT_VERDICTS = ("HIT", "POSSIBLE_MATCH")
 OUTCOMES = ("CONFIRMED", "REJECTED")
@@ -69,6 +73,33 @@ def hits_after(store: RegisterStore, member: str, cursor: str, *, limit: int = 5
         limit=limit,
     )
     return [Hit(f"{call}:{position}", row) for call, position, row in found]
+
+
+def follow(
+    store: RegisterStore,
+    writer: AuditWriter,
+    member: str,
+    cursor: str,
+    *,
+    stop: Callable[[], bool],
+    catch_up_only: bool = False,
+    recheck: float = 1.0,
+) -> Iterator[Hit]:
+    """Every hit on `member`'s records after `cursor`, then (unless `catch_up_only`) each new one as soon as the
+    audit writer commits it, until `stop()` is true. Waiting ends at each commit, or after `recheck` seconds to
+    look at `stop()` again (call `writer.wake_waiters()` to make it look at once)."""
+    parse_cursor(cursor)  # a bad cursor is refused before anything is sent
+    writer.flush()  # checks answered before the watch began are in the log
+    while not stop():
+        seen = writer.commits  # before reading: a commit after this read wakes the wait below
+        found = hits_after(store, member, cursor)
+        for hit in found:
+            yield hit
+            cursor = hit.cursor
+        if not found:
+            if catch_up_only:
+                return
+            writer.wait_for_commit(seen, recheck, stop)
 
 
 def _find_hit(store: RegisterStore, query_id: str) -> tuple[AuditRow, frozenset[str]]:

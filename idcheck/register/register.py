@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import gc
 import logging
 import threading
 import time
@@ -17,10 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from idcheck.icao import DocumentClass
-from idcheck.index import DocumentIndex, Lookup
+from idcheck.index import Candidate, DocumentIndex, DocumentIndexSettings, Lookup, Match, classify
 from idcheck.records import (
     DocumentKey,
+    KeyColumns,
     RecordChange,
     RecordData,
     RecordError,
@@ -28,7 +30,7 @@ from idcheck.records import (
     parse_key,
     validate_record,
 )
-from idcheck.register import hits
+from idcheck.register import columns, hits
 from idcheck.register.audit import AuditPage, list_audit
 from idcheck.register.checks import (
     CLEAR_ACTION,
@@ -41,8 +43,9 @@ from idcheck.register.checks import (
     verdict_of,
 )
 from idcheck.register.errors import InvalidRequest, LimitExceeded
+from idcheck.register.peers import SequenceChannel
 from idcheck.store import AuditCall, AuditDocument, AuditWriter, CancelOutcome, RegisterStore, utc_now
-from idcheck.uploads import Rejection, UploadMode, UploadOutcome
+from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class Limits:
 
     max_queries_per_call: int = 10_000
     max_records_per_batch: int = 10_000
+    max_rows_per_arrow_batch: int = 100_000  # rows in one `RecordBatch.arrow_ipc` payload
     max_rows_per_upload: int = 5_000_000
     max_keys_per_cancel: int = 10_000
 
@@ -88,23 +92,50 @@ class RawRecord:
 class Register:
     """The shared register of one node."""
 
-    def __init__(self, store: RegisterStore, *, limits: Limits | None = None, audit_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        store: RegisterStore,
+        *,
+        limits: Limits | None = None,
+        audit_interval: float = 0.2,
+        audit_write: bool = True,
+        index_settings: DocumentIndexSettings | None = None,
+    ) -> None:
         self.store = store
         self.limits = limits or Limits()
-        self.index = DocumentIndex()
+        self.index = DocumentIndex(index_settings)
         self._write_lock = threading.Lock()
+        self._peers: SequenceChannel | None = None  # other worker processes sharing the store, if any
+        self._changed = threading.Condition()  # notified after each commit (the change feed waits on it)
         started = time.perf_counter()
-        self.index.apply(store.iter_records(active_only=True), store.last_sequence)
-        _settle_index_objects()
+        # A snapshot of the index (if a valid one exists) plus the records changed after it; else every
+        # active record, read from the store in columns.
+        self.loaded_from_snapshot = self.index.load_snapshot(max_sequence=store.last_sequence)
+        columns, last_sequence = store.key_columns(since=self.loaded_from_snapshot)
+        self.index.apply_columns(columns, last_sequence)
         self.load_seconds = time.perf_counter() - started
-        self.audit = AuditWriter(store, interval=audit_interval)
+        self.audit = AuditWriter(store, interval=audit_interval, write=audit_write)  # write=False: benchmarks only
 
     @classmethod
-    def open(cls, data_dir: Path, *, limits: Limits | None = None, audit_interval: float = 0.2) -> Register:
-        """Open (or create) the register in a data directory."""
-        return cls(RegisterStore(Path(data_dir) / "register.db"), limits=limits, audit_interval=audit_interval)
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        limits: Limits | None = None,
+        audit_interval: float = 0.2,
+        audit_write: bool = True,
+        index_settings: DocumentIndexSettings | None = None,
+    ) -> Register:
+        """Open (or create) the register in a data directory (index snapshots in its `snapshots/`)."""
+        store = RegisterStore(Path(data_dir) / "register.db")
+        if index_settings is None:
+            index_settings = DocumentIndexSettings(snapshot_dir=Path(data_dir) / "snapshots")
+        return cls(
+            store, limits=limits, audit_interval=audit_interval, audit_write=audit_write, index_settings=index_settings
+        )
 
     def close(self) -> None:
+        self.index.wait_idle()
         self.audit.close()
         self.store.close()
 
@@ -138,12 +169,15 @@ class Register:
         if violations:
             raise InvalidRequest(violations)
         references = [q.client_reference for q in queries]
+        self._catch_up_with_peers()
         batch = CheckBatch(self.index.sequence, uuid.uuid4().hex, single, lookups, references)
         call_id = self.audit.next_call_id()
         documents: list[AuditDocument] = []
         append = documents.append
         clear = Verdict.CLEAR
-        for i, matches in enumerate(self.index.lookup_many(lookups)):
+        index = self.index
+        found = [index.lookup(lookups[0])] if len(lookups) == 1 else index.lookup_many(lookups)
+        for i, matches in enumerate(self._confirmed(lookups, found)):
             p = special.get(i)
             if not matches and (p is None or (p.mrz is None and not p.state_as_read)):  # plain CLEAR: kept cheap
                 batch.verdicts.append(clear)
@@ -173,6 +207,33 @@ class Register:
             documents,
         )
         return batch
+
+    def _confirmed(self, lookups: Sequence[Lookup], found: list[tuple[Candidate, ...]]) -> list[tuple[Match, ...]]:
+        """The index's candidates confirmed against the stored records, which also supply what the officer sees.
+
+        The index keys long numbers by a hash, so a candidate is re-classified on the record itself; a record
+        cancelled since the index saw it (the store is never behind the index) is dropped.
+        """
+        wanted = {c.record_id for candidates in found for c in candidates}
+        if not wanted:
+            return found  # type: ignore[return-value]  # every entry is the empty tuple
+        records = self.store.records_by_ids(sorted(wanted))
+        out: list[tuple[Match, ...]] = []
+        for lookup, candidates in zip(lookups, found, strict=True):
+            if not candidates:
+                out.append(())
+                continue
+            matches = []
+            for c in candidates:
+                record = records.get(c.record_id)
+                if record is None or not record.data.status.hits:
+                    continue
+                kind = classify(lookup, record)
+                if kind is not None:
+                    matches.append(Match(kind, record))
+            matches.sort(key=lambda m: (m.kind, m.record.record_id))
+            out.append(tuple(matches))
+        return out
 
     def hits_after(self, caller: Caller, cursor: str = "", *, flush: bool = True, limit: int = 500) -> list[hits.Hit]:
         """Hits on the caller's records after `cursor` (see idcheck.register.hits). `flush` first commits pending
@@ -237,21 +298,24 @@ class Register:
         return UploadSession(self, caller, upload_id, upload_mode, description)
 
     def _commit_upload(self, session: UploadSession) -> UploadOutcome:
+        # Arrow uploads (session.columns) take the store's bulk path, which returns the changes as KeyColumns
+        # (no Python object per record) for the index's apply_columns; row uploads return StoredRecords.
         with self._write_lock:
             outcome, changed = self.store.commit_upload(
                 session.caller.member,
                 session.upload_id,
                 session.mode,
                 session.description,
-                session.rows,
+                session.columns if session.columns is not None else session.rows,
                 session.rejections,
                 session.protected,
                 session.received,
             )
-            if changed:
-                self.index.apply(changed, outcome.register_sequence)
-                if len(changed) >= 10_000:
-                    _settle_index_objects()
+            session.columns = None  # written: free the upload's rows (GBs at 10M rows) before the index grows
+            if len(changed):
+                self._index_commit(changed, outcome.register_sequence)
+        if len(changed):
+            self._notify_changed()
         return outcome
 
     # -- cancel and read ----------------------------------------------------------------------------
@@ -275,8 +339,62 @@ class Register:
         with self._write_lock:
             outcome = self.store.cancel(caller.member, parsed, reason)
             if outcome.changed:
-                self.index.apply(outcome.changed, outcome.register_sequence)
+                self._index_commit(outcome.changed, outcome.register_sequence)
+        if outcome.changed:
+            self._notify_changed()
         return outcome
+
+    # -- replication (idcheck.register.replication) -------------------------------------------------
+
+    def wait_for_change(self, after: int, timeout: float) -> int:
+        """Wait until a change with a sequence above `after` is committed, at most `timeout` seconds; returns the
+        store's last sequence (the change feed's live phase sleeps here instead of polling)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.store.last_sequence > after, timeout)
+        self._catch_up_with_peers()  # with --workers, another process may have committed meanwhile
+        return self.store.last_sequence
+
+    def _notify_changed(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def apply_replicated(self, changes: KeyColumns, sequence: int) -> None:
+        """Bring the index up to records a mirror has just stored from its upstream's feed, and to `sequence`
+        (the upstream sequence at which the mirror is now consistent; its last one when not)."""
+        with self._write_lock:
+            self.index.apply_columns(changes, sequence)
+        self._notify_changed()
+
+    # -- worker processes sharing the store (idcheck.register.peers) ------------------------------------
+
+    def follow(self, peers: SequenceChannel) -> None:
+        """Share the store with other processes: catch up with their commits before answering, publish ours."""
+        self._peers = peers
+        peers.publish(self.index.sequence)
+
+    def _catch_up_with_peers(self) -> None:
+        peers = self._peers
+        if peers is not None and peers.latest() > self.index.sequence:
+            with self._write_lock:
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Apply every change committed to the store after the index's sequence (write lock held)."""
+        columns, last = self.store.key_columns(since=self.index.sequence)
+        self.index.apply_columns(columns, last)
+        self.store.note_sequence(last)
+        if self._peers is not None:
+            self._peers.publish(last)
+
+    def _index_commit(self, changed: KeyColumns | Sequence[StoredRecord], sequence: int) -> None:
+        """Bring the index up to a commit of this process (write lock held). With peers, another worker may
+        have committed just before: read everything after the index's sequence from the store instead."""
+        if self._peers is not None:
+            self._catch_up()  # publishes the new sequence for the other workers
+        elif isinstance(changed, KeyColumns):
+            self.index.apply_columns(changed, sequence)
+        else:
+            self.index.apply(changed, sequence)
 
     def get(self, caller: Caller, state: str, number: str, cls: int) -> tuple[StoredRecord, list[RecordChange]]:
         """One record the caller owns, with its history."""
@@ -285,16 +403,6 @@ class Register:
         except RecordError as exc:
             raise InvalidRequest.single(exc.field, exc.reason) from None
         return self.store.get_record(caller.member, key)
-
-
-def _settle_index_objects() -> None:
-    """Move the index's long-lived record objects out of the cyclic garbage collector's reach.
-
-    They never form cycles, but every full collection would walk all of them (millions of objects), which
-    halved check throughput. Frozen objects are still freed by reference counting when the index drops them.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 @dataclass
@@ -348,6 +456,8 @@ class UploadSession:
         self.protected: list[tuple[int, DocumentKey]] = []
         self._seen: dict[DocumentKey, int] = {}
         self._today = dt.date.today()
+        self._chunks: list[pa.Table] = []  # accepted rows of Arrow batches (idcheck.uploads.ACCEPTED_SCHEMA)
+        self.columns: UploadColumns | None = None  # set by commit when the upload carried Arrow batches
 
     def previous_outcome(self) -> UploadOutcome | None:
         """The stored answer if this upload id already committed (then nothing more needs to be read)."""
@@ -394,6 +504,22 @@ class UploadSession:
                 continue
             self.rows.append((index, data))
 
+    def add_arrow(self, payload: bytes) -> None:
+        """Validate one Arrow IPC batch (see RecordBatch.arrow_ipc) column by column; same verdicts as `add`."""
+        limits = self.register.limits
+        table = columns.decode_arrow_ipc(payload, max_rows=limits.max_rows_per_arrow_batch)
+        if self.received + table.num_rows > limits.max_rows_per_upload:
+            raise LimitExceeded(
+                f"upload exceeds {limits.max_rows_per_upload} rows; split it into several uploads",
+                field="batch",
+            )
+        result = columns.validate_columns(table, self.received, self._today)
+        self.received += table.num_rows
+        self.rejections.extend(result.rejections)
+        self.protected.extend(result.protected)
+        if result.accepted.num_rows:
+            self._chunks.append(result.accepted)
+
     def _protect(self, index: int, raw: RawRecord) -> None:
         # A REPLACE_ALL upload must not cancel a record just because this row of it had a bad field.
         try:
@@ -405,4 +531,18 @@ class UploadSession:
 
     def commit(self) -> UploadOutcome:
         """Apply the upload atomically (durable before this returns)."""
+        if self._chunks:
+            # Row batches of a mixed upload join the Arrow rows; repeated keys are found across both at once.
+            tables = [*self._chunks, columns.accepted_from_records(self.rows)] if self.rows else self._chunks
+            ordered, duplicates = columns.in_key_order(pa.concat_tables(tables))
+            del tables
+            self._chunks, self.rows = [], []
+            pa.default_memory_pool().release_unused()  # the unsorted copy: give it back before the store runs
+            self.rejections.extend(duplicates)
+            self.columns = UploadColumns(ordered)
+            try:
+                return self.register._commit_upload(self)
+            finally:
+                self.columns = None
+                pa.default_memory_pool().release_unused()
         return self.register._commit_upload(self)

@@ -4,8 +4,8 @@ A member certificate names who is calling in one URI subject alternative name,
 
     idcheck://member/NZL/role/border
 
-where ``NZL`` is the ICAO state code of the member authority and ``border`` its role (border, member or
-operator). The subject (``CN=NZL border``, ``O=NZL``, ``OU=border``) repeats it for people reading the
+where ``NZL`` is the ICAO state code of the member authority and ``border`` its role (border, member,
+operator or mirror). The subject (``CN=NZL border``, ``O=NZL``, ``OU=border``) repeats it for people reading the
 certificate; the server trusts only the URI, and only in a certificate signed by the federation's CA.
 
 This module is pure (files and the ``cryptography`` package, no gRPC): the command line uses it to create a
@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 URI_SCHEME = "idcheck"
-ROLES = ("border", "member", "operator")
+ROLES = ("border", "member", "operator", "mirror")
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
 CLIENT_CERT, CLIENT_KEY = "client.pem", "client.key"

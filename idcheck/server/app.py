@@ -19,18 +19,34 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from idcheck.biometrics import Gallery, GallerySettings
+from idcheck.index import DocumentIndexSettings
 from idcheck.index.templates import IndexSettings
 from idcheck.register import Limits, Register
 from idcheck.register.demo import seed_demo
+from idcheck.register.replication import ChangeFeed
 from idcheck.server.audit import AuditLogServicer
 from idcheck.server.auth import is_loopback, metadata_identity
 from idcheck.server.biometrics import BiometricsServicer
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
-from idcheck.server.limits import RateLimiter
+from idcheck.server.limits import ConcurrencyLimiter, RateLimiter
+from idcheck.server.operations import CallCounter, CountingRateLimiter, OperationsServicer
 from idcheck.server.register import DocumentRegisterServicer
+from idcheck.server.replication import ReplicationServicer
 from idcheck.server.tls import TlsFiles, certificate_identity
-from idcheck.v1 import audit_pb2, audit_pb2_grpc, biometrics_pb2, biometrics_pb2_grpc, register_pb2, register_pb2_grpc
+from idcheck.server.workers import Peers, supervise
+from idcheck.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    biometrics_pb2,
+    biometrics_pb2_grpc,
+    operations_pb2,
+    operations_pb2_grpc,
+    register_pb2,
+    register_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+)
 
 log = logging.getLogger("idcheck.server")
 
@@ -38,6 +54,8 @@ SERVICE_NAMES = (
     register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"].full_name,
     biometrics_pb2.DESCRIPTOR.services_by_name["Biometrics"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditLog"].full_name,
+    operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
+    replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
 )
 
 
@@ -52,12 +70,15 @@ class RunningServer:
     address: str
     gallery: Gallery
     tls: bool = False
+    feed: ChangeFeed | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish within `grace`, then flush and close the register and
         the gallery (which saves its index snapshot)."""
         for name in (*SERVICE_NAMES, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.feed is not None:
+            self.feed.close()  # change feed streams end now instead of holding the grace period
         self.server.stop(grace).wait()
         try:
             self.gallery.close()
@@ -104,7 +125,23 @@ def rate_limiter(config: ServerConfig) -> RateLimiter | None:
         return None
     if config.rate_limit_burst < 1:
         raise ConfigError("rate_limit_burst must be at least 1 when rate_limit_per_second is set")
-    return RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+    return CountingRateLimiter(config.rate_limit_per_second, config.rate_limit_burst)  # counts refusals for stats
+
+
+def shedder(config: ServerConfig) -> ConcurrencyLimiter:
+    """The overload limiter of `config`: `threads` work slots, `queue_calls` waiting places (0: `threads`),
+    `max_streams` response streams (0: threads / 4, at least 2). Raises ConfigError for unusable values."""
+    if config.threads < 1:
+        raise ConfigError("threads must be at least 1")
+    queue = config.queue_calls or config.threads
+    streams = config.max_streams or max(2, config.threads // 4)
+    return ConcurrencyLimiter(config.threads, queue, config.queue_seconds, streams)
+
+
+def worker_threads(limiter: ConcurrencyLimiter) -> int:
+    """Threads of the server's pool: one per work slot, waiting place and stream, plus spare ones that refuse
+    calls beyond the limits and answer health checks at once, even when all the others are taken."""
+    return limiter.slots + limiter.queue + limiter.streams + max(2, limiter.slots // 4)
 
 
 # A check allocates a few objects per document; collecting the young generation every 700 allocations
@@ -112,8 +149,9 @@ def rate_limiter(config: ServerConfig) -> RateLimiter | None:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def start(config: ServerConfig) -> RunningServer:
-    """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings."""
+def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
+    """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings.
+    With `peers`, this is one of several worker processes sharing the port and the store."""
     host, _port = parse_listen(config.listen)
     tls = TlsFiles.resolve(config.tls_dir, config.tls_cert, config.tls_key, config.tls_ca)
     if tls is None and not is_loopback(host):
@@ -136,27 +174,69 @@ def start(config: ServerConfig) -> RunningServer:
     )
     settings = gallery_settings(config)
     limiter = rate_limiter(config)
+    overload = shedder(config)
     gc.set_threshold(*GC_THRESHOLDS)
-    register = Register.open(config.data_dir, limits=limits, audit_interval=config.audit_interval)
+    if config.benchmark_no_audit:
+        log.warning(
+            "BENCHMARK MODE: benchmark_no_audit is set, the AUDIT LOG IS NOT WRITTEN: checks, verifies and "
+            "identifies go unrecorded; WatchHits, ListAudit and hit outcomes see nothing. Benchmarks only, never in "
+            "service."
+        )
+    register = Register.open(
+        config.data_dir,
+        limits=limits,
+        audit_interval=config.audit_interval,
+        audit_write=not config.benchmark_no_audit,
+        index_settings=DocumentIndexSettings(
+            merge_threshold=config.index_merge_threshold,
+            snapshot_dir=config.data_dir / "snapshots",
+            snapshot_min_changes=config.index_snapshot_changes,
+            write_snapshots=peers is None or peers.writes_snapshots,
+        ),
+    )
     gallery: Gallery | None = None
     try:
         gallery = Gallery.open(config.data_dir, settings, audit=register.audit)
+        if peers is not None:
+            register.follow(peers.register())
+            gallery.follow(peers.templates(), writes_snapshots=peers.writes_snapshots)
         if config.demo and register.sequence == 0:
             outcomes = seed_demo(register)
             log.info("seeded demo register: %d records", sum(o.created for o in outcomes))
+        workers = worker_threads(overload)
+        calls = CallCounter()
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
-            interceptors=[GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter)],
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+            interceptors=[
+                calls,  # first: counts calls the guard refuses too
+                GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter, overload),
+            ],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if peers is not None else 0),  # workers share the port
             ],
-            maximum_concurrent_rpcs=config.threads * 64,
+            # Last line of defence, for floods faster than the spare threads can refuse: grpc itself then refuses
+            # (RESOURCE_EXHAUSTED without a retry hint) before a call is even queued for a thread.
+            maximum_concurrent_rpcs=workers * 16,
         )
         register_pb2_grpc.add_DocumentRegisterServicer_to_server(DocumentRegisterServicer(register), server)
         biometrics_pb2_grpc.add_BiometricsServicer_to_server(BiometricsServicer(gallery), server)
-        audit_pb2_grpc.add_AuditLogServicer_to_server(AuditLogServicer(register), server)
+        audit_pb2_grpc.add_AuditLogServicer_to_server(
+            AuditLogServicer(register, watch_recheck=config.watch_recheck_seconds), server
+        )
+        operations_pb2_grpc.add_OperationsServicer_to_server(
+            OperationsServicer(
+                register,
+                gallery,
+                calls,
+                rate_limiter=limiter if isinstance(limiter, CountingRateLimiter) else None,
+                shedder=overload,
+            ),
+            server,
+        )
+        feed = ChangeFeed(register, window=config.replication_window)
+        replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationServicer(feed), server)
         health_servicer = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -175,7 +255,7 @@ def start(config: ServerConfig) -> RunningServer:
         register.close()
         raise
     address = f"{host if ':' not in host else f'[{host}]'}:{bound}"
-    return RunningServer(server, register, health_servicer, bound, address, gallery, tls is not None)
+    return RunningServer(server, register, health_servicer, bound, address, gallery, tls is not None, feed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,29 +279,64 @@ def run(args: argparse.Namespace) -> int:
     )
     print("idcheck serve: configuration", flush=True)
     print(config.describe(), flush=True)
+    if config.workers != 1:
+        try:
+            return supervise(config, prepare=prepare_workers, serve=serve)
+        except ConfigError as exc:
+            print(f"idcheck serve: {exc}", file=sys.stderr)
+            return 2
+    return serve(config)
+
+
+def prepare_workers(config: ServerConfig) -> None:
+    """Before the workers are forked: seed the demo if asked, and make sure an index snapshot covers the whole
+    register and the template gallery, so that every worker maps the same files instead of rebuilding."""
+    register = Register.open(
+        config.data_dir,
+        index_settings=DocumentIndexSettings(
+            merge_threshold=config.index_merge_threshold, snapshot_dir=config.data_dir / "snapshots"
+        ),
+    )
+    try:
+        if config.demo and register.sequence == 0:
+            seed_demo(register)
+        if len(register.index) and register.index.snapshot_sequence < register.sequence:
+            register.index.write_snapshot()
+        Gallery.open(config.data_dir, gallery_settings(config)).close()  # closing saves its snapshot
+    finally:
+        register.close()
+
+
+def serve(config: ServerConfig, peers: Peers | None = None) -> int:
+    """Serve until SIGINT or SIGTERM (one process; or one worker of several, with `peers`)."""
+    who = f"idcheck serve: {peers.label}" if peers is not None else "idcheck serve"
     started = time.perf_counter()
     try:
-        running = start(config)
+        running = start(config, peers)
     except ConfigError as exc:
-        print(f"idcheck serve: {exc}", file=sys.stderr)
+        print(f"{who}: {exc}", file=sys.stderr)
         return 2
     reg = running.register
-    counts = reg.store.count_records()
     print(
-        f"idcheck serve: register {config.data_dir / 'register.db'}: {len(reg.index)} active records "
-        f"({sum(counts.values())} in all), sequence {reg.sequence}, loaded in {reg.load_seconds:.2f}s",
+        f"{who}: register {config.data_dir / 'register.db'}: {len(reg.index)} active records, "
+        f"sequence {reg.sequence}, loaded in {reg.load_seconds:.2f}s "
+        + (
+            f"(index snapshot at sequence {reg.loaded_from_snapshot} plus the change log)"
+            if reg.loaded_from_snapshot
+            else "(index built from the store)"
+        ),
         flush=True,
     )
     gallery = running.gallery
     stats = gallery.index.stats()
     print(
-        f"idcheck serve: biometric gallery: {stats.ntotal} templates, {stats.kind} index, template sequence "
+        f"{who}: biometric gallery: {stats.ntotal} templates, {stats.kind} index, template sequence "
         f"{stats.sequence}, {gallery.load_report}, loaded in {gallery.load_seconds:.2f}s",
         flush=True,
     )
     security = "mutual TLS, identity from client certificates" if running.tls else "insecure, loopback only"
     print(
-        f"idcheck serve: serving on {running.address} ({security}) "
+        f"{who}: serving on {running.address} ({security}) "
         f"in {time.perf_counter() - started:.2f}s; Ctrl-C to stop",
         flush=True,
     )
@@ -234,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     while not stop.wait(3600):
         pass
-    print(f"idcheck serve: stopping (grace {config.grace_seconds:g}s)", flush=True)
+    print(f"{who}: stopping (grace {config.grace_seconds:g}s)", flush=True)
     running.stop(config.grace_seconds)
-    print("idcheck serve: stopped", flush=True)
+    print(f"{who}: stopped", flush=True)
     return 0

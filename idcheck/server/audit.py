@@ -3,12 +3,11 @@ whose records or templates were matched; streams the hits on a member's records 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import grpc
 
-from idcheck.register import Register
+from idcheck.register import Register, hits
 from idcheck.register.hits import HitOutcome
 from idcheck.server.auth import current_caller
 from idcheck.v1 import audit_pb2 as pb
@@ -18,10 +17,11 @@ from idcheck.v1 import audit_pb2_grpc
 class AuditLogServicer(audit_pb2_grpc.AuditLogServicer):
     """gRPC face of the audit log."""
 
-    def __init__(self, register: Register, *, poll_interval: float = 0.2) -> None:
+    def __init__(self, register: Register, *, watch_recheck: float = 1.0) -> None:
         self.register = register
-        # How often a watch looks for new hits once it has caught up (the audit writer commits in batches).
-        self.poll_interval = poll_interval
+        # A caught-up watch sleeps until the next audit commit; this only bounds how long it goes without looking
+        # at whether its stream is still open (a cancelled stream wakes it at once anyway).
+        self.watch_recheck = watch_recheck
 
     def ListAudit(self, request: pb.ListAuditRequest, context: grpc.ServicerContext) -> pb.ListAuditResponse:
         page = self.register.audit_page(
@@ -53,30 +53,30 @@ class AuditLogServicer(audit_pb2_grpc.AuditLogServicer):
 
     def WatchHits(self, request: pb.WatchHitsRequest, context: grpc.ServicerContext) -> Iterator[pb.HitNotification]:
         caller = current_caller()
-        cursor = request.cursor
-        first = True
-        while context.is_active():
-            found = self.register.hits_after(caller, cursor, flush=first)
-            first = False
-            for hit in found:
-                row = hit.row
-                yield pb.HitNotification(
-                    cursor=hit.cursor,
-                    query_id=row.query_id,
-                    at=row.at,
-                    caller_member=row.caller_member,
-                    caller_role=row.caller_role,
-                    query_kind=row.query_kind,
-                    issuing_state=row.issuing_state,
-                    document_number=row.document_number,
-                    verdict=row.verdict,
-                    matched_record_ids=[int(x) for x in row.matched_records.split(",") if x],
-                )
-                cursor = hit.cursor
-            if not found:
-                if request.catch_up_only:
-                    return
-                time.sleep(self.poll_interval)
+        audit = self.register.audit
+        context.add_callback(audit.wake_waiters)  # a cancelled stream stops waiting at once
+        for hit in hits.follow(
+            self.register.store,
+            audit,
+            caller.member,
+            request.cursor,
+            stop=lambda: not context.is_active(),
+            catch_up_only=request.catch_up_only,
+            recheck=self.watch_recheck,
+        ):
+            row = hit.row
+            yield pb.HitNotification(
+                cursor=hit.cursor,
+                query_id=row.query_id,
+                at=row.at,
+                caller_member=row.caller_member,
+                caller_role=row.caller_role,
+                query_kind=row.query_kind,
+                issuing_state=row.issuing_state,
+                document_number=row.document_number,
+                verdict=row.verdict,
+                matched_record_ids=[int(x) for x in row.matched_records.split(",") if x],
+            )
 
     def ConfirmHit(self, request: pb.ConfirmHitRequest, context: grpc.ServicerContext) -> pb.ConfirmHitResponse:
         outcome = self.register.confirm_hit(current_caller(), request.query_id, request.outcome, request.note)

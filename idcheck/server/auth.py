@@ -24,11 +24,13 @@ ROLE_HEADER = "x-idcheck-role"
 
 
 class Role(enum.StrEnum):
-    """Roles of design.md: border (checks), member (own records plus border rights), operator (no records)."""
+    """Roles of design.md: border (checks), member (own records plus border rights), operator (no records), and
+    mirror (an on-site mirror or read replica: follows the change feed, nothing else)."""
 
     BORDER = "border"
     MEMBER = "member"
     OPERATOR = "operator"
+    MIRROR = "mirror"
 
 
 class Unauthenticated(Exception):
@@ -42,6 +44,7 @@ class RoleDenied(Exception):
 _CHECKERS = frozenset({Role.BORDER, Role.MEMBER})
 _OWNERS = frozenset({Role.MEMBER})
 _AUDITORS = frozenset({Role.OPERATOR, Role.MEMBER})  # a member sees only the checks that hit its records
+_REPLICATORS = frozenset({Role.MIRROR, Role.OPERATOR})  # the whole register, as it changes
 
 # Every RPC of our services with the roles allowed to call it. An RPC missing here is refused.
 RPC_ROLES: Mapping[str, frozenset[Role]] = {
@@ -58,6 +61,9 @@ RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "/idcheck.v1.AuditLog/WatchHits": _OWNERS,  # hits on the caller's own records
     "/idcheck.v1.AuditLog/ConfirmHit": _OWNERS,
     "/idcheck.v1.AuditLog/GetHitOutcome": _CHECKERS,  # the querying member, or the owner
+    "/idcheck.v1.Replication/WatchChanges": _REPLICATORS,
+    # Totals over every member's records and traffic: a member could subtract its own and learn the others'.
+    "/idcheck.v1.Operations/GetStatistics": frozenset({Role.OPERATOR}),
 }
 
 # Standard services anyone on the (loopback) network may use without identity.

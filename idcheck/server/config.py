@@ -26,17 +26,41 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     data_dir: Path = Path("data")
     demo: bool = False
+    # Server processes sharing the port (SO_REUSEPORT), the store and the index snapshot (README "Every core
+    # serving"); 0: one per core. 1 by default: the per-member rate limit and statistics are per process.
+    workers: int = 1
     threads: int = 16
     max_message_bytes: int = 32 * 1024 * 1024
     max_queries_per_call: int = 10_000
     max_records_per_batch: int = 10_000
     max_rows_per_upload: int = 5_000_000
+    # Document index (README "Scale"): new records wait in a small overlay until this many are there, then are
+    # merged into the index columns in the background; after a merge, a snapshot of the index is written to
+    # DATA/snapshots when this many changes happened since the last one (restarts map it and replay the rest).
+    index_merge_threshold: int = 65_536
+    index_snapshot_changes: int = 100_000
     audit_interval: float = 0.2
+    # FOR BENCHMARKING ONLY: answer checks without writing the audit log (warned about loudly at start-up).
+    benchmark_no_audit: bool = False
+    # A caught-up WatchHits stream sleeps until the next audit commit, and looks at least this often whether
+    # its caller is still there (a cancelled stream wakes at once anyway). Their number is capped by max_streams.
+    watch_recheck_seconds: float = 1.0
     grace_seconds: float = 10.0
+    # Change feed (README "On-site mirror"): a subscriber more than this many changes behind gets a snapshot of
+    # the active records instead of every changed record.
+    replication_window: int = 1_000_000
     # Per-member request rate limit (README "Configuration"): a token bucket per authenticated member, one
     # token per RPC; health and reflection are exempt. 0 requests/s disables it.
     rate_limit_per_second: float = 1000.0
     rate_limit_burst: int = 2000
+    # Overload shedding (README "Limits and overload"): `threads` calls are worked on at once; up to
+    # `queue_calls` more wait for a worker (0: as many as `threads`), each at most `queue_seconds` and never past
+    # its deadline; beyond that calls are refused at once with RESOURCE_EXHAUSTED and a retry hint. Long-lived
+    # response streams (WatchHits) do not take a worker's slot; at most `max_streams` are open (0: threads / 4,
+    # at least 2).
+    queue_calls: int = 0
+    queue_seconds: float = 1.0
+    max_streams: int = 0
     log_level: str = "INFO"
     # Biometric template index (defaults and thresholds explained in README "Biometrics").
     template_dimension: int = 512
@@ -75,15 +99,24 @@ _HELP = {
     "listen": "address to listen on, HOST:PORT (port 0 picks a free one)",
     "data_dir": "directory of the register database",
     "demo": "seed a demo register (ICAO specimens and synthetic records) when the data directory is empty",
-    "threads": "gRPC worker threads",
+    "workers": "server processes sharing the port, the store and the index snapshot (0: one per core)",
+    "threads": "calls worked on at once (the pool has more threads: for waiting calls, streams and refusals)",
     "max_message_bytes": "largest request or response message accepted",
     "max_queries_per_call": "largest manifest accepted by CheckDocuments",
     "max_records_per_batch": "largest record batch accepted in one upload message",
     "max_rows_per_upload": "largest upload accepted (rows)",
+    "index_merge_threshold": "new records held in the index overlay before they are merged into its columns",
+    "index_snapshot_changes": "changes after which a merge also writes an index snapshot for fast restarts",
     "audit_interval": "seconds between audit log commits",
+    "benchmark_no_audit": "FOR BENCHMARKING ONLY: do not write the audit log (checks go unrecorded)",
+    "watch_recheck_seconds": "longest a caught-up WatchHits stream sleeps between audit commits (they wake it)",
     "grace_seconds": "seconds in-flight calls get to finish at shutdown",
+    "replication_window": "changes a mirror may be behind and still get them one by one (beyond: a snapshot)",
     "rate_limit_per_second": "requests per second each member may make (token bucket refill rate; 0 disables)",
     "rate_limit_burst": "requests a member may make at once before the rate limit applies (token bucket size)",
+    "queue_calls": "calls that may wait for a busy worker before new ones are refused (0: as many as threads)",
+    "queue_seconds": "longest a call waits for a worker before it is refused with a retry hint",
+    "max_streams": "long-lived response streams (WatchHits) open at once (0: threads / 4, at least 2)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "template_dimension": "dimension of biometric templates (float32 values per vector)",
     "verify_fmr": "target false-match rate of Verify, stated in every answer",
@@ -106,10 +139,13 @@ _HELP = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register one flag per setting (all default to None so that lower layers can fill them)."""
+def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """Register one flag per setting (all default to None so that lower layers can fill them); `only` limits
+    them to the settings named (e.g. those `idcheck mirror` uses)."""
     parser.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     for f in fields(ServerConfig):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + ("data" if f.name == "data_dir" else f.name.replace("_", "-"))
         if f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=_HELP[f.name])

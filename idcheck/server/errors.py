@@ -31,7 +31,7 @@ from idcheck.server.auth import (
     reset_caller,
     set_caller,
 )
-from idcheck.server.limits import RateLimited, RateLimiter
+from idcheck.server.limits import CallExpired, ConcurrencyLimiter, Overloaded, RateLimited, RateLimiter
 from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound
 from idcheck.store.templates import TemplateNotFound
 
@@ -77,6 +77,16 @@ def _info(reason: str, **metadata: str) -> any_pb2.Any:
     return _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
 
 
+def _retry_info(seconds: float) -> any_pb2.Any:
+    # Rounded up to the millisecond, so that a client waiting exactly this long finds room.
+    millis = max(1, math.ceil(seconds * 1000))
+    return _pack(
+        error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+        )
+    )
+
+
 def to_status(exc: BaseException) -> status_pb2.Status | None:
     """The status for a known exception, or None when it is not one of ours."""
     if isinstance(exc, InvalidRequest | TemplateError):
@@ -94,17 +104,11 @@ def to_status(exc: BaseException) -> status_pb2.Status | None:
             details=[_info("LIMIT_EXCEEDED", field=exc.field)],
         )
     if isinstance(exc, RateLimited):
-        # Retry hint rounded up to the millisecond, so that a client waiting exactly this long finds a token.
-        millis = max(1, math.ceil(exc.retry_after * 1000))
         return status_pb2.Status(
             code=code_pb2.RESOURCE_EXHAUSTED,
             message=str(exc),
             details=[
-                _pack(
-                    error_details_pb2.RetryInfo(
-                        retry_delay=duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
-                    )
-                ),
+                _retry_info(exc.retry_after),
                 _pack(
                     error_details_pb2.QuotaFailure(
                         violations=[
@@ -118,6 +122,16 @@ def to_status(exc: BaseException) -> status_pb2.Status | None:
                 _info("RATE_LIMITED", member=exc.member),
             ],
         )
+    if isinstance(exc, Overloaded):
+        # RESOURCE_EXHAUSTED like the rate limit (the client's ResourceExhausted with `retry_after`), told apart
+        # by the ErrorInfo reason; UNAVAILABLE would read as "server not reachable" to our clients.
+        return status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=str(exc),
+            details=[_retry_info(exc.retry_after), _info("OVERLOADED", limit=str(exc.limit))],
+        )
+    if isinstance(exc, CallExpired):
+        return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc), details=[_info("NOT_WORKED_ON")])
     if isinstance(exc, NotOwner):
         return status_pb2.Status(
             code=code_pb2.PERMISSION_DENIED,
@@ -167,6 +181,21 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
+def _decoder(method: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """A request decoder for `method` that raises InvalidRequest (not grpc's INTERNAL) for undecodable bytes."""
+    if deserialize is None:
+        return lambda raw: raw
+    name = method.rsplit("/", 1)[-1]
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # google.protobuf DecodeError, or whatever a custom deserializer raises
+            raise InvalidRequest.single("request", f"not a valid {name} request message ({exc})") from None
+
+    return decode
+
+
 def _is_grpc_termination(exc: BaseException) -> bool:
     # abort() raises a plain Exception after setting the status; a cancelled request stream raises RpcError.
     return isinstance(exc, grpc.RpcError) or (type(exc) is Exception and not exc.args)
@@ -178,11 +207,20 @@ class GuardInterceptor(grpc.ServerInterceptor):
     `identify` says where the caller's member and role come from: the client certificate with TLS
     (`idcheck.server.tls.certificate_identity`), request metadata on loopback without TLS (the default).
     `limiter` takes one token per call from the caller's member right after authentication (none: no limit);
-    health and reflection are public and never limited."""
+    `shedder` then bounds the calls worked on at once (README "Limits and overload"): unary and
+    client-streaming calls take a work slot (waiting in its bounded queue, never past their deadline),
+    response streams (WatchHits) count against its stream cap instead. Health and reflection are public and
+    never limited."""
 
-    def __init__(self, identify: IdentitySource = metadata_identity, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        identify: IdentitySource = metadata_identity,
+        limiter: RateLimiter | None = None,
+        shedder: ConcurrencyLimiter | None = None,
+    ) -> None:
         self._identify = identify
         self._limiter = limiter
+        self._shedder = shedder
 
     def intercept_service(
         self,
@@ -193,8 +231,14 @@ class GuardInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         identify = self._identify
         limiter = self._limiter
+        shedder = self._shedder
         if handler is None or is_public(method):
             return handler
+        # Requests are decoded here rather than by grpc, which answers INTERNAL ("Exception deserializing
+        # request!") for bytes that are not a valid message (corrupt or truncated wire format, invalid UTF-8 in a
+        # string): that is the caller's error, INVALID_ARGUMENT, and decoding is work done under a work slot.
+        decode = _decoder(method, handler.request_deserializer)
+        handler = handler._replace(request_deserializer=None)
 
         def admit(context: grpc.ServicerContext) -> Caller:
             caller = authenticate(method, context, identify)
@@ -202,14 +246,18 @@ class GuardInterceptor(grpc.ServerInterceptor):
                 limiter.acquire(caller.member)
             return caller
 
-        def guard_unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        def guard_unary(behaviour: Callable[..., Any], streaming: bool = False) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     token = set_caller(admit(context))
                 except (Unauthenticated, RoleDenied, RateLimited) as exc:
                     _abort(context, exc)
                     return None
+                admitted_at = None
                 try:
+                    if shedder is not None:
+                        admitted_at = shedder.enter(context.time_remaining(), context.is_active)
+                    request = map(decode, request) if streaming else decode(request)
                     return behaviour(request, context)
                 except BaseException as exc:
                     if _is_grpc_termination(exc):
@@ -217,24 +265,35 @@ class GuardInterceptor(grpc.ServerInterceptor):
                     _abort(context, exc)
                     return None
                 finally:
+                    if admitted_at is not None:
+                        shedder.leave(admitted_at)  # type: ignore[union-attr]
                     reset_caller(token)
 
             return run
 
-        def guard_stream(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def guard_stream(
+            behaviour: Callable[..., Iterator[Any]], streaming: bool = False
+        ) -> Callable[..., Iterator[Any]]:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
                     token = set_caller(admit(context))
                 except (Unauthenticated, RoleDenied, RateLimited) as exc:
                     _abort(context, exc)
                     return
+                opened = False
                 try:
+                    if shedder is not None:
+                        shedder.open_stream()
+                        opened = True
+                    request = map(decode, request) if streaming else decode(request)
                     yield from behaviour(request, context)
                 except BaseException as exc:
                     if _is_grpc_termination(exc) or isinstance(exc, GeneratorExit):
                         raise
                     _abort(context, exc)
                 finally:
+                    if opened:
+                        shedder.close_stream()  # type: ignore[union-attr]
                     reset_caller(token)
 
             return run
@@ -242,9 +301,9 @@ class GuardInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             return handler._replace(unary_unary=guard_unary(handler.unary_unary))
         if handler.stream_unary:
-            return handler._replace(stream_unary=guard_unary(handler.stream_unary))
+            return handler._replace(stream_unary=guard_unary(handler.stream_unary, streaming=True))
         if handler.unary_stream:
             return handler._replace(unary_stream=guard_stream(handler.unary_stream))
         if handler.stream_stream:
-            return handler._replace(stream_stream=guard_stream(handler.stream_stream))
+            return handler._replace(stream_stream=guard_stream(handler.stream_stream, streaming=True))
         return handler

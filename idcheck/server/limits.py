@@ -1,4 +1,6 @@
-"""Per-member request rate limit: one token bucket per authenticated member.
+"""Admission limits: a per-member request rate limit, and overload shedding for the whole server.
+
+Rate limit: one token bucket per authenticated member.
 
 Each member's bucket holds up to `burst` tokens and refills at `per_second` tokens a second; every RPC takes
 one token. A call that finds the bucket empty is refused (RESOURCE_EXHAUSTED, mapped in `server/errors.py`)
@@ -8,6 +10,13 @@ member, so one member's runaway client never slows another member's border check
 Memory is bounded: callers are authenticated before they reach the limiter, and a member is a known ICAO
 state code, so there are at most a few hundred buckets. `max_members` is a second guard: when it is reached,
 buckets that have refilled completely (indistinguishable from a new one) are dropped.
+
+Overload shedding (`ConcurrencyLimiter`, README "Limits and overload"): at most `slots` calls are worked on at
+once; up to `queue` more may wait for a slot, each for at most `max_wait` seconds and never past its own
+deadline; any call beyond that is refused at once (RESOURCE_EXHAUSTED with a retry hint) instead of queueing
+without bound. A call whose deadline passes while it waits is not worked on. Long-lived response streams
+(WatchHits, WatchChanges) do not take a work slot, so followers can never starve border checks; they have
+their own small cap (`streams`) and are refused beyond it.
 """
 
 from __future__ import annotations
@@ -98,4 +107,122 @@ class RateLimiter:
             return len(self._buckets)
 
 
-__all__ = ["RateLimited", "RateLimiter"]
+class Overloaded(Exception):
+    """The server is working on as many calls as it may (and its queue is full); retry in `retry_after` s."""
+
+    def __init__(self, what: str, retry_after: float, limit: int) -> None:
+        super().__init__(f"server overloaded: {what}; retry in {retry_after:.3f}s")
+        self.what = what
+        self.retry_after = retry_after
+        self.limit = limit
+
+
+class CallExpired(Exception):
+    """The call's deadline passed (or its caller went away) before a work slot was free: it was not worked on."""
+
+
+class ConcurrencyLimiter:
+    """Bounds the calls worked on at once (`slots`), the calls waiting for a slot (`queue`, each at most
+    `max_wait` seconds) and the long-lived response streams open at once (`streams`). Thread-safe.
+
+    The retry hint of a refusal is the time the calls ahead of it need: a moving average of how long admitted
+    calls held their slot, times the calls waiting plus one, divided by the slots; clamped to
+    [`MIN_RETRY`, `MAX_RETRY`]. A refused stream is told `STREAM_RETRY` seconds (streams free up rarely)."""
+
+    MIN_RETRY = 0.01
+    MAX_RETRY = 5.0
+    STREAM_RETRY = 2.0
+
+    def __init__(
+        self, slots: int, queue: int, max_wait: float, streams: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if slots < 1 or queue < 0 or streams < 0 or max_wait < 0:
+            raise ValueError("slots must be at least 1; queue, streams and max_wait must not be negative")
+        self.slots = slots
+        self.queue = queue
+        self.max_wait = max_wait
+        self.streams = streams
+        self._clock = clock
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._waiting = 0
+        self._open_streams = 0
+        self._mean_hold = 0.01  # seconds a call holds its slot, moving average (starts at a typical check)
+        self.refused = 0  # calls and streams refused so far (for tests and metrics)
+
+    def _retry_after(self) -> float:
+        estimate = self._mean_hold * (self._waiting + 1) / self.slots
+        return min(self.MAX_RETRY, max(self.MIN_RETRY, estimate))
+
+    def enter(self, time_left: float, still_wanted: Callable[[], bool] = lambda: True) -> float:
+        """Take a work slot, waiting at most `max_wait` seconds and never longer than `time_left` (the call's
+        remaining deadline). Returns the clock reading at admission (give it back to `leave`). Raises
+        Overloaded when no slot and no queue place is free, or the wait ran out; CallExpired when the deadline
+        passed or `still_wanted()` turned false while waiting."""
+        if time_left <= 0:
+            raise CallExpired("deadline passed before the call was taken up")
+        with self._cond:
+            if self._running < self.slots:
+                self._running += 1
+                return self._clock()
+            if self._waiting >= self.queue:
+                self.refused += 1
+                raise Overloaded(
+                    f"{self._running} calls in work and {self._waiting} waiting (limits {self.slots} and {self.queue})",
+                    self._retry_after(),
+                    self.slots,
+                )
+            self._waiting += 1
+            try:
+                now = self._clock()
+                until_deadline = now + time_left
+                until_refused = now + self.max_wait
+                while self._running >= self.slots:
+                    now = self._clock()
+                    if now >= until_deadline:
+                        raise CallExpired("deadline passed while the call waited for a work slot")
+                    if now >= until_refused:
+                        self.refused += 1
+                        raise Overloaded(
+                            f"no work slot free within {self.max_wait:g}s ({self.slots} calls in work)",
+                            self._retry_after(),
+                            self.slots,
+                        )
+                    # Woken by `leave`; the periodic wake-up notices a caller that went away.
+                    self._cond.wait(min(until_deadline, until_refused, now + 0.05) - now)
+                    if not still_wanted():
+                        raise CallExpired("the caller went away while the call waited for a work slot")
+                self._running += 1
+                return self._clock()
+            finally:
+                self._waiting -= 1
+
+    def leave(self, admitted_at: float) -> None:
+        """Give back a work slot taken by `enter` (pass what `enter` returned)."""
+        held = max(0.0, self._clock() - admitted_at)
+        with self._cond:
+            self._running -= 1
+            self._mean_hold += 0.1 * (held - self._mean_hold)
+            self._cond.notify()
+
+    def open_stream(self) -> None:
+        """Count one more long-lived response stream, or raise Overloaded when `streams` are open."""
+        with self._cond:
+            if self._open_streams >= self.streams:
+                self.refused += 1
+                raise Overloaded(
+                    f"{self._open_streams} streams open (limit {self.streams})", self.STREAM_RETRY, self.streams
+                )
+            self._open_streams += 1
+
+    def close_stream(self) -> None:
+        with self._cond:
+            self._open_streams -= 1
+
+    def load(self) -> tuple[int, int, int]:
+        """(calls in work, calls waiting, streams open) right now."""
+        with self._cond:
+            return self._running, self._waiting, self._open_streams
+
+
+__all__ = ["CallExpired", "ConcurrencyLimiter", "Overloaded", "RateLimited", "RateLimiter"]

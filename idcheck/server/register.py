@@ -7,7 +7,7 @@ idcheck.store; errors are mapped to status codes by idcheck.server.errors.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -167,16 +167,22 @@ def raw_record(r: pb.Record) -> RawRecord:
 class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
     """gRPC face of the register."""
 
-    def __init__(self, register: Register) -> None:
+    def __init__(self, register: Register, *, upstream_contact: Callable[[], str] | None = None) -> None:
+        """`upstream_contact` (mirrors only): when the mirror last knew it held every upstream change, RFC 3339,
+        told with every check answer (see CheckDocumentResponse.upstream_contact_time)."""
         self.register = register
+        self.upstream_contact = upstream_contact
 
     def CheckDocument(
         self, request: pb.CheckDocumentRequest, context: grpc.ServicerContext
     ) -> pb.CheckDocumentResponse:
         if not request.HasField("query"):
             raise InvalidRequest.single("query", "a query (typed or mrz) is required")
+        contact = self.upstream_contact() if self.upstream_contact is not None else ""  # read before the check
         results, seq = self.register.check(current_caller(), [query_from_proto(request.query)], field="query")
-        return pb.CheckDocumentResponse(result=result_to_proto(results[0]), register_sequence=seq)
+        return pb.CheckDocumentResponse(
+            result=result_to_proto(results[0]), register_sequence=seq, upstream_contact_time=contact
+        )
 
     def CheckDocuments(
         self, request: pb.CheckDocumentsRequest, context: grpc.ServicerContext
@@ -186,8 +192,9 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
             for q in request.queries
             for t in (q.typed,)
         ]
+        contact = self.upstream_contact() if self.upstream_contact is not None else ""  # read before the check
         batch = self.register.check_batch(current_caller(), queries)
-        response = pb.CheckDocumentsResponse(register_sequence=batch.sequence)
+        response = pb.CheckDocumentsResponse(register_sequence=batch.sequence, upstream_contact_time=contact)
         add = response.results.add
         details, references, uid = batch.details, batch.references, batch.call_uid
         for i, lookup in enumerate(batch.lookups):
@@ -228,7 +235,15 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
             if end is not None:
                 raise InvalidRequest.single(f"messages[{n}]", "nothing may follow the end message")
             if item == "batch":
-                session.add([raw_record(r) for r in message.batch.records])
+                batch = message.batch
+                if batch.arrow_ipc:
+                    if batch.records:
+                        raise InvalidRequest.single(
+                            f"messages[{n}].batch", "a batch carries either records or arrow_ipc, not both"
+                        )
+                    session.add_arrow(batch.arrow_ipc)
+                else:
+                    session.add([raw_record(r) for r in batch.records])
             elif item == "end":
                 end = message.end
             else:

@@ -5,36 +5,89 @@ A check must not wait for a disk flush, so audit rows are committed by a writer 
 `synchronous=NORMAL`: a process crash loses nothing that was committed, and a power cut can lose at most
 the rows of the last commits, i.e. about `interval` seconds of audit rows. Record changes never go
 through here; they are committed with `synchronous=FULL` by the store.
+
+The writer also keeps the service's counters of answered calls (by kind and by verdict): it sees every call
+anyway, and counting on its thread keeps them off the check path. After each commit it wakes the threads
+waiting in `wait_for_commit` (hit watchers), and while one waits a batch holding a HIT or POSSIBLE_MATCH is
+committed at once (at most every `PROMPT_COMMIT_GAP` seconds) instead of at the end of the interval.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
+import operator
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from idcheck.store.sqlite import AuditCall, AuditDocument, RegisterStore, connect
 
 log = logging.getLogger(__name__)
 
+# Verdicts a hit watcher is told about (idcheck.register.hits.HIT_VERDICTS).
+_HIT_VERDICTS: Final = ("HIT", "POSSIBLE_MATCH")
+# Least time between two commits brought forward for a waiting hit watcher: bounds the commit rate (and its
+# cost on the shared interpreter) when many checks hit while someone watches.
+PROMPT_COMMIT_GAP: Final = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCounts:
+    """The audit writer's counters since it started (see `AuditWriter.counts`)."""
+
+    enabled: bool
+    calls_queued: int  # submitted, not yet taken by the writer thread
+    rows_pending: int  # document rows taken, waiting for the next commit
+    calls_written: int
+    rows_written: int
+    write_failures: int
+    calls_by_kind: Mapping[str, int]  # check, manifest, verify, identify
+    answers_by_verdict: Mapping[str, int]  # per document (a manifest counts each of its queries)
+
 
 class AuditWriter:
-    """Background writer of audit rows into the register store."""
+    """Background writer of audit rows into the register store.
 
-    def __init__(self, store: RegisterStore, *, interval: float = 0.2, max_batch: int = 50_000) -> None:
+    `write=False` is for benchmarks only: rows are still handed over and counted, but never committed, so the
+    audit log (and everything read from it: ListAudit, WatchHits, hit outcomes) stays empty.
+    """
+
+    def __init__(
+        self, store: RegisterStore, *, interval: float = 0.2, max_batch: int = 50_000, write: bool = True
+    ) -> None:
         self._store = store
         self._interval = interval
         self._max_batch = max_batch
+        self._write = write
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._conn = connect(store.path, synchronous="NORMAL")
         self._call_ids = itertools.count(store.last_audit_call_id() + 1)
         self._closed = False
+        # Counters: changed only by the writer thread, under this lock so that a reader sees them together.
+        self._counts_lock = threading.Lock()
+        self._calls_by_kind: collections.Counter[str] = collections.Counter()
+        self._verdicts: collections.Counter[str] = collections.Counter()
+        self._rows_pending = 0
+        self._calls_written = 0
+        self._rows_written = 0
+        self._failures = 0
+        # Commit notification: `_generation` counts commits; waiters sleep on `_committed`.
+        self._committed = threading.Condition()
+        self._generation = 0
+        self._waiting = 0
+        self._pending_hits = 0  # HIT and POSSIBLE_MATCH rows waiting for the next commit (writer thread)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def enabled(self) -> bool:
+        """False when rows are counted but not written (benchmarking only)."""
+        return self._write
 
     def next_call_id(self) -> int:
         """A fresh call id for `submit` (ids follow the order calls are numbered, not committed)."""
@@ -50,6 +103,46 @@ class AuditWriter:
         self._queue.put(done)
         return done.wait(timeout)
 
+    def counts(self, timeout: float = 2.0) -> AuditCounts:
+        """The counters, including every call submitted before this one (without forcing a commit)."""
+        seen = _Counted()
+        self._queue.put(seen)
+        seen.wait(timeout)
+        with self._counts_lock:
+            return AuditCounts(
+                enabled=self._write,
+                calls_queued=self._queue.qsize(),
+                rows_pending=self._rows_pending,
+                calls_written=self._calls_written,
+                rows_written=self._rows_written,
+                write_failures=self._failures,
+                calls_by_kind=dict(self._calls_by_kind),
+                answers_by_verdict=dict(self._verdicts),
+            )
+
+    @property
+    def commits(self) -> int:
+        """Number of commits so far: read it before looking at the log, then `wait_for_commit` on it."""
+        return self._generation
+
+    def wait_for_commit(self, seen: int, timeout: float, stop: Callable[[], bool] | None = None) -> int:
+        """Wait until a commit after `seen` (a value of `commits`), `stop()` is true or `timeout` passes;
+        returns `commits` then. Reading `commits` before the log and waiting on it afterwards misses nothing."""
+        with self._committed:
+            self._waiting += 1
+            if self._pending_hits:  # hits arrived while nobody waited: have them committed now
+                self._queue.put(_PROMPT)
+            try:
+                self._committed.wait_for(lambda: self._generation != seen or (stop is not None and stop()), timeout)
+            finally:
+                self._waiting -= 1
+            return self._generation
+
+    def wake_waiters(self) -> None:
+        """Wake every `wait_for_commit` to look at its `stop` (e.g. when a watching stream is cancelled)."""
+        with self._committed:
+            self._committed.notify_all()
+
     def close(self) -> None:
         """Commit what is queued and stop the thread."""
         if self._closed:
@@ -59,12 +152,28 @@ class AuditWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
         self._conn.close()
+        self.wake_waiters()
+
+    def _count(self, call: AuditCall, documents: Sequence[AuditDocument]) -> int:
+        """Count one call (writer thread); returns how many of its documents are hits."""
+        kind = documents[0].query_kind if documents else ""
+        if kind not in ("verify", "identify"):
+            kind = "check" if call.single else "manifest"
+        verdicts = self._verdicts
+        with self._counts_lock:
+            before = verdicts["HIT"] + verdicts["POSSIBLE_MATCH"]
+            self._calls_by_kind[kind] += 1
+            verdicts.update(map(_VERDICT_OF, documents))
+            if self._write:
+                self._rows_pending += len(documents)
+            return verdicts["HIT"] + verdicts["POSSIBLE_MATCH"] - before
 
     def _run(self) -> None:
         pending: list[tuple[AuditCall, Sequence[AuditDocument]]] = []
         rows = 0
         waiters: list[threading.Event] = []
         deadline = 0.0
+        last_commit = 0.0
         stop = False
         while not stop:
             timeout = max(0.0, deadline - time.monotonic()) if pending else self._interval
@@ -75,10 +184,20 @@ class AuditWriter:
             if item is _STOP:
                 stop = True
             elif isinstance(item, tuple):
-                if not pending:
-                    deadline = time.monotonic() + self._interval
-                pending.append(item)
-                rows += len(item[1])
+                hits = self._count(*item)
+                if self._write:
+                    if not pending:
+                        deadline = time.monotonic() + self._interval
+                    pending.append(item)
+                    rows += len(item[1])
+                    self._pending_hits += hits
+                    if hits and self._waiting:  # a hit watcher is waiting: do not make it wait for the interval
+                        deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)
+            elif item is _PROMPT:
+                if pending:
+                    deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)
+            elif isinstance(item, _Counted):
+                item.set()
             elif isinstance(item, threading.Event):
                 waiters.append(item)
             due = stop or waiters or rows >= self._max_batch or time.monotonic() >= deadline
@@ -90,12 +209,29 @@ class AuditWriter:
                 except Exception:  # keep the thread alive: a full disk must not stop checks
                     log.exception("audit write of %d rows failed; retrying in %.1fs", rows, self._interval)
                     deadline = time.monotonic() + self._interval
+                    with self._counts_lock:
+                        self._failures += 1
                 else:
+                    last_commit = time.monotonic()
+                    with self._counts_lock:
+                        self._calls_written += len(pending)
+                        self._rows_written += rows
+                        self._rows_pending -= rows
+                    with self._committed:
+                        self._generation += 1
+                        self._committed.notify_all()
                     pending, rows = [], 0
+                    self._pending_hits = 0
             if not pending:
                 for w in waiters:
                     w.set()
                 waiters = []
 
 
+class _Counted(threading.Event):
+    """Set by the writer thread when it reaches this marker: every call queued before it is counted."""
+
+
+_VERDICT_OF: Final = operator.attrgetter("verdict")
 _STOP: Final = object()
+_PROMPT: Final = object()  # commit soon: a hit watcher started waiting while hits were pending

@@ -152,6 +152,19 @@ MIGRATIONS: list[str] = [
         decided_at TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 4 -> 5: replication. The change feed reads records by the sequence of their latest change; a mirror
+    # keeps the upstream it follows and its position in that upstream's feed (one row; absent on an upstream).
+    """
+    CREATE INDEX records_seq ON records (seq);
+    CREATE TABLE replication (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        upstream    TEXT    NOT NULL,
+        resume_seq  INTEGER NOT NULL,  -- every upstream row with a seq up to here is stored: resume from it
+        through_seq INTEGER NOT NULL,  -- the register equals the upstream's at this sequence
+        contact_at  TEXT    NOT NULL DEFAULT '',  -- when the mirror last knew it held every upstream change
+        updated_at  TEXT    NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

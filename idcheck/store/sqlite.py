@@ -22,11 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from idcheck.icao import DocumentClass
-from idcheck.records import DocumentKey, Holder, RecordChange, RecordData, RecordStatus, StoredRecord
+from idcheck.records import DocumentKey, Holder, KeyColumns, RecordChange, RecordData, RecordStatus, StoredRecord
 from idcheck.store.errors import AmbiguousKey, NotOwner, RecordNotFound
 from idcheck.store.schema import migrate
-from idcheck.uploads import Rejection, UploadMode, UploadOutcome
+from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
 
 CANCELLED = int(RecordStatus.CANCELLED)
 
@@ -60,7 +64,36 @@ CREATE TEMP TABLE IF NOT EXISTS staging (
     seq              INTEGER
 );
 CREATE TEMP TABLE IF NOT EXISTS replaced (record_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+-- Bulk path (UploadColumns): the upload's keys in key order, to find the records they already name, and the
+-- member's records a REPLACE_ALL upload keeps.
+CREATE TEMP TABLE IF NOT EXISTS bulk_keys (
+    pos              INTEGER PRIMARY KEY,
+    issuing_state    TEXT    NOT NULL,
+    number_canonical TEXT    NOT NULL,
+    doc_class        INTEGER NOT NULL
+);
+CREATE TEMP TABLE IF NOT EXISTS bulk_keep (record_id INTEGER PRIMARY KEY);
 """
+
+_STORE_OTHER_OWNER = "the document is recorded by another member; only its owner may change it"
+_STORE_NO_RECORD = "CANCELLED given for a document that has no record to cancel"
+# Upload columns written to `records`, in the order of the INSERT below; the holder and instruction columns
+# are left out of the statement when the whole upload leaves them empty (their default is '').
+_BULK_DATA_COLUMNS = (
+    ("number_printed", "number_printed"),
+    ("status", "status"),
+    ("event_date", "event_date"),
+    ("surname", "surname"),
+    ("given_names", "given_names"),
+    ("birth_date", "birth_date"),
+    ("nationality", "nationality"),
+    ("expiry_date", "expiry_date"),
+    ("instructions", "instructions"),
+)
+_OPTIONAL_TEXT = frozenset(("surname", "given_names", "birth_date", "nationality", "expiry_date", "instructions"))
+_BULK_CHUNK = 65_536  # rows per INSERT statement (one JSON parameter each) and per key-matching batch
+_BULK_CACHE_KIB = 256 * 1024  # SQLite page cache while a large upload is written
+_CHANGE_OP = {False: "UPDATED", True: "CANCELLED"}  # change-log operation of an update, by "status is CANCELLED"
 
 
 def utc_now() -> str:
@@ -228,6 +261,54 @@ class RegisterStore:
         )
         return [_row_to_record(r) for r in rows]
 
+    def note_sequence(self, sequence: int) -> None:
+        """Another process sharing this file has committed through `sequence` (serve --workers)."""
+        self._last_seq = max(self._last_seq, sequence)
+
+    def records_by_ids(self, ids: Sequence[int]) -> dict[int, StoredRecord]:
+        """Current state of the given records, by id (what the officer sees of the index's candidates)."""
+        return {r.record_id: r for r in self._records_by_id(self._reader(), ids)}
+
+    def key_columns(self, *, since: int = 0, batch_size: int = 100_000) -> tuple[KeyColumns, int]:
+        """Key, status and sequence of the records changed after `since` (all active ones when 0), in columns,
+        with the last sequence they cover: one consistent read, for loading or catching up the index."""
+        if since:  # found through the change log's primary key: no scan of the records table
+            where = f"seq > {int(since)} AND record_id IN (SELECT record_id FROM changes WHERE seq > {int(since)})"
+        else:
+            where = f"status NOT IN ({CANCELLED}, {int(RecordStatus.UNSPECIFIED)})"
+        conn = self._reader()
+        ids: list[int] = []
+        states: list[str] = []
+        numbers: list[str] = []
+        classes: list[int] = []
+        statuses: list[int] = []
+        seqs: list[int] = []
+        conn.execute("BEGIN")  # the rows and the sequence they cover come from one snapshot of the file
+        try:
+            last = self._query_last_seq(conn)
+            cur = conn.execute(
+                f"SELECT record_id, issuing_state, number_canonical, doc_class, status, seq FROM records WHERE {where}"
+            )
+            while rows := cur.fetchmany(batch_size):
+                i, st, n, c, s, q = zip(*rows, strict=True)
+                ids += i
+                states += st
+                numbers += n
+                classes += c
+                statuses += s
+                seqs += q
+        finally:
+            conn.execute("COMMIT")
+        columns = KeyColumns(
+            np.array(ids, np.int64),
+            states,
+            numbers,
+            np.array(classes, np.int8),
+            np.array(statuses, np.int8),
+            np.array(seqs, np.int64),
+        )
+        return columns, last
+
     def audit_rows(self, *, limit: int = 1000) -> list[AuditRow]:
         """The most recent audit rows, newest last."""
         rows = (
@@ -359,11 +440,11 @@ class RegisterStore:
         upload_id: str,
         mode: UploadMode,
         description: str,
-        rows: Sequence[tuple[int, RecordData]],
+        rows: Sequence[tuple[int, RecordData]] | UploadColumns,
         rejections: Sequence[Rejection],
         protected_keys: Sequence[tuple[int, DocumentKey]],
         received: int,
-    ) -> tuple[UploadOutcome, list[StoredRecord]]:
+    ) -> tuple[UploadOutcome, list[StoredRecord] | KeyColumns]:
         """Apply one upload atomically and durably.
 
         `rows` are the validated rows with their index in the upload; `rejections` the rows refused before
@@ -371,7 +452,14 @@ class RegisterStore:
         REPLACE_ALL upload must not cancel (the member meant to keep them). Rows that touch another
         member's record are rejected here. Returns the outcome and the changed records in sequence order.
         If the upload id already committed, nothing is applied and the stored outcome is returned.
+
+        Two forms of `rows`: a sequence of `(row index, RecordData)` (small uploads; sequence numbers follow row
+        order; the changes come back as StoredRecords), or `UploadColumns` (the bulk path for large uploads:
+        rows in key order, written with executemany from the columns without a Python object per row; sequence
+        numbers follow key order, created records first, then updated ones, then REPLACE_ALL cancellations;
+        the changes come back as `KeyColumns`, empty when nothing changed).
         """
+        bulk = isinstance(rows, UploadColumns)
         now = utc_now()
         with self._lock:
             conn = self._conn
@@ -382,7 +470,28 @@ class RegisterStore:
                 ).fetchone()
                 if prior:
                     conn.execute("ROLLBACK")
-                    return UploadOutcome.from_json(prior[0], replayed=True), []
+                    replayed = UploadOutcome.from_json(prior[0], replayed=True)
+                    return replayed, (_no_key_columns() if bulk else [])
+                if isinstance(rows, UploadColumns):
+                    # A larger page cache while a big upload is written (the indexes then spill to the WAL less
+                    # often mid-transaction); a fixed amount, given back afterwards.
+                    cache = conn.execute("PRAGMA cache_size").fetchone()[0]
+                    if len(rows) >= 100_000:
+                        conn.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+                    try:
+                        outcome, key_columns = self._apply_bulk(
+                            conn, member, upload_id, mode, description, rows, rejections, protected_keys, received, now
+                        )
+                    finally:
+                        conn.execute(f"PRAGMA cache_size={int(cache)}")
+                    first_seq = int(key_columns.sequence.min()) if len(key_columns) else None
+                    last_seq = int(key_columns.sequence.max()) if len(key_columns) else None
+                    self._insert_upload_row(
+                        conn, member, upload_id, mode, description, received, outcome, now, first_seq, last_seq
+                    )
+                    conn.execute("COMMIT")
+                    self._last_seq = outcome.register_sequence
+                    return outcome, key_columns
                 outcome, changed = self._apply_upload(
                     conn,
                     member,
@@ -420,8 +529,285 @@ class RegisterStore:
                 conn.execute("DROP INDEX IF EXISTS temp.staging_key")
                 conn.execute("DELETE FROM staging")
                 conn.execute("DELETE FROM replaced")
+                conn.execute("DELETE FROM bulk_keys")
+                conn.execute("DELETE FROM bulk_keep")
             self._last_seq = outcome.register_sequence
             return outcome, changed
+
+    @staticmethod
+    def _insert_upload_row(
+        conn: sqlite3.Connection,
+        member: str,
+        upload_id: str,
+        mode: UploadMode,
+        description: str,
+        received: int,
+        outcome: UploadOutcome,
+        now: str,
+        first_seq: int | None,
+        last_seq: int | None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO uploads (member, upload_id, mode, description, received, accepted, rejected, "
+            "first_seq, last_seq, committed_at, result) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                member,
+                upload_id,
+                mode.name,
+                description,
+                received,
+                outcome.accepted,
+                outcome.rejected,
+                first_seq,
+                last_seq,
+                now,
+                outcome.to_json(),
+            ),
+        )
+
+    def _apply_bulk(
+        self,
+        conn: sqlite3.Connection,
+        member: str,
+        upload_id: str,
+        mode: UploadMode,
+        description: str,
+        columns: UploadColumns,
+        rejections: Sequence[Rejection],
+        protected_keys: Sequence[tuple[int, DocumentKey]],
+        received: int,
+        now: str,
+    ) -> tuple[UploadOutcome, KeyColumns]:
+        """The bulk path of commit_upload (inside its transaction): rows in key order, set-based change log.
+
+        Fast case first: when no row cancels, all rows are inserted as new records under a savepoint; the
+        unique key index refuses the batch at the first key the register already holds, and then (only then)
+        the keys are matched against the records to sort rows into created, updated, unchanged and rejected.
+        """
+        t = columns.table
+        n = t.num_rows
+        base = self._query_last_seq(conn)
+        max_id = self._max_record_id(conn)
+        status = t.column("status").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+        op: np.ndarray | None = None  # per row: 0 unchanged, 1 create, 2 update, 3 other owner, 4 cancels nothing
+        matched_ids = np.zeros(n, np.int64)
+        if n and not (status == CANCELLED).any():
+            conn.execute("SAVEPOINT bulk_all_new")
+            try:
+                self._insert_created(conn, t, None, member, now, max_id, base)
+                op = np.ones(n, np.int8)
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO bulk_all_new")
+            conn.execute("RELEASE bulk_all_new")
+        if op is None:
+            op, matched_ids = self._match_keys(conn, t, member, status)
+            created_idx = np.flatnonzero(op == 1)
+            if len(created_idx):
+                self._insert_created(conn, t, created_idx, member, now, max_id, base)
+        created_idx = np.flatnonzero(op == 1)
+        updated_idx = np.flatnonzero(op == 2)
+        n_created, n_updated = len(created_idx), len(updated_idx)
+        created_ids = max_id + 1 + np.arange(n_created, dtype=np.int64)
+        created_seqs = base + 1 + np.arange(n_created, dtype=np.int64)
+        updated_ids = matched_ids[updated_idx]
+        updated_seqs = base + n_created + 1 + np.arange(n_updated, dtype=np.int64)
+        if n_created:
+            conn.execute(
+                "INSERT INTO changes (seq, record_id, op, status, actor, upload_id, reason, changed_at) "
+                "SELECT seq, record_id, 'CREATED', status, ?, ?, ?, ? FROM records WHERE record_id > ? "
+                "ORDER BY record_id",
+                (member, upload_id, description, now, max_id),
+            )
+        if n_updated:
+            self._update_existing(conn, t, updated_idx, updated_ids, updated_seqs, member, upload_id, description, now)
+        next_seq = base + n_created + n_updated
+        cancelled = 0
+        cancelled_cols: tuple[list[Any], ...] = ([], [], [], [], [])
+        if mode == UploadMode.REPLACE_ALL:
+            kept_rows = matched_ids[(op == 0) | (op == 2)]
+            keep: list[int] = []
+            for _, k in protected_keys:
+                found = conn.execute(
+                    "SELECT record_id FROM records WHERE issuing_state = ? AND number_canonical = ? AND doc_class = ?"
+                    " AND owner = ?",
+                    (k.issuing_state, k.number, int(k.document_class), member),
+                ).fetchone()
+                if found:
+                    keep.append(found[0])
+            conn.executemany(
+                "INSERT OR IGNORE INTO bulk_keep (record_id) VALUES (?)",
+                itertools.chain(((int(i),) for i in kept_rows), ((i,) for i in keep)),
+            )
+            conn.execute(
+                f"""
+                INSERT INTO replaced (record_id, seq)
+                SELECT record_id, ? + ROW_NUMBER() OVER (ORDER BY record_id) FROM records
+                WHERE owner = ? AND status <> {CANCELLED} AND record_id <= ?
+                  AND record_id NOT IN (SELECT record_id FROM bulk_keep)
+                """,
+                (next_seq, member, max_id),
+            )
+            conn.execute(
+                f"UPDATE records SET status = {CANCELLED}, seq = x.seq FROM replaced AS x "
+                "WHERE records.record_id = x.record_id"
+            )
+            cur = conn.execute(
+                f"""
+                INSERT INTO changes (seq, record_id, op, status, actor, upload_id, reason, changed_at)
+                SELECT seq, record_id, 'CANCELLED', {CANCELLED}, ?, ?, ?, ? FROM replaced ORDER BY seq
+                """,
+                (member, upload_id, "not in REPLACE_ALL upload", now),
+            )
+            cancelled = cur.rowcount
+            if cancelled:
+                rows = conn.execute(
+                    "SELECT r.record_id, r.issuing_state, r.number_canonical, r.doc_class, r.seq FROM replaced AS x "
+                    "JOIN records AS r ON r.record_id = x.record_id ORDER BY x.seq"
+                ).fetchall()
+                cancelled_cols = tuple(map(list, zip(*rows, strict=True)))  # type: ignore[assignment]
+        row_index = t.column("row_index").to_numpy() if n else np.zeros(0, np.int64)
+        store_rejections = [Rejection(int(row_index[i]), "key", _STORE_OTHER_OWNER) for i in np.flatnonzero(op == 3)]
+        store_rejections += [Rejection(int(row_index[i]), "status", _STORE_NO_RECORD) for i in np.flatnonzero(op == 4)]
+        all_rejections = tuple(sorted([*rejections, *store_rejections], key=lambda r: r.row_index))
+        n_unchanged = int((op == 0).sum())
+        outcome = UploadOutcome(
+            upload_id=upload_id,
+            received=received,
+            accepted=n_created + n_updated + n_unchanged,
+            created=n_created,
+            updated=n_updated,
+            unchanged=n_unchanged,
+            cancelled=cancelled,
+            register_sequence=next_seq + cancelled,
+            rejections=all_rejections,
+        )
+        changed_idx = np.concatenate([created_idx, updated_idx])
+        take = pa.array(changed_idx, pa.int64())
+        c_ids, c_states, c_numbers, c_classes, c_seqs = cancelled_cols
+        key_columns = KeyColumns(
+            record_id=np.concatenate([created_ids, updated_ids, np.asarray(c_ids, np.int64)]),
+            issuing_state=_repeated_strings(t.column("issuing_state"), take) + list(c_states),
+            number=_strings(t.column("number"), take) + list(c_numbers),
+            document_class=np.concatenate(
+                [t.column("document_class").take(take).to_numpy(), np.asarray(c_classes, np.int8)]
+            ).astype(np.int8),
+            status=np.concatenate([status[changed_idx], np.full(len(c_ids), CANCELLED, np.int64)]).astype(np.int8),
+            sequence=np.concatenate([created_seqs, updated_seqs, np.asarray(c_seqs, np.int64)]),
+        )
+        return outcome, key_columns
+
+    @staticmethod
+    def _insert_created(
+        conn: sqlite3.Connection,
+        t: pa.Table,
+        idx: np.ndarray | None,
+        member: str,
+        now: str,
+        max_id: int,
+        base: int,
+    ) -> None:
+        """Insert rows `idx` of `t` (all rows when None), in order, as new records numbered from max_id and
+        base. Raises sqlite3.IntegrityError when a key is already held."""
+        if idx is not None:
+            t = t.take(pa.array(idx, pa.int64()))
+        names = ["issuing_state", "number"]
+        sql_cols = ["issuing_state", "number_canonical", "doc_class"]
+        for column, sql in _BULK_DATA_COLUMNS:
+            if column in _OPTIONAL_TEXT and (
+                t.num_rows == 0 or pc.max(pc.binary_length(t.column(column))).as_py() == 0
+            ):
+                continue  # empty throughout: the column default ('') is what would be written
+            names.append(column)
+            sql_cols.append(sql)
+        # Each chunk travels as ONE parameter: a JSON array of row arrays built by Arrow string kernels, which
+        # SQLite unpacks with json_each. No Python object per row or per value (executemany bound ~15 values
+        # per row from Python objects and cost about a third more CPU per row).
+        fields = ", ".join(f"value ->> {i}" for i in range(len(names) + 1))
+        statement = (
+            f"INSERT INTO records (record_id, seq, owner, recorded_at, {', '.join(sql_cols)}) "
+            f"SELECT ? + key, ? + key, ?, ?, {fields} FROM json_each(?)"
+        )
+        for start in range(0, t.num_rows, _BULK_CHUNK):
+            part = t.slice(start, _BULK_CHUNK)
+            conn.execute(statement, (max_id + 1 + start, base + 1 + start, member, now, _json_rows(part, names)))
+
+    @staticmethod
+    def _match_keys(
+        conn: sqlite3.Connection, t: pa.Table, member: str, status: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Match the upload's keys against the records: (op per row, matched record id per row)."""
+        n = t.num_rows
+
+        def keys() -> Iterator[tuple[Any, ...]]:
+            for start in range(0, n, _BULK_CHUNK):
+                part = t.slice(start, _BULK_CHUNK)
+                yield from zip(
+                    range(start, start + part.num_rows),
+                    part.column("issuing_state").to_pylist(),
+                    part.column("number").to_pylist(),
+                    part.column("document_class").to_pylist(),
+                    strict=True,
+                )
+
+        conn.executemany(
+            "INSERT INTO bulk_keys (pos, issuing_state, number_canonical, doc_class) VALUES (?,?,?,?)", keys()
+        )
+        cur = conn.execute(
+            "SELECT k.pos, r.record_id, r.owner, r.number_printed, r.status, r.event_date, r.surname, r.given_names, "
+            "r.birth_date, r.nationality, r.expiry_date, r.instructions FROM bulk_keys AS k JOIN records AS r "
+            "ON r.issuing_state = k.issuing_state AND r.number_canonical = k.number_canonical "
+            "AND r.doc_class = k.doc_class ORDER BY k.pos"
+        )
+        op = np.where(status == CANCELLED, 4, 1).astype(np.int8)
+        matched_ids = np.zeros(n, np.int64)
+        fields = [c for c, _ in _BULK_DATA_COLUMNS]
+        # In batches: a daily full list matches every row, and millions of fetched rows must not pile up at once.
+        while found := cur.fetchmany(_BULK_CHUNK):
+            pos = np.fromiter((f[0] for f in found), np.int64, len(found))
+            mine = t.take(pa.array(pos)).select(fields)
+            ours = list(zip(*(mine.column(c).to_pylist() for c in fields), strict=True))
+            for p, f, row in zip(pos.tolist(), found, ours, strict=True):
+                matched_ids[p] = f[1]
+                if f[2] != member:
+                    op[p] = 3
+                elif row == f[3:]:
+                    op[p] = 0
+                else:
+                    op[p] = 2
+        return op, matched_ids
+
+    @staticmethod
+    def _update_existing(
+        conn: sqlite3.Connection,
+        t: pa.Table,
+        idx: np.ndarray,
+        ids: np.ndarray,
+        seqs: np.ndarray,
+        member: str,
+        upload_id: str,
+        description: str,
+        now: str,
+    ) -> None:
+        fields = [c for c, _ in _BULK_DATA_COLUMNS]
+        for start in range(0, len(idx), _BULK_CHUNK):
+            part = t.take(pa.array(idx[start : start + _BULK_CHUNK], pa.int64())).select(fields)
+            values = list(zip(*(part.column(c).to_pylist() for c in fields), strict=True))
+            chunk_seqs = seqs[start : start + _BULK_CHUNK].tolist()
+            chunk_ids = ids[start : start + _BULK_CHUNK].tolist()
+            conn.executemany(
+                "UPDATE records SET number_printed = ?, status = ?, event_date = ?, surname = ?, given_names = ?, "
+                "birth_date = ?, nationality = ?, expiry_date = ?, instructions = ?, seq = ? WHERE record_id = ?",
+                ((*v, s, i) for v, s, i in zip(values, chunk_seqs, chunk_ids, strict=True)),
+            )
+            status_at = fields.index("status")
+            conn.executemany(
+                "INSERT INTO changes (seq, record_id, op, status, actor, upload_id, reason, changed_at) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    (s, i, _CHANGE_OP[v[status_at] == CANCELLED], v[status_at], member, upload_id, description, now)
+                    for v, s, i in zip(values, chunk_seqs, chunk_ids, strict=True)
+                ),
+            )
 
     def _apply_upload(
         self,
@@ -728,6 +1114,194 @@ class RegisterStore:
         out.sort(key=lambda r: r.sequence)
         return out
 
+    # -- replication: the change feed (upstream side) and applying it (mirror side) ---------------------
+
+    def feed_view(self) -> FeedView:
+        """A consistent read-only view for the change feed: one read transaction on a connection of its own, so
+        that every page a subscriber gets from it shows the register at the same sequence (`FeedView.head`),
+        whatever commits meanwhile. Use it as a context manager; it is closed on exit."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA busy_timeout=30000")
+        return FeedView(conn)
+
+    def replica_state(self) -> ReplicaState | None:
+        """This database's position in the change feed of the upstream it mirrors, or None when it mirrors
+        nothing (an upstream, or a new mirror). On a mirror the store's last sequence becomes the position at
+        which it is consistent (a mirror keeps no change log of its own)."""
+        row = (
+            self._reader()
+            .execute("SELECT upstream, resume_seq, through_seq, contact_at FROM replication WHERE id = 1")
+            .fetchone()
+        )
+        if row is None:
+            return None
+        state = ReplicaState(row[0], int(row[1]), int(row[2]), row[3])
+        self._last_seq = state.through_sequence
+        return state
+
+    def apply_replicated(
+        self, upstream: str, rows: Sequence[Sequence[Any]], resume: int, through: int, contact_at: str = ""
+    ) -> None:
+        """Store records replicated from `upstream` (rows in `RECORD_FIELDS` order, each a record's current
+        state with the upstream's record id and sequence) and the mirror's new position, in one durable
+        transaction. `through` (0: unchanged) is the sequence at which the register now equals the upstream's;
+        `resume` the highest sequence stored."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_UPSERT_RECORD, rows)
+                self._save_replica_state(conn, upstream, resume, through, contact_at)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if through:
+                self._last_seq = through
+
+    def begin_snapshot(self) -> None:
+        """Start receiving a snapshot: forget the record ids of any snapshot begun before."""
+        with self._lock:
+            self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS snapshot_ids (record_id INTEGER PRIMARY KEY)")
+            self._conn.execute("DELETE FROM snapshot_ids")
+
+    def apply_snapshot_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Store one batch of a snapshot (durably, position unchanged: a snapshot interrupted half-way is sent
+        again whole) and remember its record ids for `finish_snapshot`."""
+        with self._lock:
+            conn = self._conn
+            conn.executemany("INSERT OR IGNORE INTO snapshot_ids (record_id) VALUES (?)", ((r[0],) for r in rows))
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_UPSERT_RECORD, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def finish_snapshot(self, upstream: str, sequence: int, contact_at: str = "") -> list[StoredRecord]:
+        """Complete a snapshot at `sequence`: the records held here that were not in it (cancelled upstream since
+        this mirror last heard) are deleted, and the position becomes `sequence`. Returns the deleted records
+        that could still hit, marked CANCELLED, for the index to drop."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                gone = [
+                    _row_to_record(r)
+                    for r in conn.execute(
+                        f"SELECT {_RECORD_COLUMNS} FROM records WHERE status <> {CANCELLED} "
+                        "AND record_id NOT IN (SELECT record_id FROM snapshot_ids)"
+                    )
+                ]
+                conn.execute("DELETE FROM records WHERE record_id NOT IN (SELECT record_id FROM snapshot_ids)")
+                self._save_replica_state(conn, upstream, sequence, sequence, contact_at)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                conn.execute("DELETE FROM snapshot_ids")
+            self._last_seq = sequence
+        return [r._replace(data=r.data._replace(status=RecordStatus.CANCELLED)) for r in gone]
+
+    def record_contact(self, upstream: str, resume: int, through: int, contact_at: str) -> None:
+        """Remember when the mirror last knew it held every upstream change (a heartbeat), durably."""
+        with self._lock:
+            self._save_replica_state(self._conn, upstream, resume, through, contact_at)
+
+    def content_digest(self) -> tuple[int, str]:
+        """(number of active records, SHA-256 over them in record id order, every column): two registers with
+        the same digest answer every check the same way. Read in one transaction."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        count = 0
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            cur = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM records WHERE status <> {CANCELLED} ORDER BY record_id")
+            while rows := cur.fetchmany(10_000):
+                count += len(rows)
+                for row in rows:
+                    digest.update(repr(tuple(row)).encode())
+                    digest.update(b"\n")
+        finally:
+            conn.execute("COMMIT")
+        return count, digest.hexdigest()
+
+    @staticmethod
+    def _save_replica_state(
+        conn: sqlite3.Connection, upstream: str, resume: int, through: int, contact_at: str
+    ) -> None:
+        conn.execute(
+            "INSERT INTO replication (id, upstream, resume_seq, through_seq, contact_at, updated_at) "
+            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET upstream = excluded.upstream, "
+            "resume_seq = excluded.resume_seq, through_seq = MAX(through_seq, excluded.through_seq), "
+            "contact_at = CASE WHEN excluded.contact_at <> '' THEN excluded.contact_at ELSE contact_at END, "
+            "updated_at = excluded.updated_at",
+            (upstream, resume, through, contact_at, utc_now()),
+        )
+
+
+_JSON_ESCAPES = (
+    ("\\", "\\\\"),
+    ('"', '\\"'),
+    ("\t", "\\t"),
+    ("\n", "\\n"),
+    ("\r", "\\r"),
+    ("\f", "\\f"),
+    ("\v", "\\u000b"),
+)
+_JSON_SPECIAL = '[\\\\"\\x00-\\x1f]'
+
+
+def _json_text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Each value as a JSON string literal (quoted, escaped)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pc.any(pc.match_substring_regex(column, _JSON_SPECIAL)).as_py():
+        for raw, escaped in _JSON_ESCAPES:
+            column = pc.replace_substring(column, raw, escaped)
+        if pc.any(pc.match_substring_regex(column, "[\\x00-\\x1f]")).as_py():
+            raise ValueError("control character in validated upload text")  # validation lets none through
+    return pc.binary_join_element_wise('"', column, '"', "")
+
+
+def _json_rows(part: pa.Table, names: Sequence[str]) -> str:
+    """Rows of `part` as a JSON array of arrays: [state, number, class, <names[2:]>...] per row (integers for
+    class and status, strings for the rest), built with Arrow string kernels and read out of the result's data
+    buffer in one piece."""
+    values = [_json_text(part.column("issuing_state")), _json_text(part.column("number"))]
+    values.append(pc.cast(part.column("document_class"), pa.string()).combine_chunks())
+    for name in names[2:]:
+        col = part.column(name)
+        values.append(pc.cast(col, pa.string()).combine_chunks() if name == "status" else _json_text(col))
+    rows = pc.binary_join_element_wise("[", pc.binary_join_element_wise(*values, ","), "],", "")
+    offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4)
+    data = rows.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+    return "[" + data[:-1].decode() + "]"
+
+
+def _repeated_strings(column: pa.ChunkedArray, take: pa.Array) -> list[str]:
+    """`_strings` for a column of few distinct values (state codes): one Python string per distinct value,
+    shared by every row that has it."""
+    if not len(take):
+        return []
+    encoded = column.take(take).combine_chunks().dictionary_encode()
+    distinct = np.array(encoded.dictionary.to_pylist(), dtype=object)
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)].tolist()
+
+
+def _strings(column: pa.ChunkedArray, take: pa.Array) -> list[str]:
+    """Values of a text column at the positions `take`, as Python strings."""
+    return column.take(take).to_pylist() if len(take) else []
+
+
+def _no_key_columns() -> KeyColumns:
+    empty = np.zeros(0, np.int64)
+    return KeyColumns(empty, [], [], empty.astype(np.int8), empty.astype(np.int8), empty)
+
 
 _CLASS_OF = {int(c): c for c in DocumentClass}
 _STATUS_OF = {int(s): s for s in RecordStatus}
@@ -739,3 +1313,67 @@ def _row_to_record(row: Sequence[Any]) -> StoredRecord:
     holder = Holder(sur, given, birth, nat, exp) if (sur or given or birth or nat or exp) else _NO_HOLDER
     data = RecordData(DocumentKey(state, number, _CLASS_OF[cls]), printed, _STATUS_OF[status], event, holder, instr)
     return StoredRecord(rid, data, owner, at, seq)
+
+
+# -- replication ------------------------------------------------------------------------------------------
+
+# The columns of a record row as the store reads and writes it (and as the change feed carries it).
+RECORD_FIELDS: tuple[str, ...] = tuple(name.strip() for name in _RECORD_COLUMNS.split(","))
+
+_UPSERT_RECORD = (
+    f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES ({', '.join('?' * len(RECORD_FIELDS))}) "
+    "ON CONFLICT (record_id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in RECORD_FIELDS if name != "record_id")
+)
+
+
+class ReplicaState(NamedTuple):
+    """A mirror's position in its upstream's change feed (see idcheck.register.replication)."""
+
+    upstream: str
+    resume_sequence: int  # every upstream row up to this sequence is stored: ask the feed from here
+    through_sequence: int  # the register equals the upstream's at this sequence
+    contact_at: str  # RFC 3339 UTC: when the mirror last knew it held every upstream change ('' never)
+
+
+class FeedView:
+    """One read transaction over the register for the change feed (from `RegisterStore.feed_view`).
+
+    `head` is the last sequence this view sees; every read through it shows the register at that sequence."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        conn.execute("BEGIN")
+        # The first read fixes the transaction's snapshot of the database.
+        self.head = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+
+    def __enter__(self) -> FeedView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        finally:
+            self._conn.close()
+
+    def changed_rows(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to `limit` records whose latest change is after `after`, in their current state, in sequence order
+        (rows in `RECORD_FIELDS` order; the last field is the sequence)."""
+        return self._conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+
+    def active_count(self) -> int:
+        """Number of records that can hit."""
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM records WHERE status <> {CANCELLED}").fetchone()[0])
+
+    def active_rows(self, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Every record that can hit, in record id order, in lists of at most `batch_size` rows."""
+        cur = self._conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE status <> {CANCELLED} ORDER BY record_id"
+        )
+        while rows := cur.fetchmany(batch_size):
+            yield rows

@@ -174,7 +174,7 @@ class TemplateStore:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._last_seq = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM template_changes").fetchone()[0])
+        self._last_seq = self._query_last_seq()
         row = self._conn.execute("SELECT dimension FROM templates LIMIT 1").fetchone()
         if row is not None and int(row[0]) != dimension:
             self._conn.close()
@@ -189,6 +189,13 @@ class TemplateStore:
     def last_sequence(self) -> int:
         """Sequence number of the last committed template change (0 when none)."""
         return self._last_seq
+
+    def note_sequence(self, sequence: int) -> None:
+        """Another process sharing this file has committed through `sequence` (serve --workers)."""
+        self._last_seq = max(self._last_seq, sequence)
+
+    def _query_last_seq(self) -> int:
+        return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM template_changes").fetchone()[0])
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -333,7 +340,7 @@ class TemplateStore:
                     "INSERT INTO template_subjects (subject_id, owner, created_at) VALUES (?, ?, ?)",
                     ((s, member, now) for s in new_subjects),
                 )
-                first = self._last_seq + 1
+                first = self._query_last_seq() + 1  # another process may share this file (serve --workers)
                 ids = np.arange(first, first + len(templates), dtype=np.int64)
                 conn.executemany(
                     "INSERT INTO templates (template_id, subject_id, modality, dimension, vector, quality, owner, "
@@ -410,7 +417,7 @@ class TemplateStore:
                         "(SELECT 1 FROM templates AS t WHERE t.subject_id = template_subjects.subject_id)",
                         chunk,
                     )
-                seqs = itertools.count(self._last_seq + 1)
+                seqs = itertools.count(self._query_last_seq() + 1)
                 changes = [(next(seqs), tid, doomed[tid], member, now) for tid in ids]
                 conn.executemany(
                     "INSERT INTO template_changes (seq, op, template_id, subject_id, actor, changed_at) "

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from idcheck.icao import DocumentClass, folded_key
-from idcheck.index import DocumentIndex, IndexSettings, Lookup, MatchKind, classify, number_key, number_keys
+from idcheck.index import DocumentIndex, DocumentIndexSettings, Lookup, MatchKind, classify, number_key, number_keys
 from idcheck.index.documents import PACKED_LENGTH, folded_number_key
 from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, StoredRecord
 
@@ -87,7 +87,7 @@ _records = st.lists(
 def test_index_agrees_with_the_rules_whatever_merges_happen(
     batches: list[list[tuple[str, str, DocumentClass, RecordStatus]]], threshold: int, queries: list[Lookup]
 ) -> None:
-    index = DocumentIndex(IndexSettings(merge_threshold=threshold))
+    index = DocumentIndex(DocumentIndexSettings(merge_threshold=threshold))
     ids: dict[tuple[str, str, DocumentClass], int] = {}
     current: dict[int, StoredRecord] = {}
     seq = 0
@@ -114,7 +114,7 @@ def test_index_agrees_with_the_rules_whatever_merges_happen(
 
 
 def test_bulk_change_rebuilds_columns_and_keeps_the_last_change_of_a_record() -> None:
-    index = DocumentIndex(IndexSettings(merge_threshold=10))
+    index = DocumentIndex(DocumentIndexSettings(merge_threshold=10))
     records = [stored(i, "NZL", f"N{i}") for i in range(1, 101)]
     records.append(stored(5, "NZL", "N5", status=RecordStatus.CANCELLED, seq=101))  # same batch, later change
     index.apply_columns(columns(records))
@@ -132,7 +132,7 @@ def test_bulk_change_rebuilds_columns_and_keeps_the_last_change_of_a_record() ->
 def test_manifest_lookup_vectorised_equals_single_lookups() -> None:
     rng = np.random.default_rng(7)
     numbers = ["".join(rng.choice(list(_ALNUM), 9)) for _ in range(5000)]
-    index = DocumentIndex(IndexSettings(merge_threshold=1000))
+    index = DocumentIndex(DocumentIndexSettings(merge_threshold=1000))
     index.apply_columns(columns([stored(i + 1, "NZL", n) for i, n in enumerate(numbers)]))
     index.apply([stored(9000, "FJI", numbers[3], seq=6000)])  # overlay row sharing a base row's number
     queries = [Lookup("NZL", n) for n in numbers[:50]] + [Lookup("FJI", numbers[3]), Lookup("NZL", "NOSUCH1")]
@@ -144,7 +144,7 @@ def test_manifest_lookup_vectorised_equals_single_lookups() -> None:
 
 
 def test_merges_under_concurrent_checks_never_drop_a_record() -> None:
-    index = DocumentIndex(IndexSettings(merge_threshold=50))
+    index = DocumentIndex(DocumentIndexSettings(merge_threshold=50))
     listed = [stored(i, "NZL", f"P{i:07d}") for i in range(1, 2001)]
     index.apply_columns(columns(listed))
     queries = [Lookup("NZL", r.data.key.number) for r in listed]
@@ -184,7 +184,7 @@ def test_merges_under_concurrent_checks_never_drop_a_record() -> None:
 
 
 def snapshot_index(tmp_path: Path, **kw: int) -> DocumentIndex:
-    return DocumentIndex(IndexSettings(merge_threshold=10, snapshot_dir=tmp_path, snapshot_min_changes=1, **kw))
+    return DocumentIndex(DocumentIndexSettings(merge_threshold=10, snapshot_dir=tmp_path, snapshot_min_changes=1, **kw))
 
 
 def test_snapshot_round_trip_answers_identically(tmp_path: Path) -> None:
@@ -204,7 +204,9 @@ def test_snapshot_round_trip_answers_identically(tmp_path: Path) -> None:
     assert again.lookup_many(queries) == index.lookup_many(queries)
     assert isinstance(again._view.base.folded, np.memmap)  # mapped, not copied
     # A mapped index still takes changes (into the overlay and the dead flags).
-    again.apply([stored(500, "NZL", "NEW500", seq=302), stored(1, "D", "S00001", status=RecordStatus.CANCELLED, seq=303)])
+    again.apply(
+        [stored(500, "NZL", "NEW500", seq=302), stored(1, "D", "S00001", status=RecordStatus.CANCELLED, seq=303)]
+    )
     assert found(again, Lookup("NZL", "NEW500")) == [(MatchKind.EXACT, 500)]
     assert not again.lookup(Lookup("D", "S00001"))
 
@@ -248,3 +250,25 @@ def test_background_merge_writes_a_snapshot_when_due(tmp_path: Path) -> None:
 def test_snapshot_needs_a_directory() -> None:
     with pytest.raises(ValueError):
         DocumentIndex().write_snapshot()
+
+
+def test_numpy_columns_load_like_python_lists() -> None:
+    states = ["NZL", "D", "FJI", "GBD", "D", "NZL"]
+    numbers = ["A1", "B2", "C3", "D4", "E5", "LONGNUMBER1234567"]
+    records = [stored(i + 1, s, n) for i, (s, n) in enumerate(zip(states, numbers, strict=True))]
+    from_lists = DocumentIndex()
+    from_lists.apply_columns(columns(records))
+    lists = columns(records)
+    arrays = KeyColumns(
+        lists.record_id,
+        np.array(states),
+        np.array(numbers, dtype="S24"),
+        lists.document_class,
+        lists.status,
+        lists.sequence,
+    )
+    from_arrays = DocumentIndex()
+    from_arrays.apply_columns(arrays)
+    queries = [Lookup(s, n) for s in ("NZL", "D", "FJI", "GBD", "") for n in numbers]
+    assert from_arrays.lookup_many(queries) == from_lists.lookup_many(queries)
+    assert found(from_arrays, Lookup("GBD", "D4")) == [(MatchKind.EXACT, 4)]

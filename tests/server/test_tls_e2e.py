@@ -17,15 +17,17 @@ from idcheck.client.audit import AuditClient
 from idcheck.client.biometrics import BiometricsClient
 from idcheck.client.channel import TlsOptions, open_channel
 from idcheck.client.errors import PermissionDenied, Unauthenticated, Unavailable
+from idcheck.client.mirror import ReplicationClient
+from idcheck.client.operations import OperationsClient
 from idcheck.client.register import RegisterClient
 from idcheck.security import certs
 from idcheck.server.config import ConfigError
 from idcheck.server.tls import TlsFiles, peer_identity
-from idcheck.v1 import audit_pb2, biometrics_pb2, register_pb2
+from idcheck.v1 import audit_pb2, biometrics_pb2, operations_pb2, register_pb2, replication_pb2
 from tests.conftest import Pki, ServerProcess
 
 STOLEN, LOST = 2, 1
-ROLES = ("border", "member", "operator")
+ROLES = ("border", "member", "operator", "mirror")
 
 
 def rec(state: str, number: str, status: int = STOLEN, **extra: str) -> dict[str, object]:
@@ -75,6 +77,8 @@ MATRIX: dict[str, set[str]] = {
     "/idcheck.v1.Biometrics/Verify": {"border", "member"},
     "/idcheck.v1.Biometrics/Identify": {"border", "member"},
     "/idcheck.v1.Biometrics/RemoveTemplates": {"member"},
+    "/idcheck.v1.Operations/GetStatistics": {"operator"},
+    "/idcheck.v1.Replication/WatchChanges": {"mirror", "operator"},
 }
 
 
@@ -133,6 +137,17 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
     def remove(r: RegisterClient, b: BiometricsClient) -> None:
         assert b.remove(subject_ids=[subject]).removed == 1
 
+    def watch_changes(r: RegisterClient, b: BiometricsClient) -> None:
+        # the whole register from the start: a snapshot (the one record is cancelled by now: no active rows)
+        with ReplicationClient(r.target, channel=r._channel).watch_changes(0, timeout=10) as feed:
+            first = next(iter(feed))
+        assert first.WhichOneof("item") == "snapshot" and first.snapshot.last and first.snapshot.sequence >= 2
+
+    def statistics(r: RegisterClient, b: BiometricsClient) -> None:
+        stats = OperationsClient(r.target, channel=r._channel).statistics()
+        # the one record, cancelled; one verify each by border and member
+        assert stats.records_by_status["CANCELLED"] == 1 and stats.calls_by_kind["verify"] == 2
+
     return {
         "/idcheck.v1.DocumentRegister/UploadRecords": upload,
         "/idcheck.v1.DocumentRegister/CheckDocument": check,
@@ -147,6 +162,8 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
         "/idcheck.v1.Biometrics/Verify": verify,
         "/idcheck.v1.Biometrics/Identify": identify,
         "/idcheck.v1.Biometrics/RemoveTemplates": remove,
+        "/idcheck.v1.Operations/GetStatistics": statistics,
+        "/idcheck.v1.Replication/WatchChanges": watch_changes,
     }
 
 
@@ -157,6 +174,8 @@ def test_matrix_covers_every_rpc_of_every_service() -> None:
             register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"],
             biometrics_pb2.DESCRIPTOR.services_by_name["Biometrics"],
             audit_pb2.DESCRIPTOR.services_by_name["AuditLog"],
+            operations_pb2.DESCRIPTOR.services_by_name["Operations"],
+            replication_pb2.DESCRIPTOR.services_by_name["Replication"],
         )
         for method in service.methods
     }
@@ -164,6 +183,8 @@ def test_matrix_covers_every_rpc_of_every_service() -> None:
 
 
 def test_every_role_against_every_rpc_over_tls(tls_server: ServerProcess, pki: Pki) -> None:
+    if not (pki.dir / "nzl-mirror.pem").exists():
+        certs.issue_member(pki.dir, "NZL", "mirror")
     clients = {role: (reg(tls_server, pki, "NZL", role), bio(tls_server, pki, "NZL", role)) for role in ROLES}
     outcomes: dict[tuple[str, str], str] = {}
     try:

@@ -1,0 +1,417 @@
+"""Columnar validation of uploaded rows: whole Arrow batches checked at once with pyarrow.compute and numpy.
+
+An upload can carry its rows as Arrow IPC streams (`RecordBatch.arrow_ipc`, see register.proto). This module
+decodes such a payload, checks its schema, and validates every row with the same verdicts and reasons as
+`idcheck.records.validate_record`, without a Python call per row on the common path:
+
+* state codes, nationality codes and dates repeat a lot, so they are decided once per *distinct* value (the
+  column is dictionary-encoded) with the very functions the row path uses (`canonical_state`,
+  `datetime.date.fromisoformat`), and the answers are spread back over the rows;
+* document numbers are canonicalised with one regex replace and one ASCII upper-casing per column and checked
+  with one anchored regex (the alphabet and length rules of `canonical_number`);
+* classes and statuses are compared as integer arrays; text fields are accepted as they are when they are
+  already in normal form (printable ASCII, single spaces, nothing to trim) and short enough.
+
+A row that fails any of these fast tests (a bad field, or merely a text that needs whitespace folding) is
+handed to `validate_record` itself, which gives the verdict, the reason and the normalised values. So the
+columnar path never decides a rejection on its own: its reasons are the row path's by construction, and the
+property test in tests/register/test_columns.py checks that the fast path accepts exactly what the row path
+accepts, with the same values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from idcheck.icao import DocumentClass, StateCodeError, canonical_state
+from idcheck.records import (
+    EARLIEST_EVENT,
+    MAX_INSTRUCTIONS_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_NUMBER_LENGTH,
+    MAX_PRINTED_NUMBER_LENGTH,
+    DocumentKey,
+    RecordError,
+    parse_key,
+    validate_record,
+)
+from idcheck.register.errors import InvalidRequest
+from idcheck.uploads import ACCEPTED_SCHEMA, Rejection
+
+FIELD = "batch.arrow_ipc"
+
+#: Columns of an Arrow upload payload (the record-file column names of idcheck/client/files.py).
+TEXT_COLUMNS = (
+    "issuing_state",
+    "document_number",
+    "event_date",
+    "surname",
+    "given_names",
+    "birth_date",
+    "nationality",
+    "expiry_date",
+    "instructions",
+)
+INTEGER_COLUMNS = ("document_class", "status")
+REQUIRED_COLUMNS = ("issuing_state", "document_number", "document_class", "status", "event_date")
+ALL_COLUMNS = frozenset(TEXT_COLUMNS + INTEGER_COLUMNS)
+
+_VALID_CLASSES = np.array([int(c) for c in DocumentClass if c != DocumentClass.UNSPECIFIED], np.int64)
+_VALID_STATUSES = np.arange(1, 7, dtype=np.int64)  # LOST .. CANCELLED
+_NUMBER_FILLERS = r"[< \t\r\n\f\v\-./]"  # what canonical_number drops
+_NUMBER_FORM = rf"^[A-Z0-9]{{1,{MAX_NUMBER_LENGTH}}}$"
+# Text already in the form validate_record would give it: printable ASCII, no leading, trailing or double space.
+_NEEDS_FOLDING = r"[^ -~]|^ | $|  "
+
+
+@dataclass(frozen=True)
+class ValidatedColumns:
+    """The outcome of validating one batch: accepted rows (ACCEPTED_SCHEMA), rejections, protected keys."""
+
+    accepted: pa.Table
+    rejections: list[Rejection]
+    protected: list[tuple[int, DocumentKey]]
+    slow_rows: int  # rows that went through validate_record (for diagnostics and benchmarks)
+
+
+def decode_arrow_ipc(payload: bytes, *, max_rows: int) -> pa.Table:
+    """The table in one `arrow_ipc` payload; InvalidRequest (field batch.arrow_ipc) when it cannot be used."""
+    try:
+        reader = ipc.open_stream(pa.py_buffer(payload))
+        schema = reader.schema
+        _check_schema(schema)
+        batches = []
+        rows = 0
+        for batch in reader:
+            rows += batch.num_rows
+            if rows > max_rows:
+                raise InvalidRequest.single(FIELD, f"more than {max_rows} rows in one message; split the batch")
+            batch.validate(full=True)  # offsets in bounds, text valid UTF-8: nothing unchecked reaches pyarrow.compute
+            batches.append(batch)
+    except InvalidRequest:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InvalidRequest.single(FIELD, f"not a readable Arrow IPC stream: {exc}") from None
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    names = schema.names
+    problems = []
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        problems.append(f"duplicate column(s) {', '.join(duplicated)}")
+    unknown = [n for n in names if n not in ALL_COLUMNS]
+    if unknown:
+        problems.append(f"unknown column(s) {', '.join(unknown)} (allowed: {', '.join(sorted(ALL_COLUMNS))})")
+    missing = [n for n in REQUIRED_COLUMNS if n not in names]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    for f in schema:
+        if f.name in TEXT_COLUMNS and not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+            problems.append(f"column {f.name} must be utf8 text, not {f.type}")
+        if f.name in INTEGER_COLUMNS and not pa.types.is_integer(f.type):
+            problems.append(f"column {f.name} must be an integer (the enum number), not {f.type}")
+    if problems:
+        raise InvalidRequest.single(FIELD, "; ".join(problems))
+
+
+def _text(table: pa.Table, name: str) -> pa.Array:
+    n = table.num_rows
+    if name not in table.column_names:
+        return pa.repeat(pa.scalar("", pa.string()), n)
+    col = table.column(name).combine_chunks() if table.num_rows else pa.array([], pa.string())
+    if pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+    return pc.fill_null(col, "")
+
+
+def _integers(table: pa.Table, name: str) -> np.ndarray:
+    col = table.column(name)
+    if col.type != pa.int64():
+        try:
+            col = col.cast(pa.int64())  # every integer type but uint64 widens losslessly
+        except pa.ArrowInvalid:
+            raise InvalidRequest.single(FIELD, f"column {name} holds a value beyond the int64 range") from None
+    return pc.fill_null(col, 0).to_numpy()
+
+
+def _per_distinct(col: pa.Array, decide: Callable[[str], str | None]) -> tuple[np.ndarray, pa.Array]:
+    """Apply `decide` once per distinct value: (ok per row, output per row); None from `decide` means bad."""
+    if _all_empty(col):
+        out = decide("")
+        return np.full(len(col), out is not None), pa.repeat(pa.scalar(out or "", pa.string()), len(col))
+    encoded = col.dictionary_encode()
+    outputs: list[str] = []
+    ok = []
+    for value in encoded.dictionary.to_pylist():
+        out = decide(value)
+        ok.append(out is not None)
+        outputs.append(out if out is not None else "")
+    indices = encoded.indices
+    ok_rows = np.asarray(ok, bool)[indices.to_numpy()] if len(ok) else np.zeros(len(col), bool)
+    return ok_rows, pa.array(outputs, pa.string()).take(indices)
+
+
+def _all_empty(col: pa.Array) -> bool:
+    return len(col) == 0 or pc.max(pc.binary_length(col)).as_py() == 0
+
+
+def _canonical_numbers(raw: pa.Array) -> pa.Array:
+    """canonical_number's translation (ASCII upper case, fillers dropped) of every number, unchecked."""
+    upper = pc.ascii_upper(raw)
+    has_filler = pc.match_substring_regex(upper, _NUMBER_FILLERS)
+    if not pc.any(has_filler).as_py():
+        return upper  # the common case: a regex replace is ~30 times slower than the match
+    mask = has_filler.to_numpy(zero_copy_only=False)
+    stripped = pc.replace_substring_regex(upper.filter(has_filler), _NUMBER_FILLERS, "")
+    return pc.replace_with_mask(upper, pa.array(mask), stripped)
+
+
+def _parse(value: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+def _state_or_none(value: str) -> str | None:
+    try:
+        return canonical_state(value)
+    except StateCodeError:
+        return None
+
+
+def _normal_text(col: pa.Array, limit: int) -> np.ndarray:
+    """Rows whose text validate_record would keep as it is (and accept)."""
+    if _all_empty(col):
+        return np.ones(len(col), bool)
+    needs = pc.match_substring_regex(col, _NEEDS_FOLDING).to_numpy(zero_copy_only=False)
+    short = pc.less_equal(pc.binary_length(col), limit).to_numpy(zero_copy_only=False)
+    return ~needs & short
+
+
+def validate_columns(table: pa.Table, first_row: int, today: dt.date) -> ValidatedColumns:
+    """Validate every row of `table` (row i is row `first_row + i` of the upload) as validate_record would."""
+    n = table.num_rows
+    rows = np.arange(first_row, first_row + n, dtype=np.int64)
+    if n == 0:
+        return ValidatedColumns(ACCEPTED_SCHEMA.empty_table(), [], [], 0)
+    raw = {name: _text(table, name) for name in TEXT_COLUMNS}
+    cls = _integers(table, "document_class")
+    status = _integers(table, "status")
+
+    state_ok, state = _per_distinct(raw["issuing_state"], _state_or_none)
+    canon = _canonical_numbers(raw["document_number"])
+    number_ok = pc.match_substring_regex(canon, _NUMBER_FORM).to_numpy(zero_copy_only=False)
+    printed = pc.ascii_upper(pc.ascii_trim_whitespace(raw["document_number"]))
+    printed_ok = pc.less_equal(pc.binary_length(printed), MAX_PRINTED_NUMBER_LENGTH).to_numpy(zero_copy_only=False)
+
+    latest = today + dt.timedelta(days=1)
+
+    def event(value: str) -> str | None:
+        d = _parse(value) if value else None
+        return d.isoformat() if d is not None and EARLIEST_EVENT <= d <= latest else None
+
+    def birth(value: str) -> str | None:
+        if not value.strip():
+            return ""
+        d = _parse(value)
+        return d.isoformat() if d is not None and d <= today else None
+
+    def expiry(value: str) -> str | None:
+        if not value.strip():
+            return ""
+        d = _parse(value)
+        return d.isoformat() if d is not None else None
+
+    def nationality(value: str) -> str | None:
+        return _state_or_none(value) if value.strip() else ""
+
+    event_ok, event_iso = _per_distinct(raw["event_date"], event)
+    birth_ok, birth_iso = _per_distinct(raw["birth_date"], birth)
+    expiry_ok, expiry_iso = _per_distinct(raw["expiry_date"], expiry)
+    nat_ok, nat = _per_distinct(raw["nationality"], nationality)
+
+    fast = (
+        state_ok
+        & number_ok
+        & printed_ok
+        & (cls >= _VALID_CLASSES.min())
+        & (cls <= _VALID_CLASSES.max())
+        & (status >= _VALID_STATUSES.min())
+        & (status <= _VALID_STATUSES.max())
+        & event_ok
+        & birth_ok
+        & expiry_ok
+        & nat_ok
+        & _normal_text(raw["surname"], MAX_NAME_LENGTH)
+        & _normal_text(raw["given_names"], MAX_NAME_LENGTH)
+        & _normal_text(raw["instructions"], MAX_INSTRUCTIONS_LENGTH)
+    )
+    fast_idx = np.flatnonzero(fast)
+    columns = {
+        "row_index": pa.array(rows[fast_idx]),
+        "issuing_state": state,
+        "number": canon,
+        "document_class": pa.array(cls.astype(np.int8)),
+        "number_printed": printed,
+        "status": pa.array(status.astype(np.int8)),
+        "event_date": event_iso,
+        "surname": raw["surname"],
+        "given_names": raw["given_names"],
+        "birth_date": birth_iso,
+        "nationality": nat,
+        "expiry_date": expiry_iso,
+        "instructions": raw["instructions"],
+    }
+    if len(fast_idx) == n:
+        accepted = pa.table({k: v for k, v in columns.items()}, schema=ACCEPTED_SCHEMA)
+        return ValidatedColumns(accepted, [], [], 0)
+    take = pa.array(fast_idx)
+    accepted_fast = pa.table(
+        {k: (v if k == "row_index" else v.take(take)) for k, v in columns.items()}, schema=ACCEPTED_SCHEMA
+    )
+    slow_idx = np.flatnonzero(~fast)
+    slow = _validate_rows(raw, cls, status, slow_idx, rows, today)
+    accepted = pa.concat_tables([accepted_fast, slow.accepted]) if slow.accepted.num_rows else accepted_fast
+    return ValidatedColumns(accepted, slow.rejections, slow.protected, len(slow_idx))
+
+
+def _validate_rows(
+    raw: dict[str, pa.Array],
+    cls: np.ndarray,
+    status: np.ndarray,
+    idx: np.ndarray,
+    rows: np.ndarray,
+    today: dt.date,
+) -> ValidatedColumns:
+    """The row path for the rows the fast path did not accept: exact verdicts, reasons and values."""
+    take = pa.array(idx)
+    values = {name: col.take(take).to_pylist() for name, col in raw.items()}
+    out: dict[str, list] = {name: [] for name in ACCEPTED_SCHEMA.names}
+    rejections: list[Rejection] = []
+    protected: list[tuple[int, DocumentKey]] = []
+    for j, i in enumerate(idx.tolist()):
+        row = int(rows[i])
+        c, s = int(cls[i]), int(status[i])
+        state, number = values["issuing_state"][j], values["document_number"][j]
+        try:
+            data = validate_record(
+                issuing_state=state,
+                document_number=number,
+                document_class=c,
+                status=s,
+                event_date=values["event_date"][j],
+                surname=values["surname"][j],
+                given_names=values["given_names"][j],
+                birth_date=values["birth_date"][j],
+                nationality=values["nationality"][j],
+                expiry_date=values["expiry_date"][j],
+                instructions=values["instructions"][j],
+                today=today,
+            )
+        except RecordError as exc:
+            rejections.append(Rejection(row, exc.field, exc.reason))
+            key = _protected_key(state, number, c)
+            if key is not None:
+                protected.append((row, key))
+            continue
+        h = data.holder
+        for name, value in (
+            ("row_index", row),
+            ("issuing_state", data.key.issuing_state),
+            ("number", data.key.number),
+            ("document_class", int(data.key.document_class)),
+            ("number_printed", data.number_printed),
+            ("status", int(data.status)),
+            ("event_date", data.event_date),
+            ("surname", h.surname),
+            ("given_names", h.given_names),
+            ("birth_date", h.birth_date),
+            ("nationality", h.nationality),
+            ("expiry_date", h.expiry_date),
+            ("instructions", data.instructions),
+        ):
+            out[name].append(value)
+    accepted = pa.table({name: pa.array(out[name], ACCEPTED_SCHEMA.field(name).type) for name in out})
+    return ValidatedColumns(accepted, rejections, protected, len(idx))
+
+
+def _protected_key(state: str, number: str, cls: int) -> DocumentKey | None:
+    # A REPLACE_ALL upload must not cancel a record just because this row of it had a bad field.
+    try:
+        key = parse_key(state, number, cls)
+    except RecordError:
+        return None
+    return key if key.document_class != DocumentClass.UNSPECIFIED else None
+
+
+def accepted_from_records(rows: Sequence[tuple[int, object]]) -> pa.Table:
+    """Rows validated one by one (`(row index, RecordData)`) as an ACCEPTED_SCHEMA table."""
+    cols: dict[str, list] = {name: [] for name in ACCEPTED_SCHEMA.names}
+    for i, d in rows:
+        h = d.holder  # type: ignore[attr-defined]
+        cols["row_index"].append(i)
+        cols["issuing_state"].append(d.key.issuing_state)  # type: ignore[attr-defined]
+        cols["number"].append(d.key.number)  # type: ignore[attr-defined]
+        cols["document_class"].append(int(d.key.document_class))  # type: ignore[attr-defined]
+        cols["number_printed"].append(d.number_printed)  # type: ignore[attr-defined]
+        cols["status"].append(int(d.status))  # type: ignore[attr-defined]
+        cols["event_date"].append(d.event_date)  # type: ignore[attr-defined]
+        cols["surname"].append(h.surname)
+        cols["given_names"].append(h.given_names)
+        cols["birth_date"].append(h.birth_date)
+        cols["nationality"].append(h.nationality)
+        cols["expiry_date"].append(h.expiry_date)
+        cols["instructions"].append(d.instructions)  # type: ignore[attr-defined]
+    return pa.table({name: pa.array(cols[name], ACCEPTED_SCHEMA.field(name).type) for name in cols})
+
+
+def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
+    """Sort accepted rows by document key and reject every repeat of a key after its first row.
+
+    Returns the rows in key order, one per key (the earliest row of each key), and the rejections of the
+    repeats with the row path's reason. Key order is the order the store inserts in (its unique index and
+    record ids then grow at their ends).
+    """
+    n = accepted.num_rows
+    if n == 0:
+        return accepted, []
+    order = pc.sort_indices(
+        accepted,
+        sort_keys=[
+            ("issuing_state", "ascending"),
+            ("number", "ascending"),
+            ("document_class", "ascending"),
+            ("row_index", "ascending"),
+        ],
+    )
+    table = accepted.take(order)
+    state, number = table.column("issuing_state"), table.column("number")
+    cls = table.column("document_class").to_numpy()
+    same = np.zeros(n, bool)
+    if n > 1:
+        same[1:] = (
+            pc.equal(state.slice(1), state.slice(0, n - 1)).to_numpy()
+            & pc.equal(number.slice(1), number.slice(0, n - 1)).to_numpy()
+            & (cls[1:] == cls[:-1])
+        )
+    if not same.any():
+        return table, []
+    positions = np.arange(n)
+    first = np.maximum.accumulate(np.where(same, 0, positions))
+    row_index = table.column("row_index").to_numpy()
+    dup = np.flatnonzero(same)
+    rejections = [
+        Rejection(int(row_index[i]), "key", f"duplicate of row {int(row_index[first[i]])} in this upload")
+        for i in dup.tolist()
+    ]
+    return table.filter(pa.array(~same)), rejections

@@ -1,0 +1,306 @@
+"""Smoke tests of `idcheck bench`: a small register for a few seconds. They assert correct answers and the
+structure of the results (JSON and plot), and what Ctrl-C does; never speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from idcheck.client.bench import (
+    QUERY_POOL,
+    V_CLEAR,
+    V_HIT,
+    V_POSSIBLE,
+    BenchError,
+    Scenario,
+    listed_numbers,
+    make_queries,
+    parse_scenarios,
+)
+
+SEED = 11
+RECORDS = 3000
+HAS_REDIS = shutil.which("redis-server") is not None and importlib.util.find_spec("redis") is not None
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "idcheck.client.cli", "bench", *args]
+
+
+def test_scenario_names_parse_with_defaults() -> None:
+    assert Scenario.parse("single@16") == Scenario("single", 1, 16)
+    assert Scenario.parse("manifest-100") == Scenario("manifest", 100, 1)
+    assert Scenario.parse("manifest") == Scenario("manifest", 1000, 1)
+    assert Scenario.parse("upload-500@2").name == "upload-500@2"
+    assert [s.name for s in parse_scenarios("verify, identify@4")] == ["verify@1", "identify@4"]
+    for bad in ("single-10", "lookup", "manifest-20000", "single@0", ""):
+        with pytest.raises(BenchError):
+            parse_scenarios(bad)
+
+
+def test_queries_carry_the_verdict_the_register_must_give() -> None:
+    listed = listed_numbers(RECORDS, SEED)
+    numbers, expected = make_queries(listed, 5000, SEED)
+    listed_set = set(listed.astype(str))
+    assert len(listed_set) == RECORDS
+    hits = [n for n, e in zip(numbers, expected, strict=True) if e == V_HIT]
+    possible = [n for n, e in zip(numbers, expected, strict=True) if e == V_POSSIBLE]
+    assert hits and all(n in listed_set for n in hits)
+    # an OCR misreading: not listed itself, and a letter where the listed number has a digit
+    assert possible and not any(n in listed_set for n in possible)
+    assert all(re.search(r"[OIBS]\d*$", n) for n in possible[:50])
+    assert np.count_nonzero(expected == V_CLEAR) > 0.9 * len(numbers)
+
+
+def expected_answers(first: int, count: int) -> Counter[str]:
+    """The verdicts the queries `first` .. `first + count - 1` of the bench's pool must get."""
+    _numbers, expected = make_queries(listed_numbers(RECORDS, SEED), QUERY_POOL, SEED)
+    names = {V_HIT: "HIT", V_POSSIBLE: "POSSIBLE_MATCH", V_CLEAR: "CLEAR"}
+    return Counter(names[int(v)] for v in expected[first : first + count])
+
+
+def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        bench_command(
+            "--records",
+            "3e3",
+            "--templates",
+            "600",
+            "--seed",
+            str(SEED),
+            "--scenarios",
+            "single@1,single@4,manifest-100,verify,identify@2,upload-20",
+            "--requests",
+            "600",
+            "--warmup",
+            "0.2",
+            "--baselines",
+            "--output",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["interrupted"] is False
+    assert result["server"]["started"] is True
+    assert result["server"]["seed_records"]["rows"] == RECORDS
+    assert result["server"]["seed_templates"]["templates"] == 600
+    scenarios = {s["name"]: s for s in result["scenarios"]}
+    assert list(scenarios) == ["single@1", "single@4", "manifest-100@1", "verify@1", "identify@2", "upload-20@1"]
+
+    for name, sc in scenarios.items():
+        ours = sc["results"]["idcheck"]
+        assert ours["requests"] == 600 and ours["errors"] == {} and ours["wrong_answers"] == 0, name
+        assert ours["warmup_errors"] == 0, name
+        lat = ours["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"] <= lat["max"], name
+        assert ours["requests_per_s"] > 0
+        curve = [v for _p, v in ours["latency_curve_ms"]]
+        assert curve == sorted(curve)
+
+    # The 600 calls of a single-check scenario are the first 600 queries of the pool, however many callers.
+    for name in ("single@1", "single@4"):
+        assert Counter(scenarios[name]["results"]["idcheck"]["answers"]) == expected_answers(0, 600)
+    assert scenarios["single@4"]["results"]["idcheck"]["processes"] == min(4, os.cpu_count() or 1)
+    manifest = scenarios["manifest-100@1"]["results"]["idcheck"]
+    assert manifest["documents"] == 60_000 and manifest["documents_per_s"] > 0
+    # 600 calls of 100 go through the pool of 50,000 queries once, then its first 10,000 again.
+    assert Counter(manifest["answers"]) == expected_answers(0, QUERY_POOL) + expected_answers(0, 10_000)
+    # Fresh good captures of enrolled identities: verified, and found first in an exact gallery of 600.
+    assert scenarios["verify@1"]["results"]["idcheck"]["answers"].get("MATCH", 0) >= 570
+    # Identify returns nobody below its threshold (a low-quality gallery capture), never someone else first.
+    identify = scenarios["identify@2"]["results"]["idcheck"]["answers"]
+    assert "OTHER_FIRST" not in identify and identify["TOP1_MATE"] >= 480
+    assert scenarios["identify@2"]["results"]["faiss"]["answers"].get("TOP1_MATE", 0) >= 590
+    upload = scenarios["upload-20@1"]["results"]["idcheck"]
+    assert upload["documents"] == 12_000 and upload["answers"]["CREATED"] == 12_000
+
+    # Baselines: same keys, same answers (exact matches only), ratios against ours.
+    for name, backends in (
+        ("single@1", ["sqlite"]),
+        ("manifest-100@1", ["sqlite"]),
+        ("upload-20@1", ["sqlite"]),
+        ("verify@1", ["faiss"]),
+        ("identify@2", ["faiss"]),
+    ):
+        for b in backends + (["redis"] if HAS_REDIS and name.startswith(("single", "manifest")) else []):
+            theirs = scenarios[name]["results"][b]
+            assert theirs["requests"] == 600 and theirs["wrong_answers"] == 0 and theirs["errors"] == {}, (name, b)
+            assert scenarios[name]["ratios"][b]["throughput"] > 0
+    assert scenarios["single@1"]["results"]["sqlite"]["answers"]["FOUND"] == expected_answers(0, 600)["HIT"]
+    if not HAS_REDIS:
+        assert "redis" in scenarios["single@1"]["skipped"]
+        assert result["baselines"]["redis"]["available"] is False
+
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert "summary (latency in ms)" in proc.stdout and "idcheck/sqlite: throughput" in proc.stdout
+
+
+def test_ctrl_c_prints_and_writes_what_was_measured(tmp_path: Path) -> None:
+    out = tmp_path / "partial.json"
+    proc = subprocess.Popen(
+        bench_command(
+            "--records",
+            "2000",
+            "--templates",
+            "0",
+            "--scenarios",
+            "single@1,single@2",
+            "--duration",
+            "120",
+            "--warmup",
+            "0.2",
+            "--output",
+            str(out),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    measuring = threading.Event()
+    stderr: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            stderr.append(line)
+            if re.search(r"single@1 idcheck: \d+/120s, [\d,]+ calls", line):
+                measuring.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert measuring.wait(120), "".join(stderr)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(5)
+    assert proc.returncode == 130, stdout + "".join(stderr)
+    assert "INTERRUPTED" in stdout
+    result = json.loads(out.read_text())
+    assert result["interrupted"] is True
+    assert [s["name"] for s in result["scenarios"]] == ["single@1"]  # the second scenario never started
+    single = result["scenarios"][0]["results"]["idcheck"]
+    assert single["interrupted"] is True and single["requests"] > 0 and single["wrong_answers"] == 0
+    assert single["seconds"] < 100  # cut short, not run to its 120 s
+    assert out.with_suffix(".png").exists()
+
+
+def test_bench_targets_a_running_tls_server_and_seeds_it_once(server_factory, pki, tmp_path: Path) -> None:
+    server = server_factory("--tls-dir", str(pki.dir), "--rate-limit-per-second", "0")
+
+    def bench(name: str, *args: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        proc = subprocess.run(
+            bench_command(
+                "--target",
+                server.address,
+                "--tls-dir",
+                str(pki.dir),
+                "--member",
+                "NZL",
+                "--seed",
+                str(SEED),
+                "--records",
+                str(RECORDS),
+                "--templates",
+                "300",
+                "--scenarios",
+                "single@2,identify",
+                "--requests",
+                "300",
+                "--warmup",
+                "0",
+                "--processes",
+                "1",
+                "--output",
+                str(out),
+                *args,
+            ),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = json.loads(out.read_text())
+        assert result["server"]["tls"] is True and result["server"]["started"] is False
+        for sc in result["scenarios"]:
+            ours = sc["results"]["idcheck"]
+            assert ours["requests"] == 300 and ours["errors"] == {} and ours["wrong_answers"] == 0, (name, sc["name"])
+        single = result["scenarios"][0]["results"]["idcheck"]
+        assert Counter(single["answers"]) == expected_answers(0, 300)
+        return result
+
+    first = bench("first", "--role", "member")
+    assert first["server"]["seed_records"]["replayed"] is False
+    assert first["server"]["seed_templates"]["templates"] == 300
+    # The same register again: the upload is replayed (nothing changes), the gallery is not enrolled twice.
+    again = bench("again", "--role", "member")
+    assert again["server"]["seed_records"]["replayed"] is True
+    assert again["server"]["seed_templates"].get("already_enrolled") is True
+    # A border system writes nothing and gets the same answers.
+    border = bench("border", "--role", "border", "--no-seed")
+    assert "seed_records" not in border["server"] and "seed_templates" not in border["server"]
+
+
+def test_errors_are_counted_by_status_code_apart_from_answers(server_factory, tmp_path: Path) -> None:
+    # A server that lets a member make 20 calls a second: most of a fast run is refused with RESOURCE_EXHAUSTED.
+    server = server_factory("--rate-limit-per-second", "20", "--rate-limit-burst", "5")
+    out = tmp_path / "limited.json"
+    proc = subprocess.run(
+        bench_command(
+            "--target",
+            server.address,
+            "--records",
+            "0",
+            "--scenarios",
+            "single@2",
+            "--requests",
+            "400",
+            "--warmup",
+            "0",
+            "--processes",
+            "1",
+            "--output",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    single = json.loads(out.read_text())["scenarios"][0]["results"]["idcheck"]
+    refused = single["errors"].get("RESOURCE_EXHAUSTED", 0)
+    assert refused > 0 and set(single["errors"]) == {"RESOURCE_EXHAUSTED"}
+    assert single["requests"] + refused == 400  # every call is either an answer or an error, never both
+    assert single["requests"] == sum(single["answers"].values()) and single["wrong_answers"] == 0
+    assert "RESOURCE_EXHAUSTED" in proc.stdout
+
+
+def test_redis_baseline_is_skipped_with_its_reason_when_redis_server_is_absent(monkeypatch, tmp_path: Path) -> None:
+    from idcheck.client import bench
+
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    with pytest.raises(BenchError, match="redis-server is not installed"):
+        bench.RedisBaseline(tmp_path)

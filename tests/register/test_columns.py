@@ -1,0 +1,304 @@
+"""Columnar validation of Arrow upload batches: the same verdicts, reasons and values as the row path."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from idcheck.records import RecordError, validate_record
+from idcheck.register.columns import decode_arrow_ipc, in_key_order, validate_columns
+from idcheck.register.errors import InvalidRequest
+
+TODAY = dt.date(2025, 6, 1)
+TEXT = ("issuing_state", "document_number", "event_date", "surname", "given_names", "birth_date", "nationality")
+TEXT += ("expiry_date", "instructions")
+
+_dates = st.sampled_from(
+    [
+        "2024-01-01",
+        " 2024-02-29 ",
+        "20240101",
+        "2024-W01-1",
+        "2023-02-29",
+        "",
+        "  ",
+        "1899-12-31",
+        "1900-01-01",
+        "2999-01-01",
+        "2025-06-01",
+        "2025-06-02",
+        "2025-06-03",
+        "01/02/2024",
+    ]
+) | st.text(max_size=11)
+_states = st.sampled_from(
+    ["NZL", "nzl", " D<<", "DEU", "D", "XYZ", "", " ", "UTO", "GBD", "ı", "NZL\n", "EUE"]
+) | st.text(max_size=4)
+_numbers = (
+    st.sampled_from(["L898902C3", "l898902c3", " AB-12.34/5 ", "A<<1", "", "<<", "ÄB12", "A" * 24, "A" * 25])
+    | st.sampled_from(["1-2-3-4-5-6-7-8-9-0-1-2-3-4-5-6-7-8-9-0-1-2-3-4-5", "a\tb", "X\x00Y", "12 34"])
+    | st.text(alphabet="aZ09<-./ \t\nß", max_size=30)
+)
+_names = st.sampled_from(
+    ["", "SMITH", "smith jo", " SMITH  JO ", "A\tB", "X" * 120, "X" * 121, "Ok\x01", "Émile", "a\u00a0b", "x\x85"]
+) | st.text(max_size=8)
+_instructions = st.sampled_from(["", "Seize document", "x" * 1000, "x" * 1001, "a\nb", "bad\x7f"]) | st.text(max_size=8)
+_FIELDS = {
+    "issuing_state": _states,
+    "document_number": _numbers,
+    "document_class": st.integers(-2, 6),
+    "status": st.integers(-1, 8),
+    "event_date": _dates,
+    "surname": _names,
+    "given_names": _names,
+    "birth_date": _dates,
+    "nationality": _states,
+    "expiry_date": _dates,
+    "instructions": _instructions,
+}
+_BASES = [
+    dict(zip(_FIELDS, ("NZL", "LA123456", 1, 2, "2024-01-01", "", "", "", "", "", ""), strict=True)),
+    dict(
+        zip(_FIELDS, ("D", "c01x00t47", 2, 6, "2025-06-02", "MUSTER", "ERIKA", "1964-08-12", "D", "", ""), strict=True)
+    ),
+    dict(zip(_FIELDS, ("UTO", "L898902C3", 3, 1, "1900-01-01", "", "", "", "", "2030-01-01", "Seize"), strict=True)),
+]
+# A good row with up to three fields replaced by edgy values: most rows are then good or bad in one field only,
+# which is where a fast path that is slightly too lenient (or too strict) would show.
+_row = st.tuples(
+    st.sampled_from(_BASES),
+    st.lists(st.sampled_from(list(_FIELDS)), max_size=3, unique=True).flatmap(
+        lambda names: st.fixed_dictionaries({n: _FIELDS[n] for n in names})
+    ),
+).map(lambda pair: {**pair[0], **pair[1]})
+
+
+def table_of(rows: list[dict[str, object]]) -> pa.Table:
+    cols: dict[str, pa.Array] = {n: pa.array([r[n] for r in rows], pa.string()) for n in TEXT}
+    cols["document_class"] = pa.array([r["document_class"] for r in rows], pa.int16())
+    cols["status"] = pa.array([r["status"] for r in rows], pa.int64())
+    return pa.table(cols)
+
+
+def row_verdict(row: dict[str, object]) -> tuple[str, ...]:
+    """What validate_record says of one row: the accepted values, or ('REJECTED', field, reason)."""
+    try:
+        d = validate_record(**row, today=TODAY)  # type: ignore[arg-type]
+    except RecordError as exc:
+        return ("REJECTED", exc.field, exc.reason)
+    h = d.holder
+    return (
+        d.key.issuing_state,
+        d.key.number,
+        str(int(d.key.document_class)),
+        d.number_printed,
+        str(int(d.status)),
+        d.event_date,
+        h.surname,
+        h.given_names,
+        h.birth_date,
+        h.nationality,
+        h.expiry_date,
+        d.instructions,
+    )
+
+
+def column_verdicts(table: pa.Table, first_row: int = 0) -> dict[int, tuple[str, ...]]:
+    result = validate_columns(table, first_row, TODAY)
+    out: dict[int, tuple[str, ...]] = {r.row_index: ("REJECTED", r.field, r.reason) for r in result.rejections}
+    for r in result.accepted.to_pylist():
+        assert r["row_index"] not in out
+        out[r["row_index"]] = (
+            r["issuing_state"],
+            r["number"],
+            str(r["document_class"]),
+            r["number_printed"],
+            str(r["status"]),
+            r["event_date"],
+            r["surname"],
+            r["given_names"],
+            r["birth_date"],
+            r["nationality"],
+            r["expiry_date"],
+            r["instructions"],
+        )
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_row, min_size=1, max_size=40), st.integers(0, 10**6))
+def test_columnar_verdicts_and_reasons_equal_the_row_path(rows: list[dict[str, object]], first_row: int) -> None:
+    got = column_verdicts(table_of(rows), first_row)
+    assert sorted(got) == list(range(first_row, first_row + len(rows)))
+    for i, row in enumerate(rows):
+        assert got[first_row + i] == row_verdict(row), row
+
+
+_LONG_PRINTED = ["A" + "-" * 46 + "A", "A" + "-" * 47 + "A"]  # 48 and 49 characters as printed, "AA" canonical
+_EDGES: dict[str, list[object]] = {
+    "issuing_state": ["NZL", "nzl", " D<<", "DEU", "XYZ", "", " ", "ı", "NZL\n", "EUE", "<<<", "N Z L"],
+    "document_number": [
+        *["l898902c3", " AB-12.34/5 ", "A<<1", "", "<<", "ÄB12", "A" * 24, "A" * 25, "a\tb", "12 34"],
+        *["X\x00Y", "-" * 30 + "A", "A" * 24 + " " * 25, *_LONG_PRINTED, "\u2003A1", "A1\x1c"],
+    ],
+    "document_class": [-1, 0, 1, 4, 5],
+    "status": [-1, 0, 1, 6, 7],
+    "event_date": [
+        *["", " ", "2024-02-29", "2023-02-29", "20240101", "1899-12-31", "1900-01-01", "2025-06-02"],
+        *["2025-06-03", " 2024-01-01\t", "2024-1-1", "2024-01-01T00:00"],
+    ],
+    "surname": [
+        *["", " ", "A\tB", " SMITH  JO ", "X" * 120, "X" * 121, "Ok\x01", "Émile", "a\u00a0b", "x\x85"],
+        *[" " + "X" * 120, "~"],
+    ],
+    "birth_date": ["", " ", "2025-06-01", "2025-06-02", "bad"],
+    "nationality": ["", " ", "XYZ", "nzl", "D<"],
+    "expiry_date": ["", " ", "2099-12-31", "bad"],
+    "instructions": ["", "x" * 1000, "x" * 1001, "a\nb", "bad\x7f", "a  b"],
+}
+
+
+def test_every_edge_value_in_every_field_gets_the_row_path_verdict() -> None:
+    rows = [{**base, name: value} for base in _BASES for name, values in _EDGES.items() for value in values]
+    got = column_verdicts(table_of(rows))
+    assert [got[i] for i in range(len(rows))] == [row_verdict(r) for r in rows]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "issuing_state": st.sampled_from(["NZL", "nzl", "D", "FJI", "GBD"]),
+                "document_number": st.from_regex(r"[A-Za-z0-9]{1,20}", fullmatch=True),
+                "document_class": st.integers(1, 4),
+                "status": st.integers(1, 6),
+                "event_date": st.dates(dt.date(1900, 1, 1), TODAY).map(dt.date.isoformat),
+                "surname": st.sampled_from(["", "SMITH", "O'NEIL JO"]),
+                "given_names": st.just(""),
+                "birth_date": st.sampled_from(["", "1970-01-01"]),
+                "nationality": st.sampled_from(["", "NZL"]),
+                "expiry_date": st.sampled_from(["", "2030-12-31"]),
+                "instructions": st.sampled_from(["", "Seize document"]),
+            }
+        ),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_clean_rows_are_decided_without_the_row_path(rows: list[dict[str, object]]) -> None:
+    result = validate_columns(table_of(rows), 0, TODAY)
+    assert result.slow_rows == 0 and result.rejections == []
+    assert column_verdicts(table_of(rows)) == {i: row_verdict(r) for i, r in enumerate(rows)}
+
+
+def test_nulls_count_as_empty_text_and_zero() -> None:
+    table = pa.table(
+        {
+            "issuing_state": ["NZL", "NZL", None],
+            "document_number": ["A1", "A2", "A3"],
+            "document_class": pa.array([1, None, 1], pa.int8()),
+            "status": pa.array([2, 2, 2], pa.int8()),
+            "event_date": ["2024-01-01", "2024-01-01", "2024-01-01"],
+            "surname": [None, "X", None],
+        }
+    )
+    result = validate_columns(table, 0, TODAY)
+    assert result.accepted.column("row_index").to_pylist() == [0]
+    assert result.accepted.column("surname").to_pylist() == [""]
+    assert [(r.row_index, r.field) for r in result.rejections] == [(1, "key.document_class"), (2, "key.issuing_state")]
+    # rejected rows whose key could be read are protected from REPLACE_ALL; row 1 has no class, row 2 no state
+    assert result.protected == []
+
+
+def test_rejected_rows_with_a_readable_key_are_protected() -> None:
+    table = table_of(
+        [
+            {**_good("A1"), "event_date": "not a date"},
+            {**_good("A2"), "status": 0},
+            {**_good("A3"), "issuing_state": "XYZ"},
+        ]
+    )
+    result = validate_columns(table, 10, TODAY)
+    assert [(i, k.number) for i, k in result.protected] == [(10, "A1"), (11, "A2")]
+
+
+def _good(number: str, state: str = "NZL") -> dict[str, object]:
+    return {
+        "issuing_state": state,
+        "document_number": number,
+        "document_class": 1,
+        "status": 2,
+        "event_date": "2024-01-01",
+        "surname": "",
+        "given_names": "",
+        "birth_date": "",
+        "nationality": "",
+        "expiry_date": "",
+        "instructions": "",
+    }
+
+
+def test_repeated_keys_keep_the_first_row_and_reject_the_others_like_the_row_path() -> None:
+    rows = [_good("B2"), _good("a1"), _good("A-1"), _good("B2", state="FJI"), _good("A1")]
+    accepted = validate_columns(table_of(rows), 0, TODAY).accepted
+    ordered, duplicates = in_key_order(accepted)
+    assert [(r.row_index, r.field, r.reason) for r in sorted(duplicates, key=lambda r: r.row_index)] == [
+        (2, "key", "duplicate of row 1 in this upload"),
+        (4, "key", "duplicate of row 1 in this upload"),
+    ]
+    assert list(
+        zip(ordered.column("issuing_state").to_pylist(), ordered.column("number").to_pylist(), strict=True)
+    ) == [
+        ("FJI", "B2"),
+        ("NZL", "A1"),
+        ("NZL", "B2"),
+    ]
+    assert ordered.column("row_index").to_pylist() == [3, 1, 0]
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_decode_accepts_the_documented_schema() -> None:
+    table = table_of([_good("A1"), _good("A2")])
+    decoded = decode_arrow_ipc(_ipc(table), max_rows=2)
+    assert decoded.num_rows == 2 and decoded.column_names == table.column_names
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (b"not arrow at all", "not a readable Arrow IPC stream"),
+        (_ipc(pa.table({"issuing_state": ["NZL"], "document_number": ["A1"]})), "missing column(s)"),
+        (_ipc(table_of([_good("A1")]).append_column("colour", pa.array(["red"]))), "unknown column(s) colour"),
+        (_ipc(table_of([_good("A1")]).set_column(2, "document_class", pa.array(["passport"]))), "must be an integer"),
+        (_ipc(table_of([_good("A1")]).set_column(4, "event_date", pa.array([20240101]))), "must be utf8 text"),
+        (_ipc(table_of([_good(f"A{i}") for i in range(3)])), "more than 2 rows"),
+        (_ipc(table_of([_good("A1")]))[:-20], "not a readable Arrow IPC stream"),
+    ],
+)
+def test_bad_payloads_are_invalid_requests_on_the_arrow_field(payload: bytes, words: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        decode_arrow_ipc(payload, max_rows=2)
+    [(field, reason)] = err.value.violations
+    assert field == "batch.arrow_ipc" and words in reason
+
+
+def test_invalid_utf8_is_refused_before_any_compute() -> None:
+    good = table_of([_good("A1")])
+    bad_text = pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(b"\x00\x00\x00\x00\x02\x00\x00\x00"), pa.py_buffer(b"\xff\xfe")]
+    )
+    payload = _ipc(good.set_column(0, "issuing_state", bad_text))
+    with pytest.raises(InvalidRequest) as err:
+        decode_arrow_ipc(payload, max_rows=10)
+    assert err.value.violations[0][0] == "batch.arrow_ipc"

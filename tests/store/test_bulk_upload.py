@@ -1,0 +1,255 @@
+"""The store's bulk upload path (UploadColumns): all or nothing, idempotent, REPLACE_ALL, same end state as rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from idcheck.icao import DocumentClass
+from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, validate_record
+from idcheck.register.columns import accepted_from_records, in_key_order
+from idcheck.store import RegisterStore
+from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
+
+TODAY = dt.date(2025, 6, 1)
+INCREMENTAL, REPLACE_ALL = UploadMode.INCREMENTAL, UploadMode.REPLACE_ALL
+STOLEN, LOST, CANCELLED = RecordStatus.STOLEN, RecordStatus.LOST, RecordStatus.CANCELLED
+PASSPORT = DocumentClass.PASSPORT
+
+
+def rec(number: str, status: RecordStatus = STOLEN, *, state: str = "NZL", surname: str = "") -> RecordData:
+    return validate_record(
+        issuing_state=state,
+        document_number=number,
+        document_class=int(PASSPORT),
+        status=int(status),
+        event_date="2024-01-01",
+        surname=surname,
+        today=TODAY,
+    )
+
+
+def columns(records: Sequence[RecordData], first_row: int = 0) -> UploadColumns:
+    ordered, duplicates = in_key_order(accepted_from_records(list(enumerate(records, start=first_row))))
+    assert duplicates == []
+    return UploadColumns(ordered)
+
+
+def bulk(
+    store: RegisterStore,
+    member: str,
+    upload_id: str,
+    records: Sequence[RecordData],
+    mode: UploadMode = INCREMENTAL,
+    *,
+    rejections: Sequence[Rejection] = (),
+    protected: Sequence[tuple[int, DocumentKey]] = (),
+) -> tuple[UploadOutcome, KeyColumns]:
+    outcome, changed = store.commit_upload(
+        member, upload_id, mode, "", columns(records), rejections, protected, len(records) + len(rejections)
+    )
+    assert isinstance(changed, KeyColumns)
+    return outcome, changed
+
+
+def state_of(store: RegisterStore) -> dict[tuple[str, str], tuple[str, RecordStatus, str]]:
+    """Every record: (state, number) -> (owner, status, surname)."""
+    return {
+        (r.data.key.issuing_state, r.data.key.number): (r.owner, r.data.status, r.data.holder.surname)
+        for r in store.iter_records(active_only=False)
+    }
+
+
+def change_log(path: Path) -> list[tuple[int, int, str, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT seq, record_id, op, status FROM changes ORDER BY seq").fetchall()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RegisterStore:
+    s = RegisterStore(tmp_path / "register.db")
+    yield s
+    s.close()
+
+
+def test_new_records_are_created_in_key_order_with_their_change_log(store: RegisterStore) -> None:
+    outcome, changed = bulk(store, "NZL", "u1", [rec("C3"), rec("A1"), rec("B2", LOST, surname="SMITH")])
+    assert (outcome.received, outcome.created, outcome.updated, outcome.unchanged) == (3, 3, 0, 0)
+    assert outcome.register_sequence == 3 == store.last_sequence
+    assert list(changed.number) == ["A1", "B2", "C3"] and list(changed.issuing_state) == ["NZL"] * 3
+    assert changed.sequence.tolist() == [1, 2, 3] and changed.record_id.tolist() == [1, 2, 3]
+    assert changed.status.tolist() == [int(STOLEN), int(LOST), int(STOLEN)]
+    assert changed.document_class.tolist() == [int(PASSPORT)] * 3
+    assert change_log(store.path) == [(1, 1, "CREATED", 2), (2, 2, "CREATED", 1), (3, 3, "CREATED", 2)]
+    assert state_of(store)[("NZL", "B2")] == ("NZL", LOST, "SMITH")
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT first_seq, last_seq, accepted FROM uploads").fetchone() == (1, 3, 3)
+
+
+def test_rows_naming_held_records_are_updated_unchanged_or_rejected(store: RegisterStore) -> None:
+    bulk(store, "NZL", "u1", [rec("A1"), rec("B2"), rec("C3")])
+    bulk(store, "FJI", "f1", [rec("F1", state="FJI")])
+    rows = [rec("A1"), rec("B2", LOST), rec("D4"), rec("F1", state="FJI"), rec("C3", CANCELLED), rec("Z9", CANCELLED)]
+    outcome, changed = bulk(store, "NZL", "u2", rows)
+    assert (outcome.created, outcome.updated, outcome.unchanged, outcome.accepted) == (1, 2, 1, 4)
+    assert [(r.row_index, r.field) for r in outcome.rejections] == [(3, "key"), (5, "status")]
+    assert "another member" in outcome.rejections[0].reason
+    assert "no record to cancel" in outcome.rejections[1].reason
+    # created first (seq 5), then the updates in key order (B2, C3)
+    assert list(zip(changed.number, changed.sequence.tolist(), strict=True)) == [("D4", 5), ("B2", 6), ("C3", 7)]
+    assert outcome.register_sequence == 7 == store.last_sequence
+    after = state_of(store)
+    assert after[("NZL", "B2")][1] == LOST and after[("NZL", "C3")][1] == CANCELLED
+    assert after[("FJI", "F1")] == ("FJI", STOLEN, "")
+    assert [op for _, _, op, _ in change_log(store.path)][-3:] == ["CREATED", "UPDATED", "CANCELLED"]
+
+
+def test_bulk_and_row_paths_reach_the_same_register(tmp_path: Path) -> None:
+    first = [rec(f"N{i:04d}") for i in range(300)] + [rec("SHARED")]
+    second = [rec(f"N{i:04d}", LOST if i % 3 == 0 else STOLEN) for i in range(0, 400, 2)] + [rec("SHARED", state="NZL")]
+    protected = [(len(second), DocumentKey("NZL", "N0299", PASSPORT))]
+    rejected = [Rejection(len(second), "event_date", "bad")]
+    stores = [RegisterStore(tmp_path / f"{name}.db") for name in ("rows", "bulk")]
+    outcomes = []
+    for store in stores:
+        for upload_id, records, mode in (("a", first, INCREMENTAL), ("b", second, REPLACE_ALL)):
+            if store is stores[0]:
+                rows = list(enumerate(records))
+                extra = (rejected, protected) if upload_id == "b" else ([], [])
+                outcome, _ = store.commit_upload("NZL", upload_id, mode, "", rows, *extra, len(rows) + len(extra[0]))
+            else:
+                outcome, _ = bulk(
+                    store,
+                    "NZL",
+                    upload_id,
+                    records,
+                    mode,
+                    rejections=rejected if upload_id == "b" else (),
+                    protected=protected if upload_id == "b" else (),
+                )
+        outcomes.append(outcome)
+    rows_outcome, bulk_outcome = outcomes
+    for name in ("received", "created", "updated", "unchanged", "cancelled", "register_sequence", "rejections"):
+        assert getattr(rows_outcome, name) == getattr(bulk_outcome, name), name
+    assert bulk_outcome.cancelled == 300 - 150 - 1  # odd numbers below 300 left out, N0299 protected
+    assert state_of(stores[0]) == state_of(stores[1])
+    for store in stores:
+        store.close()
+
+
+def test_replace_all_cancels_what_the_upload_leaves_out_and_reports_it_in_columns(store: RegisterStore) -> None:
+    bulk(store, "NZL", "u1", [rec("A1"), rec("B2"), rec("C3"), rec("D4")])
+    bulk(store, "FJI", "f1", [rec("X9", state="FJI")])
+    outcome, changed = bulk(
+        store,
+        "NZL",
+        "u2",
+        [rec("A1"), rec("E5")],
+        REPLACE_ALL,
+        rejections=[Rejection(2, "event_date", "bad date")],
+        protected=[(2, DocumentKey("NZL", "C3", PASSPORT))],
+    )
+    assert (outcome.created, outcome.unchanged, outcome.cancelled, outcome.rejected) == (1, 1, 2, 1)
+    assert list(zip(changed.number, changed.status.tolist(), strict=True)) == [
+        ("E5", int(STOLEN)),
+        ("B2", int(CANCELLED)),
+        ("D4", int(CANCELLED)),
+    ]
+    assert changed.sequence.tolist() == [6, 7, 8] == list(range(6, 9))
+    after = state_of(store)
+    assert after[("NZL", "B2")][1] == after[("NZL", "D4")][1] == CANCELLED
+    assert after[("NZL", "C3")][1] == after[("NZL", "A1")][1] == STOLEN
+    assert after[("FJI", "X9")][1] == STOLEN
+    _, history = store.get_record("NZL", DocumentKey("NZL", "B2", PASSPORT))
+    assert (history[-1].operation, history[-1].reason, history[-1].upload_id) == (
+        "CANCELLED",
+        "not in REPLACE_ALL upload",
+        "u2",
+    )
+
+
+def test_resent_upload_id_is_replayed_and_changes_nothing(store: RegisterStore) -> None:
+    first, _ = bulk(store, "NZL", "u1", [rec("A1"), rec("B2")])
+    before, log = state_of(store), change_log(store.path)
+    again, changed = bulk(store, "NZL", "u1", [rec("C3"), rec("A1", LOST)], REPLACE_ALL)
+    assert again.replayed and (again.created, again.register_sequence) == (first.created, first.register_sequence)
+    assert len(changed) == 0
+    assert state_of(store) == before and change_log(store.path) == log and store.last_sequence == 2
+
+
+def test_failure_inside_the_transaction_leaves_nothing(store: RegisterStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    bulk(store, "NZL", "u1", [rec("A1")])
+    before, log = state_of(store), change_log(store.path)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    # after the records and the change log were written, before the upload row and the commit
+    monkeypatch.setattr(RegisterStore, "_insert_upload_row", staticmethod(fail))
+    with pytest.raises(OSError, match="disk full"):
+        bulk(store, "NZL", "u2", [rec(f"B{i}") for i in range(5000)] + [rec("A1", LOST)], REPLACE_ALL)
+    monkeypatch.undo()
+    assert state_of(store) == before and change_log(store.path) == log
+    assert store.last_sequence == 1 and store.find_upload("NZL", "u2") is None
+    outcome, _ = bulk(store, "NZL", "u2", [rec("B1")])  # the same id applies cleanly afterwards
+    assert (outcome.created, outcome.register_sequence, outcome.replayed) == (1, 2, False)
+
+
+def test_a_key_held_by_the_register_falls_back_from_the_all_new_insert(store: RegisterStore) -> None:
+    bulk(store, "FJI", "f1", [rec("M5000")])
+    numbers = [f"M{i}" for i in range(10_000)]
+    outcome, changed = bulk(store, "NZL", "u1", [rec(n) for n in numbers])
+    assert (outcome.created, outcome.rejected) == (9_999, 1)
+    assert len(changed) == 9_999 and "M5000" not in set(changed.number)
+    assert np.array_equal(changed.sequence, np.arange(2, 10_001))
+    assert sorted(changed.record_id.tolist()) == list(range(2, 10_001))
+    assert sum(1 for owner, _, _ in state_of(store).values() if owner == "NZL") == 9_999
+
+
+def test_text_with_quotes_backslashes_tabs_and_unicode_is_stored_exactly(store: RegisterStore) -> None:
+    data = validate_record(
+        issuing_state="nzl",
+        document_number=" ab\t12-34\x0b5 ",
+        document_class=int(PASSPORT),
+        status=int(LOST),
+        event_date="2024-02-29",
+        surname='O"BRIEN \\ ŁÓDŹ',
+        given_names="名 前",
+        birth_date="1970-01-01",
+        nationality="D<<",
+        instructions='Seize; call "NCB" \\\\ 24/7 ☎',
+        today=TODAY,
+    )
+    outcome, _ = bulk(store, "NZL", "u1", [data, rec("PLAIN")])
+    assert outcome.created == 2
+    stored = {r.data.key.number: r.data for r in store.iter_records()}
+    assert stored["AB12345"] == data and stored["PLAIN"] == rec("PLAIN")
+
+
+def test_chunked_writes_and_matching_cross_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BULK_CHUNK", 7)  # every step of the bulk path then runs in many chunks
+    first = [rec(f"K{i:03d}") for i in range(50)]
+    second = [rec(f"K{i:03d}", LOST if i % 3 == 0 else STOLEN) for i in range(10, 50)]
+    second += [rec(f"N{i:03d}") for i in range(5)]
+    results = []
+    for name in ("bulk", "rows"):
+        store = RegisterStore(tmp_path / f"{name}.db")
+        if name == "bulk":
+            bulk(store, "NZL", "a", first)
+            outcome, changed = bulk(store, "NZL", "b", second, REPLACE_ALL)
+            assert len(changed) == outcome.created + outcome.updated + outcome.cancelled
+            assert changed.sequence.tolist() == list(range(51, 51 + len(changed)))
+        else:
+            store.commit_upload("NZL", "a", INCREMENTAL, "", list(enumerate(first)), [], [], len(first))
+            outcome, _ = store.commit_upload("NZL", "b", REPLACE_ALL, "", list(enumerate(second)), [], [], len(second))
+        results.append(((outcome.created, outcome.updated, outcome.unchanged, outcome.cancelled), state_of(store)))
+        store.close()
+    assert results[0] == results[1]
+    assert results[0][0] == (5, 13, 27, 10)  # 13 of K010..K049 turned LOST; K000..K009 cancelled

@@ -21,7 +21,6 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from idcheck.icao import DocumentNumberError, StateCodeError, canonical_number, 
 from idcheck.index.templates import IndexSettings, SnapshotError, TemplateIndex, normalise
 from idcheck.register import Caller
 from idcheck.register.peers import SequenceChannel
+from idcheck.register.queryids import new_query_id
 from idcheck.store import AuditCall, AuditDocument, AuditWriter, utc_now
 from idcheck.store.templates import NewTemplate, TemplateNotFound, TemplateStore
 
@@ -462,7 +462,7 @@ class Gallery:
         subject_id: str = "",
     ) -> str:
         """Queue one verify or identify call for the audit log; returns its query id."""
-        query_id = uuid.uuid4().hex
+        query_id = new_query_id()
         if self.audit is None:
             return query_id
         who = caller or Caller("", "")

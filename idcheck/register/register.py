@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from idcheck.register.checks import (
 )
 from idcheck.register.errors import InvalidRequest, LimitExceeded
 from idcheck.register.peers import SequenceChannel
+from idcheck.register.queryids import new_query_id
 from idcheck.store import AuditCall, AuditDocument, AuditWriter, CancelOutcome, RegisterStore, utc_now
 from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
 
@@ -170,7 +170,7 @@ class Register:
             raise InvalidRequest(violations)
         references = [q.client_reference for q in queries]
         self._catch_up_with_peers()
-        batch = CheckBatch(self.index.sequence, uuid.uuid4().hex, single, lookups, references)
+        batch = CheckBatch(self.index.sequence, new_query_id(), single, lookups, references)
         call_id = self.audit.next_call_id()
         documents: list[AuditDocument] = []
         append = documents.append

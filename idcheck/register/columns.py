@@ -38,6 +38,7 @@ from idcheck.records import (
     MAX_NUMBER_LENGTH,
     MAX_PRINTED_NUMBER_LENGTH,
     DocumentKey,
+    RecordData,
     RecordError,
     parse_key,
     validate_record,
@@ -354,24 +355,24 @@ def _protected_key(state: str, number: str, cls: int) -> DocumentKey | None:
     return key if key.document_class != DocumentClass.UNSPECIFIED else None
 
 
-def accepted_from_records(rows: Sequence[tuple[int, object]]) -> pa.Table:
+def accepted_from_records(rows: Sequence[tuple[int, RecordData]]) -> pa.Table:
     """Rows validated one by one (`(row index, RecordData)`) as an ACCEPTED_SCHEMA table."""
     cols: dict[str, list] = {name: [] for name in ACCEPTED_SCHEMA.names}
     for i, d in rows:
-        h = d.holder  # type: ignore[attr-defined]
+        h = d.holder
         cols["row_index"].append(i)
-        cols["issuing_state"].append(d.key.issuing_state)  # type: ignore[attr-defined]
-        cols["number"].append(d.key.number)  # type: ignore[attr-defined]
-        cols["document_class"].append(int(d.key.document_class))  # type: ignore[attr-defined]
-        cols["number_printed"].append(d.number_printed)  # type: ignore[attr-defined]
-        cols["status"].append(int(d.status))  # type: ignore[attr-defined]
-        cols["event_date"].append(d.event_date)  # type: ignore[attr-defined]
+        cols["issuing_state"].append(d.key.issuing_state)
+        cols["number"].append(d.key.number)
+        cols["document_class"].append(int(d.key.document_class))
+        cols["number_printed"].append(d.number_printed)
+        cols["status"].append(int(d.status))
+        cols["event_date"].append(d.event_date)
         cols["surname"].append(h.surname)
         cols["given_names"].append(h.given_names)
         cols["birth_date"].append(h.birth_date)
         cols["nationality"].append(h.nationality)
         cols["expiry_date"].append(h.expiry_date)
-        cols["instructions"].append(d.instructions)  # type: ignore[attr-defined]
+        cols["instructions"].append(d.instructions)
     return pa.table({name: pa.array(cols[name], ACCEPTED_SCHEMA.field(name).type) for name in cols})
 
 
@@ -385,8 +386,11 @@ def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
     n = accepted.num_rows
     if n == 0:
         return accepted, []
+    # Sorting a table of many chunks (one per uploaded batch) merges chunk by chunk and was ~3 times slower at
+    # 10M rows: sort the four key columns made contiguous, then take the whole rows in that order.
+    keys = accepted.select(["issuing_state", "number", "document_class", "row_index"]).combine_chunks()
     order = pc.sort_indices(
-        accepted,
+        keys,
         sort_keys=[
             ("issuing_state", "ascending"),
             ("number", "ascending"),
@@ -394,6 +398,7 @@ def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
             ("row_index", "ascending"),
         ],
     )
+    del keys
     table = accepted.take(order)
     state, number = table.column("issuing_state"), table.column("number")
     cls = table.column("document_class").to_numpy()

@@ -29,6 +29,14 @@ class AuditPage:
     next_page_token: str
 
 
+def parse_position(text: str) -> tuple[int, int]:
+    """`call:position` of a page token or a hit cursor; ValueError unless both are 64-bit integers (the store's)."""
+    call, position = (int(x) for x in text.split(":"))
+    if not (-(2**63) <= call < 2**63 and -(2**63) <= position < 2**63):
+        raise ValueError("beyond 64-bit integers")
+    return call, position
+
+
 def parse_time(value: str, field: str) -> str:
     """An RFC 3339 time or a date, as the store writes times (UTC, milliseconds, Z)."""
     text = value.strip()
@@ -39,9 +47,12 @@ def parse_time(value: str, field: str) -> str:
             moment = dt.datetime.fromisoformat(text)
             if moment.tzinfo is None:
                 raise InvalidRequest.single(field, f"{value!r} has no time zone (add Z for UTC)")
+        utc = moment.astimezone(dt.UTC)
     except ValueError:
         raise InvalidRequest.single(field, f"{value!r} is not an RFC 3339 time or a YYYY-MM-DD date") from None
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: in UTC, before the calendar starts
+        raise InvalidRequest.single(field, f"{value!r} falls outside years 1 to 9999 in UTC") from None
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def list_audit(
@@ -69,7 +80,7 @@ def list_audit(
     after = (0, -1)
     if page_token:
         try:
-            call, position = (int(x) for x in page_token.split(":"))
+            call, position = parse_position(page_token)
         except ValueError:
             raise InvalidRequest.single("page_token", "not a token returned by ListAudit") from None
         after = (call, position)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from idcheck.register.audit import parse_position
 from idcheck.register.errors import HitAlreadyDecided, HitNotFound, InvalidRequest
 from idcheck.store import AuditRow, AuditWriter, NotOwner, RegisterStore
 
@@ -56,7 +57,7 @@ def parse_cursor(cursor: str) -> tuple[int, int]:
     if not cursor.strip():
         return _BEGINNING
     try:
-        call, position = (int(x) for x in cursor.split(":"))
+        call, position = parse_position(cursor)
     except ValueError:
         raise InvalidRequest.single("cursor", "not a cursor given with a hit notification") from None
     return call, position

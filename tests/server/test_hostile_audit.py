@@ -7,7 +7,6 @@ refused ConfirmHit leaves the store as it was. `IDCHECK_FUZZ_EXAMPLES` raises th
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from idcheck.v1 import audit_pb2 as pb
@@ -112,32 +111,6 @@ tokens = st.one_of(
 )
 
 
-# Bugs this file found, left to the owners of idcheck/register (see the xfail tests at the end): a time whose UTC
-# form falls outside years 1-9999, and a page token or cursor number outside SQLite's 64-bit integers, raise
-# OverflowError and are answered INTERNAL instead of INVALID_ARGUMENT. The properties step around them (so that
-# they keep looking for other failures); the xfail tests pin them down and turn red once they are fixed.
-INT64 = range(-(2**63), 2**63)
-
-
-def time_overflows(text: str) -> bool:
-    try:
-        moment = dt.datetime.fromisoformat(text.strip())
-        if moment.tzinfo is not None:
-            moment.astimezone(dt.UTC)
-    except OverflowError:
-        return True
-    except ValueError:
-        pass
-    return False
-
-
-def number_overflows(token: str) -> bool:
-    try:
-        return any(int(x) not in INT64 for x in token.split(":"))
-    except ValueError:
-        return False
-
-
 @HYPOTHESIS
 @given(
     role=st.sampled_from(["operator", "owner", "asker"]),
@@ -151,8 +124,6 @@ def number_overflows(token: str) -> bool:
 def test_random_audit_listings_get_a_page_or_invalid_argument(
     live: Live, role: str, since: str, until: str, caller: str, verdicts: list[str], limit: int, token: str
 ) -> None:
-    if role != "asker":  # known bugs (above)
-        assume(not (time_overflows(since) or time_overflows(until) or number_overflows(token)))
     before = store_digest(live.server.data_dir)
     request = pb.ListAuditRequest(
         since=since, until=until, caller_member=caller, verdicts=verdicts, limit=limit, page_token=token
@@ -179,8 +150,6 @@ def test_random_audit_listings_get_a_page_or_invalid_argument(
 @HYPOTHESIS
 @given(role=st.sampled_from(["owner", "asker", "stranger"]), cursor=tokens)
 def test_random_watch_cursors_resume_or_are_refused(live: Live, role: str, cursor: str) -> None:
-    if role != "asker":
-        assume(not number_overflows(cursor))  # known bug (above)
     request = pb.WatchHitsRequest(cursor=cursor, catch_up_only=True)
     try:
         hits = list(stub(live.channel).WatchHits(request, metadata=ROLES[role], timeout=30))
@@ -265,13 +234,10 @@ def test_random_outcome_reads_answer_or_are_refused(live: Live, role: str, query
     assert_healthy(live.channel)
 
 
-KNOWN_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="OverflowError in idcheck/register (audit.parse_time, page token, hits.parse_cursor) -> INTERNAL",
-)
+# Found by the properties above: a time whose UTC form falls outside years 1-9999, and a page token or cursor
+# number beyond SQLite's 64-bit integers, once raised OverflowError and were answered INTERNAL.
 
 
-@KNOWN_BUG
 @pytest.mark.parametrize(
     ("since", "until"), [("0001-01-01T00:00:00+01:00", ""), ("2025-01-01", "9999-12-31T23:59:59-05:00")]
 )
@@ -281,7 +247,6 @@ def test_audit_time_outside_the_calendar_in_utc_is_invalid_argument(live: Live, 
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@KNOWN_BUG
 @pytest.mark.parametrize("token", ["99999999999999999999:0", "0:-99999999999999999999", "9223372036854775808:0"])
 def test_page_token_beyond_64_bits_is_invalid_argument(live: Live, token: str) -> None:
     request = pb.ListAuditRequest(since="2025-01-01", page_token=token)
@@ -290,7 +255,6 @@ def test_page_token_beyond_64_bits_is_invalid_argument(live: Live, token: str) -
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@KNOWN_BUG
 def test_watch_cursor_beyond_64_bits_is_invalid_argument(live: Live) -> None:
     request = pb.WatchHitsRequest(cursor="99999999999999999999:0", catch_up_only=True)
     with pytest.raises(grpc.RpcError) as err:

@@ -65,7 +65,9 @@ class AuditWriter:
         self._max_batch = max_batch
         self._write = write
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._conn = connect(store.path, synchronous="NORMAL")
+        # Audit rows are appended: a small page cache holds the right edge of its B-trees (a large one only
+        # grows the process by the size of the audit log it has touched).
+        self._conn = connect(store.path, synchronous="NORMAL", cache_mib=8)
         self._call_ids = itertools.count(store.last_audit_call_id() + 1)
         self._closed = False
         # Counters: changed only by the writer thread, under this lock so that a reader sees them together.

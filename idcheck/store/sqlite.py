@@ -163,14 +163,14 @@ class CancelOutcome:
     changed: tuple[StoredRecord, ...]
 
 
-def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
-    """Open the register database with the settings every connection needs."""
+def connect(path: Path, *, synchronous: str = "FULL", cache_mib: int = 64) -> sqlite3.Connection:
+    """Open the register database with the settings every connection needs (and a page cache of `cache_mib`)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA temp_store=MEMORY")
-    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+    conn.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
     return conn
 
 

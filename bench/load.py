@@ -23,9 +23,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,6 +31,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from idcheck.client.bench import LocalServer
 from idcheck.register.demo import synthetic_numbers
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
@@ -53,32 +51,6 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
         "p999_ms": float(np.percentile(a, 99.9)),
         "max_ms": float(a.max()),
     }
-
-
-def start_server(data_dir: Path, tls_dir: Path | None = None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "idcheck.server",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        str(data_dir),
-        "--log-level",
-        "WARNING",
-        # the load generator is one member sending as fast as it can: measure the server, not the rate limit
-        "--rate-limit-per-second",
-        "0",
-        *(["--tls-dir", str(tls_dir)] if tls_dir else []),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"serving on (\S+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return proc, m.group(1)
-    raise RuntimeError(f"server exited with {proc.wait()}")
 
 
 def build_register(n: int, seed: int = 7) -> np.ndarray:
@@ -237,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     n = int(args.records)
 
     tmp = None
-    proc = None
+    server = None
     target = args.target
     if not target:
         tmp = tempfile.TemporaryDirectory(prefix="idcheck-bench-")
-        proc, target = start_server(Path(tmp.name), args.tls_dir)
+        server = LocalServer(Path(tmp.name), ["--tls-dir", str(args.tls_dir)] if args.tls_dir else [])
+        target = server.address
     md = (("x-idcheck-member", MEMBER), ("x-idcheck-role", "member"))  # ignored by a TLS server
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     if args.tls_dir:
@@ -292,9 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written {out}")
     finally:
         channel.close()
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+        if server is not None:
+            server.stop()
         if tmp is not None:
             tmp.cleanup()
     return 0

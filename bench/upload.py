@@ -27,8 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from idcheck.client.bench import LocalServer
 from idcheck.client.files import read_arrow_payloads
 from idcheck.client.register import RegisterClient
 from idcheck.register.demo import synthetic_numbers
@@ -83,32 +82,6 @@ def write_records(path: Path, rows: int, *, holder: bool, seed: int = 3, chunk: 
     tmp.rename(path)
 
 
-def start_server(data_dir: Path, rows: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "idcheck.server",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        str(data_dir),
-        "--log-level",
-        "WARNING",
-        "--rate-limit-per-second",
-        "0",
-        "--max-rows-per-upload",
-        str(max(rows, 5_000_000)),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"serving on (\S+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return proc, m.group(1)
-    raise RuntimeError(f"server exited with {proc.wait()}")
-
-
 def rss_bytes(pid: int | str) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -147,7 +120,8 @@ class PeakRss:
 
 def end_to_end(path: Path, rows: int, chunk_rows: int, *, replace_again: bool = False) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="idcheck-upload-bench-") as tmp:
-        proc, address = start_server(Path(tmp) / "data", rows)
+        server = LocalServer(Path(tmp) / "data", ["--max-rows-per-upload", str(max(rows, 5_000_000))])
+        proc, address = server.proc, server.address
         try:
             server_before = rss_bytes(proc.pid)
             with RegisterClient(address, member=MEMBER, role="member") as client:
@@ -185,8 +159,7 @@ def end_to_end(path: Path, rows: int, chunk_rows: int, *, replace_again: bool = 
             wal = db.with_name("register.db-wal")
             sizes = {"db_bytes": db.stat().st_size, "wal_bytes": wal.stat().st_size if wal.exists() else 0}
         finally:
-            proc.terminate()
-            proc.wait(60)
+            server.stop()
     assert result.created == rows and result.rejected == 0, result
     assert check.verdict == "HIT"
     return {

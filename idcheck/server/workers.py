@@ -21,6 +21,7 @@ the node. SIGTERM or SIGINT stop every worker gracefully.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -113,12 +114,17 @@ def supervise(
     def spawn(slot: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # A stop signal arriving around fork() must not run the supervisor's handler in the new worker (which
+        # would then never stop): block them, and let the worker take them with the default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's loop
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _die_with_parent()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 reservation.close()
                 board.slot = slot
                 code = serve(config, Peers(board, slot, count))
@@ -128,6 +134,7 @@ def supervise(
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         children[pid] = slot
 
     print(f"idcheck serve: starting {count} workers on {config.listen}", flush=True)
@@ -161,6 +168,21 @@ def supervise(
         reservation.close()
     print("idcheck serve: all workers stopped", flush=True)
     return status
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to send this worker SIGTERM if the supervisor dies (even by SIGKILL): no orphans."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop path is all there is
+        pass
+    if os.getppid() == 1:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop_all(children: dict[int, int], grace: float) -> None:

@@ -86,3 +86,12 @@ def test_two_workers_share_the_port_and_every_commit(server_factory: Callable[..
     assert "all workers stopped" in server.log
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("--workers", "2")
+    assert wait_for(lambda: "worker 1/2: serving on" in server.log and "worker 2/2: serving on" in server.log)
+    children = workers(server)
+    server.stop(signal.SIGKILL)
+    # No orphans holding the port and the store: the kernel tells each worker its supervisor died.
+    assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=30)

@@ -207,7 +207,7 @@ def plot(results: list[dict[str, object]], path: Path) -> bool:
     left.plot(sizes, [r["resident_bytes_per_record"] for r in results], "o-")
     left.set_xlabel("records (millions)")
     left.set_ylabel("resident bytes per record")
-    left.set_ylim(bottom=0)
+    left.set_ylim(0, 110)
     left.axhline(100, color="grey", linestyle="--", label="target 100 B")
     left.legend()
     right.plot(sizes, [r["single_lookup"]["p50_us"] for r in results], "o-", label="single p50")  # type: ignore[index]

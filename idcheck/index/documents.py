@@ -201,7 +201,8 @@ class _View(NamedTuple):
     overlay: dict[int, tuple[_Entry, ...]]  # folded key -> rows
 
 
-class _Changes(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class _Changes:
     """Encoded changes, in change-log order."""
 
     record_id: np.ndarray
@@ -211,7 +212,7 @@ class _Changes(NamedTuple):
     cls: np.ndarray
     active: np.ndarray
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self.record_id)
 
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import threading
 import time
@@ -51,6 +52,13 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
         "p999_ms": float(np.percentile(a, 99.9)),
         "max_ms": float(a.max()),
     }
+
+
+def start_server(data_dir: Path, tls_dir: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    """A server on a fresh data directory, rate limit off (the bench tool's LocalServer): (process, address).
+    The other bench scripts start theirs with this too."""
+    server = LocalServer(data_dir, ["--tls-dir", str(tls_dir)] if tls_dir else [])
+    return server.proc, server.address
 
 
 def build_register(n: int, seed: int = 7) -> np.ndarray:

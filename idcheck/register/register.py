@@ -235,13 +235,6 @@ class Register:
             out.append(tuple(matches))
         return out
 
-    def hits_after(self, caller: Caller, cursor: str = "", *, flush: bool = True, limit: int = 500) -> list[hits.Hit]:
-        """Hits on the caller's records after `cursor` (see idcheck.register.hits). `flush` first commits pending
-        audit rows, so that a check answered before this call is included."""
-        if flush:
-            self.audit.flush()
-        return hits.hits_after(self.store, caller.member, cursor, limit=limit)
-
     def confirm_hit(self, caller: Caller, query_id: str, outcome: str, note: str = "") -> hits.HitOutcome:
         """The owner of a matched record confirms or rejects a hit, once per query id."""
         self.audit.flush()

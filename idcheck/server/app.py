@@ -336,8 +336,7 @@ def serve(config: ServerConfig, peers: Peers | None = None) -> int:
     )
     security = "mutual TLS, identity from client certificates" if running.tls else "insecure, loopback only"
     print(
-        f"{who}: serving on {running.address} ({security}) "
-        f"in {time.perf_counter() - started:.2f}s; Ctrl-C to stop",
+        f"{who}: serving on {running.address} ({security}) in {time.perf_counter() - started:.2f}s; Ctrl-C to stop",
         flush=True,
     )
     stop = threading.Event()

@@ -149,14 +149,14 @@ def worker_threads(limiter: ConcurrencyLimiter) -> int:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
-    """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings.
-    With `peers`, this is one of several worker processes sharing the port and the store."""
+def listen_security(config: ServerConfig, what: str = "the server") -> tuple[str, TlsFiles | None]:
+    """The host of `config.listen` and the TLS files to serve it with (None: plaintext). Raises ConfigError for
+    plaintext on an address other than loopback, and warns about plaintext on loopback."""
     host, _port = parse_listen(config.listen)
     tls = TlsFiles.resolve(config.tls_dir, config.tls_cert, config.tls_key, config.tls_ca)
     if tls is None and not is_loopback(host):
         raise ConfigError(
-            f"refusing to listen on {config.listen}: without TLS the server accepts only loopback addresses "
+            f"refusing to listen on {config.listen}: without TLS {what} accepts only loopback addresses "
             "(127.0.0.1, ::1, localhost), because callers state their own identity in development mode; "
             "give tls_dir (or tls_cert, tls_key and tls_ca) to serve other machines with mutual TLS"
         )
@@ -166,7 +166,32 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
             "(development mode); use tls_dir for mutual TLS",
             config.listen,
         )
-    credentials = tls.server_credentials() if tls is not None else None
+    return host, tls
+
+
+def bind(server: grpc.Server, config: ServerConfig, host: str, tls: TlsFiles | None) -> tuple[int, str]:
+    """Add the listening port (mutual TLS when `tls`); the port bound and the address to show."""
+    if tls is not None:
+        bound = server.add_secure_port(config.listen, tls.server_credentials())
+    else:
+        bound = server.add_insecure_port(config.listen)
+    if bound == 0:
+        raise ConfigError(f"could not listen on {config.listen} (address in use or not available)")
+    return bound, f"{host if ':' not in host else f'[{host}]'}:{bound}"
+
+
+def configure_logging(config: ServerConfig) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
+    """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings.
+    With `peers`, this is one of several worker processes sharing the port and the store."""
+    host, tls = listen_security(config)
     limits = Limits(
         max_queries_per_call=config.max_queries_per_call,
         max_records_per_batch=config.max_records_per_batch,
@@ -240,12 +265,7 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
         health_servicer = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        if credentials is not None:
-            bound = server.add_secure_port(config.listen, credentials)
-        else:
-            bound = server.add_insecure_port(config.listen)
-        if bound == 0:
-            raise ConfigError(f"could not listen on {config.listen} (address in use or not available)")
+        bound, address = bind(server, config, host, tls)
         server.start()
         for name in (*SERVICE_NAMES, ""):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -254,7 +274,6 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
             gallery.store.close()  # no snapshot: the server never served
         register.close()
         raise
-    address = f"{host if ':' not in host else f'[{host}]'}:{bound}"
     return RunningServer(server, register, health_servicer, bound, address, gallery, tls is not None, feed)
 
 
@@ -272,11 +291,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"idcheck serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config)
     print("idcheck serve: configuration", flush=True)
     print(config.describe(), flush=True)
     if config.workers != 1:

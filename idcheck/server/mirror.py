@@ -45,7 +45,7 @@ from grpc_status import rpc_status
 from idcheck.client.channel import TlsOptions, open_channel
 from idcheck.register import Limits
 from idcheck.register.replication import ChangePage, Heartbeat, Replica, ReplicationError, SnapshotPart
-from idcheck.server.auth import is_loopback, metadata_identity
+from idcheck.server.auth import metadata_identity
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
 from idcheck.server.register import DocumentRegisterServicer
@@ -434,18 +434,10 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
     """Open the mirror's register, start following the upstream and serving checks."""
     # Imported here: `idcheck certs` and other commands build the CLI parser (with this module's flags)
     # without loading the server.
-    from idcheck.server.app import rate_limiter
-    from idcheck.server.tls import TlsFiles, certificate_identity
+    from idcheck.server.app import bind, listen_security, rate_limiter
+    from idcheck.server.tls import certificate_identity
 
-    host, _port = parse_listen(config.listen)
-    tls = TlsFiles.resolve(config.tls_dir, config.tls_cert, config.tls_key, config.tls_ca)
-    if tls is None and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to listen on {config.listen}: without TLS a mirror accepts only loopback addresses; "
-            "give tls_dir (or tls_cert, tls_key and tls_ca) to serve other machines with mutual TLS"
-        )
-    if tls is None:
-        log.warning("mirror serving WITHOUT TLS on loopback %s (development mode)", config.listen)
+    host, tls = listen_security(config, "a mirror")
     client_tls = upstream_tls(mirror)
     limits = Limits(max_queries_per_call=config.max_queries_per_call)
     limiter = rate_limiter(config)
@@ -476,19 +468,13 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
         reflection.enable_server_reflection((REGISTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         for name in (REGISTER_SERVICE, ""):
             health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if tls is not None:
-            bound = server.add_secure_port(config.listen, tls.server_credentials())
-        else:
-            bound = server.add_insecure_port(config.listen)
-        if bound == 0:
-            raise ConfigError(f"could not listen on {config.listen} (address in use or not available)")
+        bound, address = bind(server, config, host, tls)
         follower = Follower(replica, mirror, client_tls)
         server.start()
         follower.start()
     except BaseException:
         replica.close()
         raise
-    address = f"{host if ':' not in host else f'[{host}]'}:{bound}"
     running = RunningMirror(server, replica, follower, health_servicer, bound, address, mirror, tls is not None)
     running.check_health()
     return running
@@ -509,11 +495,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"idcheck mirror: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from idcheck.server.app import configure_logging
+
+    configure_logging(config)
     print("idcheck mirror: configuration", flush=True)
     print("\n".join(line for line in config.describe().splitlines() if line.split()[0] in SERVER_SETTINGS), flush=True)
     print(mirror.describe(), flush=True)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-import grpc
-
-from idcheck.client.channel import ServiceClient
-from idcheck.client.errors import from_rpc_error
+from idcheck.client.channel import ServiceClient, StreamWatch
 from idcheck.v1 import audit_pb2 as pb
 from idcheck.v1 import audit_pb2_grpc
 
@@ -67,26 +63,5 @@ class AuditClient(ServiceClient):
         return self._call(self._stub.GetHitOutcome, pb.GetHitOutcomeRequest(query_id=query_id), timeout)
 
 
-class HitWatch:
+class HitWatch(StreamWatch[pb.HitNotification]):
     """An open WatchHits stream: iterate it for notifications; `cancel()` ends it (the iteration then stops)."""
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._cancelled = False
-
-    def __iter__(self) -> Iterator[pb.HitNotification]:
-        try:
-            yield from self._call
-        except grpc.RpcError as err:
-            if not self._cancelled:
-                raise from_rpc_error(err) from None
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._call.cancel()
-
-    def __enter__(self) -> HitWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cancel()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
@@ -180,3 +180,34 @@ class ServiceClient:
             return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
+
+
+Message = TypeVar("Message")
+
+
+class StreamWatch(Generic[Message]):
+    """An open server stream (WatchHits, WatchChanges): iterate it for messages; `cancel()` (from any thread)
+    ends it and the iteration then stops quietly. Other failures raise `IdcheckError` subclasses."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[Message]:
+        try:
+            yield from self._call
+        except grpc.RpcError as err:
+            if not self._cancelled:
+                raise from_rpc_error(err) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()

@@ -10,14 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from types import TracebackType
-from typing import Any
-
-import grpc
-
-from idcheck.client.channel import ServiceClient
-from idcheck.client.errors import from_rpc_error
+from idcheck.client.channel import ServiceClient, StreamWatch
 from idcheck.v1 import replication_pb2 as pb
 from idcheck.v1 import replication_pb2_grpc
 
@@ -38,29 +31,6 @@ class ReplicationClient(ServiceClient):
         return FeedWatch(self._stub.WatchChanges(request, timeout=deadline or None, metadata=self._metadata))
 
 
-class FeedWatch:
+class FeedWatch(StreamWatch[pb.WatchChangesResponse]):
     """An open WatchChanges stream: iterate it for messages; `cancel()` ends it (the iteration then stops).
     Failures raise `idcheck.client.errors.IdcheckError` subclasses."""
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._cancelled = False
-
-    def __iter__(self) -> Iterator[pb.WatchChangesResponse]:
-        try:
-            yield from self._call
-        except grpc.RpcError as err:
-            if not self._cancelled:
-                raise from_rpc_error(err) from None
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._call.cancel()
-
-    def __enter__(self) -> FeedWatch:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cancel()

@@ -322,48 +322,28 @@ class RegisterClient(ServiceClient):
             upload_id = upload_id or file_upload_id(path, mode)
             description = description or path.name
             if arrow is not False:
-                return self._upload_arrow(path, upload_id, mode_value, description, arrow_rows, on_batch, timeout)
+                arrow_batches = (
+                    (rows, pb.RecordBatch(arrow_ipc=payload))
+                    for rows, payload in read_arrow_payloads(path, chunk_rows=arrow_rows)
+                )
+                return self._send_upload(upload_id, mode_value, description, arrow_batches, on_batch, timeout)
             batches: Iterable[Sequence[RecordInput]] = read_records(path, chunk_rows=batch_size)
         else:
             upload_id = upload_id or f"upload-{uuid.uuid4().hex}"
             batches = _batched(records, batch_size)
+        record_batches = ((len(b), pb.RecordBatch(records=[make_record(r) for r in b])) for b in batches)
+        return self._send_upload(upload_id, mode_value, description, record_batches, on_batch, timeout)
 
-        reader_errors: list[BaseException] = []
-
-        def stream() -> Iterator[pb.UploadRecordsRequest]:
-            yield pb.UploadRecordsRequest(
-                header=pb.UploadHeader(upload_id=upload_id, mode=mode_value, description=description)
-            )
-            sent = 0
-            try:
-                for batch in batches:
-                    yield pb.UploadRecordsRequest(batch=pb.RecordBatch(records=[make_record(r) for r in batch]))
-                    sent += len(batch)
-                    if on_batch:
-                        on_batch(len(batch))
-            except Exception as exc:  # kept to re-raise: gRPC only reports "Exception iterating requests"
-                reader_errors.append(exc)
-                raise
-            yield pb.UploadRecordsRequest(end=pb.UploadEnd(total_rows=sent))
-
-        try:
-            resp = self._call(self._stub.UploadRecords, stream(), timeout)
-        except IdcheckError:
-            if reader_errors:  # the stream never sent its end message: nothing was applied
-                raise reader_errors[0] from None
-            raise
-        return UploadResult.from_proto(resp)
-
-    def _upload_arrow(
+    def _send_upload(
         self,
-        path: Path,
         upload_id: str,
         mode_value: int,
         description: str,
-        chunk_rows: int,
+        batches: Iterable[tuple[int, pb.RecordBatch]],
         on_batch: Callable[[int], None] | None,
         timeout: float | None,
     ) -> UploadResult:
+        """Stream header, `(rows, batch)` pairs (read lazily) and the end message; one upload, all or nothing."""
         reader_errors: list[BaseException] = []
 
         def stream() -> Iterator[pb.UploadRecordsRequest]:
@@ -372,8 +352,8 @@ class RegisterClient(ServiceClient):
             )
             sent = 0
             try:
-                for rows, payload in read_arrow_payloads(path, chunk_rows=chunk_rows):
-                    yield pb.UploadRecordsRequest(batch=pb.RecordBatch(arrow_ipc=payload))
+                for rows, batch in batches:
+                    yield pb.UploadRecordsRequest(batch=batch)
                     sent += rows
                     if on_batch:
                         on_batch(rows)

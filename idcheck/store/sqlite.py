@@ -505,22 +505,10 @@ class RegisterStore:
                     received,
                     now,
                 )
-                conn.execute(
-                    "INSERT INTO uploads (member, upload_id, mode, description, received, accepted, rejected, "
-                    "first_seq, last_seq, committed_at, result) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        member,
-                        upload_id,
-                        mode.name,
-                        description,
-                        received,
-                        outcome.accepted,
-                        outcome.rejected,
-                        changed[0].sequence if changed else None,
-                        changed[-1].sequence if changed else None,
-                        now,
-                        outcome.to_json(),
-                    ),
+                first_seq = changed[0].sequence if changed else None
+                last_seq = changed[-1].sequence if changed else None
+                self._insert_upload_row(
+                    conn, member, upload_id, mode, description, received, outcome, now, first_seq, last_seq
                 )
                 conn.execute("COMMIT")
             except BaseException:

@@ -174,6 +174,34 @@ def connect(path: Path, *, synchronous: str = "FULL", cache_mib: int = 64) -> sq
     return conn
 
 
+class ReaderConnections:
+    """One read connection per thread to a database file (WAL readers never wait for the writer), all closed
+    together with the store."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's reader, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
 class RegisterStore:
     """Durable records, change log, uploads and audit log in one SQLite file."""
 
@@ -184,8 +212,7 @@ class RegisterStore:
         migrate(self._conn)
         self._conn.executescript(_STAGING)
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers = ReaderConnections(self.path)
         self._last_seq = self._query_last_seq(self._conn)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -200,14 +227,7 @@ class RegisterStore:
         return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
 
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
+        return self._readers.get()
 
     def iter_records(self, *, active_only: bool = True, batch_size: int = 50_000) -> Iterator[StoredRecord]:
         """Every record (by default only those that can hit), in record id order, for rebuilding the index."""
@@ -1060,9 +1080,7 @@ class RegisterStore:
     def close(self) -> None:
         """Close every connection this store opened (the write connection and each thread's reader)."""
         with self._lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+            self._readers.close()
             self._conn.close()
 
     # -- helpers ------------------------------------------------------------------------------------

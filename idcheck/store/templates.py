@@ -25,7 +25,7 @@ import numpy as np
 
 from idcheck.store.errors import NotOwner, StoreError
 from idcheck.store.schema import migrate
-from idcheck.store.sqlite import connect, utc_now
+from idcheck.store.sqlite import ReaderConnections, connect, utc_now
 
 _CHUNK = 500  # bound parameters per IN (...) query
 WRITER_CACHE_KIB = 8192  # page cache of the template writer connection
@@ -172,8 +172,7 @@ class TemplateStore:
         migrate(self._conn)
         self._closed = False
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers = ReaderConnections(self.path)
         self._last_seq = self._query_last_seq()
         row = self._conn.execute("SELECT dimension FROM templates LIMIT 1").fetchone()
         if row is not None and int(row[0]) != dimension:
@@ -198,14 +197,7 @@ class TemplateStore:
         return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM template_changes").fetchone()[0])
 
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
+        return self._readers.get()
 
     def count(self) -> int:
         """Number of templates held."""
@@ -439,9 +431,7 @@ class TemplateStore:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+            self._readers.close()
             self._conn.close()
 
 

@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ sys.path.insert(0, str(BENCH))
 
 from load import build_register, make_queries, start_server, upload  # noqa: E402
 
+from idcheck.client.bench import LocalServer  # noqa: E402
 from idcheck.client.channel import TlsOptions  # noqa: E402
 from idcheck.client.operations import OperationsClient  # noqa: E402
 from idcheck.security import certs  # noqa: E402
@@ -86,32 +86,12 @@ def seed(data_dir: Path, records: int) -> np.ndarray:
 
 
 def start(variant: Variant, data_dir: Path, pki: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "idcheck.server",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        str(data_dir),
-        "--log-level",
-        "ERROR",  # the benchmark mode's start-up warning is expected here
-        "--rate-limit-per-second",
-        "0",
-        *(["--tls-dir", str(pki)] if variant.tls else []),
-        *([] if variant.audit else ["--benchmark-no-audit"]),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    target = ""
-    for line in proc.stdout:
-        if "serving on " in line:
-            target = line.split("serving on ", 1)[1].split()[0]
-            break
-    if not target:
-        raise RuntimeError(f"{variant.name}: server exited with {proc.wait()}")
-    # keep draining its output so that it never blocks on a full pipe
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    server = LocalServer(
+        data_dir,
+        [*(["--tls-dir", str(pki)] if variant.tls else []), *([] if variant.audit else ["--benchmark-no-audit"])],
+        log_level="ERROR",  # the benchmark mode's start-up warning is expected here
+    )
+    proc, target = server.proc, server.address
     if variant.tls:
         creds = TlsOptions.from_dir(pki, member=MEMBER, role="member").credentials()
         channel = grpc.secure_channel(target, creds)

@@ -269,19 +269,6 @@ class RegisterStore:
         history = [RecordChange(s, op, RecordStatus(st), a, at, u, r) for s, op, st, a, at, u, r in rows]
         return record, history
 
-    def changes_since(self, seq: int) -> list[StoredRecord]:
-        """Current state of every record changed after `seq`, in sequence order (for catching up an index)."""
-        rows = (
-            self._reader()
-            .execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records WHERE record_id IN "
-                "(SELECT DISTINCT record_id FROM changes WHERE seq > ?) ORDER BY seq",
-                (seq,),
-            )
-            .fetchall()
-        )
-        return [_row_to_record(r) for r in rows]
-
     def note_sequence(self, sequence: int) -> None:
         """Another process sharing this file has committed through `sequence` (serve --workers)."""
         self._last_seq = max(self._last_seq, sequence)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from idcheck.icao import DocumentClass
-from idcheck.records import DocumentKey, RecordData, RecordStatus, validate_record
+from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, validate_record
 from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound, RegisterStore
 from idcheck.uploads import Rejection, UploadMode, UploadOutcome
 
@@ -377,16 +377,21 @@ def test_get_record_of_another_member_is_refused(store: RegisterStore) -> None:
         store.get_record("NZL", key("A2"))
 
 
-def test_changes_since_gives_current_state_of_changed_records_in_sequence_order(store: RegisterStore) -> None:
+def key_rows(columns: KeyColumns) -> list[tuple[str, int, int]]:
+    rows = zip(columns.number, columns.status.tolist(), columns.sequence.tolist(), strict=True)
+    return sorted(((n, RecordStatus(st), q) for n, st, q in rows), key=lambda r: r[2])
+
+
+def test_key_columns_give_current_state_of_records_changed_since_a_sequence(store: RegisterStore) -> None:
     upload(store, "NZL", "u1", [rec("A1"), rec("B2"), rec("C3")])
     upload(store, "NZL", "u2", [rec("A1", LOST)])
     store.cancel("NZL", [key("B2")], "x")
-    assert [(r.data.key.number, r.data.status, r.sequence) for r in store.changes_since(3)] == [
-        ("A1", LOST, 4),
-        ("B2", CANCELLED, 5),
-    ]
-    assert [r.data.key.number for r in store.changes_since(0)] == ["C3", "A1", "B2"]
-    assert store.changes_since(5) == []
+    columns, last = store.key_columns(since=3)
+    assert last == 5
+    assert key_rows(columns) == [("A1", LOST, 4), ("B2", CANCELLED, 5)]
+    assert key_rows(store.key_columns(since=5)[0]) == []
+    # From the beginning: the records that can hit, as an index is loaded.
+    assert key_rows(store.key_columns()[0]) == [("C3", STOLEN, 3), ("A1", LOST, 4)]
 
 
 def test_iter_records_skips_cancelled_by_default(store: RegisterStore) -> None:

@@ -2,11 +2,12 @@
 
 from idcheck.store.audit import AuditWriter
 from idcheck.store.errors import AmbiguousKey, NotOwner, RecordNotFound, StoreError
-from idcheck.store.sqlite import AuditCall, AuditDocument, AuditRow, CancelOutcome, RegisterStore, utc_now
+from idcheck.store.sqlite import AuditCall, AuditClear, AuditDocument, AuditRow, CancelOutcome, RegisterStore, utc_now
 
 __all__ = [
     "AmbiguousKey",
     "AuditCall",
+    "AuditClear",
     "AuditDocument",
     "AuditRow",
     "AuditWriter",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from idcheck.store.sqlite import AuditCall, AuditDocument, RegisterStore, connect
+from idcheck.store.sqlite import AuditCall, AuditClear, AuditDocument, RegisterStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,12 @@ class AuditWriter:
         """A fresh call id for `submit` (ids follow the order calls are numbered, not committed)."""
         return next(self._call_ids)
 
-    def submit(self, call: AuditCall, documents: Sequence[AuditDocument]) -> None:
-        """Queue one check call and its documents for the next commit (never blocks on disk)."""
-        self._queue.put((call, documents))
+    def submit(self, call: AuditCall, documents: Sequence[AuditDocument], clear: AuditClear | None = None) -> None:
+        """Queue one check call and its documents for the next commit (never blocks on disk).
+
+        `clear` holds a manifest's plain CLEAR documents packed (`documents` are the others); they are packed into
+        their stored form on the writer thread, off the check path."""
+        self._queue.put((call, documents, clear))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row submitted so far is committed."""
@@ -156,8 +159,10 @@ class AuditWriter:
         self._conn.close()
         self.wake_waiters()
 
-    def _count(self, call: AuditCall, documents: Sequence[AuditDocument]) -> int:
-        """Count one call (writer thread); returns how many of its documents are hits."""
+    def _count(self, call: AuditCall, documents: Sequence[AuditDocument], clear: AuditClear | None) -> tuple[int, int]:
+        """Count one call (writer thread); returns (its documents, how many of them are hits). Packed documents
+        count as the CLEAR rows they are read back as."""
+        cleared = 0 if clear is None else len(clear.positions)
         kind = documents[0].query_kind if documents else ""
         if kind not in ("verify", "identify"):
             kind = "check" if call.single else "manifest"
@@ -166,12 +171,14 @@ class AuditWriter:
             before = verdicts["HIT"] + verdicts["POSSIBLE_MATCH"]
             self._calls_by_kind[kind] += 1
             verdicts.update(map(_VERDICT_OF, documents))
+            if cleared:
+                verdicts["CLEAR"] += cleared
             if self._write:
-                self._rows_pending += len(documents)
-            return verdicts["HIT"] + verdicts["POSSIBLE_MATCH"] - before
+                self._rows_pending += len(documents) + cleared
+            return len(documents) + cleared, verdicts["HIT"] + verdicts["POSSIBLE_MATCH"] - before
 
     def _run(self) -> None:
-        pending: list[tuple[AuditCall, Sequence[AuditDocument]]] = []
+        pending: list[tuple[AuditCall, Sequence[AuditDocument], AuditClear | None]] = []
         rows = 0
         waiters: list[threading.Event] = []
         deadline = 0.0
@@ -186,12 +193,12 @@ class AuditWriter:
             if item is _STOP:
                 stop = True
             elif isinstance(item, tuple):
-                hits = self._count(*item)
+                documents, hits = self._count(*item)
                 if self._write:
                     if not pending:
                         deadline = time.monotonic() + self._interval
                     pending.append(item)
-                    rows += len(item[1])
+                    rows += documents
                     self._pending_hits += hits
                     if hits and self._waiting:  # a hit watcher is waiting: do not make it wait for the interval
                         deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)

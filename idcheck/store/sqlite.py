@@ -136,6 +136,22 @@ class AuditDocument(NamedTuple):
     subject_id: str = ""
 
 
+class AuditClear(NamedTuple):
+    """The documents of one manifest call answered with a plain CLEAR (typed query, no match), packed.
+
+    They are stored as one `audit_clear` row per call instead of one `audit` row each (see schema migration 5 ->
+    6), and read back as ordinary rows: query_kind 'typed', verdict 'CLEAR', no matched records, no subject.
+    """
+
+    positions: np.ndarray  # int64, ascending, positions in the call (the other documents are AuditDocument rows)
+    states: Sequence[str] | pa.Array  # canonical issuing state of each ('' when the query gave none)
+    numbers: Sequence[str] | pa.Array  # canonical document number of each
+
+
+# What the audit writer hands to `write_audit`: a call, its ordinary rows and (manifests) its packed CLEARs.
+AuditItem = tuple[AuditCall, Sequence[AuditDocument]] | tuple[AuditCall, Sequence[AuditDocument], AuditClear | None]
+
+
 class AuditRow(NamedTuple):
     """One checked document as read back from the audit log (the `audit_log` view)."""
 
@@ -319,17 +335,27 @@ class RegisterStore:
 
     def audit_rows(self, *, limit: int = 1000) -> list[AuditRow]:
         """The most recent audit rows, newest last."""
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
-                "document_number, verdict, matched_records, register_seq, subject_id FROM "
-                "(SELECT * FROM audit_log ORDER BY call_id DESC, position DESC LIMIT ?) ORDER BY call_id, position",
-                (limit,),
-            )
-            .fetchall()
-        )
-        return [AuditRow(*r) for r in rows]
+        conn = self._reader()
+        conn.execute("BEGIN")  # the window and the rows are read from one snapshot
+        try:
+            wanted = limit if limit >= 0 else _UNBOUNDED
+            while True:
+                # The last calls holding `wanted` documents: the rows are read from them only, never sorted
+                # from the whole log (packed documents have no index to read backwards).
+                lowest, exhausted = _call_window(conn.execute(_AUDIT_CALLS_NEWEST), wanted, 0)
+                if lowest is None:
+                    return []
+                rows = conn.execute(
+                    "SELECT query_id, at, caller_member, caller_role, peer, query_kind, issuing_state, "
+                    "document_number, verdict, matched_records, register_seq, subject_id FROM audit_log "
+                    "WHERE call_id >= ? ORDER BY call_id DESC, position DESC LIMIT ?",
+                    (lowest, limit),
+                ).fetchall()
+                if len(rows) >= limit or exhausted:
+                    return [AuditRow(*r) for r in reversed(rows)]
+                wanted *= 2  # calls that hold fewer documents than they say: look further back
+        finally:
+            conn.execute("COMMIT")
 
     def list_audit(
         self,
@@ -350,8 +376,33 @@ class RegisterStore:
         removal, so a member keeps seeing the searches that matched a template it has since removed.
         Returns (call id, position, row) for paging.
         """
-        where = ["c.at >= ?", "c.at < ?", "(a.call_id, a.position) > (?, ?)"]
-        params: list[object] = [since, until, after[0], after[1]]
+        if owner or (verdicts and "CLEAR" not in verdicts):
+            # Packed documents are plain CLEARs that matched nothing: neither filter ever keeps one.
+            where, params = self._audit_filters(since, until, caller_member, owner, verdicts)
+            rows = (
+                self._reader()
+                .execute(
+                    f"SELECT {_AUDIT_COLUMNS} FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
+                    f"WHERE (a.call_id, a.position) > (?, ?) AND {where} ORDER BY a.call_id, a.position LIMIT ?",
+                    [*after, *params, limit],
+                )
+                .fetchall()
+            )
+            return [(r[0], r[1], AuditRow(*r[2:])) for r in rows]
+        conn = self._reader()
+        conn.execute("BEGIN")  # the windows and the rows are read from one snapshot
+        try:
+            return self._list_audit_windows(conn, since, until, caller_member, verdicts, after, limit)
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _audit_filters(
+        since: str, until: str, caller_member: str, owner: str, verdicts: Sequence[str]
+    ) -> tuple[str, list[object]]:
+        """WHERE terms (on `audit_calls AS c` and `audit AS a`) and their parameters for `list_audit`."""
+        where = ["c.at >= ?", "c.at < ?"]
+        params: list[object] = [since, until]
         if caller_member:
             where.append("c.caller_member = ?")
             params.append(caller_member)
@@ -367,20 +418,58 @@ class RegisterStore:
         if verdicts:
             where.append(f"a.verdict IN ({','.join('?' * len(verdicts))})")
             params.extend(verdicts)
-        params.append(limit)
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT a.call_id, a.position, CASE WHEN c.single THEN c.call_uid ELSE c.call_uid || '-' || a.position "
-                "END, c.at, c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, a.document_number, "
-                "a.verdict, a.matched_records, c.register_seq, a.subject_id "
-                "FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
-                f"WHERE {' AND '.join(where)} ORDER BY a.call_id, a.position LIMIT ?",
-                params,
-            )
-            .fetchall()
+        return " AND ".join(where), params
+
+    def _list_audit_windows(
+        self,
+        conn: sqlite3.Connection,
+        since: str,
+        until: str,
+        caller_member: str,
+        verdicts: Sequence[str],
+        after: tuple[int, int],
+        limit: int,
+    ) -> list[tuple[int, int, AuditRow]]:
+        """`list_audit` over both the `audit` rows and the packed CLEARs.
+
+        The two cannot be merged by an index (a packed document's position is inside its JSON), so rows are read
+        a window of calls at a time: the calls from the cursor on whose `documents` add up to what the page still
+        needs, found by walking audit_calls in call id order (as the plain query walks `audit`), then the rows of
+        that window only, sorted. A page costs about its size plus the calls the filters skip, however long the
+        log. A window that yields less (a verdict filter) is followed by the next one.
+        """
+        where, params = self._audit_filters(since, until, caller_member, "", verdicts)
+        packed_where, packed_params = self._audit_filters(since, until, caller_member, "", ())
+        # `+c.at`: walk calls by id (no sort), never by the time index, which would sort the whole time range.
+        window_where = "+c.at >= ? AND +c.at < ?" + (" AND +c.caller_member = ?" if caller_member else "")
+        page_sql = (
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
+            f"WHERE a.call_id BETWEEN ? AND ? AND (a.call_id, a.position) > (?, ?) AND {where} "
+            f"UNION ALL SELECT {_PACKED_COLUMNS} FROM {_PACKED_FROM} "
+            f"WHERE k.call_id BETWEEN ? AND ? AND (k.call_id, d.value ->> 0) > (?, ?) AND {packed_where} "
+            "ORDER BY 1, 2 LIMIT ?"
         )
-        return [(r[0], r[1], AuditRow(*r[2:])) for r in rows]
+        wanted = limit if limit >= 0 else _UNBOUNDED
+        found: list[tuple[int, int, AuditRow]] = []
+        cursor = after
+        while len(found) < wanted:
+            calls = conn.execute(
+                f"SELECT c.call_id, c.documents FROM audit_calls AS c WHERE c.call_id >= ? AND {window_where} "
+                "ORDER BY c.call_id",
+                [cursor[0], *packed_params],
+            )
+            last, exhausted = _call_window(calls, wanted - len(found), cursor[0], cursor[1] + 1)
+            if last is None:
+                break
+            rows = conn.execute(
+                page_sql,
+                [cursor[0], last, *cursor, *params, cursor[0], last, *cursor, *packed_params, wanted - len(found)],
+            ).fetchall()
+            found.extend((r[0], r[1], AuditRow(*r[2:])) for r in rows)
+            if exhausted:
+                break
+            cursor = (last + 1, -1)
+        return found
 
     def find_audit_row(self, query_id: str) -> tuple[AuditRow, frozenset[str]] | None:
         """The audit row of one query id (a call uid, or `uid-position` in a manifest) and the owners of the
@@ -388,20 +477,21 @@ class RegisterStore:
         uid, _, position = query_id.partition("-")
         if position and not position.isdigit():
             return None
+        key = (uid, 0 if position else 1, int(position) if position else 0)
         found = (
             self._reader()
             .execute(
-                "SELECT c.at, c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, "
-                "a.document_number, a.verdict, a.matched_records, c.register_seq, a.subject_id "
-                "FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
-                "WHERE c.call_uid = ? AND c.single = ? AND a.position = ?",
-                (uid, 0 if position else 1, int(position) if position else 0),
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_calls AS c JOIN audit AS a ON a.call_id = c.call_id "
+                "WHERE c.call_uid = ? AND c.single = ? AND a.position = ? "
+                f"UNION ALL SELECT {_PACKED_COLUMNS} FROM {_PACKED_FROM} "
+                "WHERE c.call_uid = ? AND c.single = ? AND d.value ->> 0 = ?",
+                (*key, *key),
             )
             .fetchone()
         )
         if found is None:
             return None
-        row = AuditRow(query_id, *found)
+        row = AuditRow(query_id, *found[3:])
         owners: frozenset[str] = frozenset()
         if row.matched_records and row.query_kind not in ("verify", "identify"):
             owners = frozenset(
@@ -433,8 +523,12 @@ class RegisterStore:
             return cur.rowcount == 1
 
     def audit_count(self) -> int:
-        """Number of checked documents in the audit log."""
-        return int(self._reader().execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+        """Number of checked documents in the audit log (rows and packed CLEARs)."""
+        return int(
+            self._reader()
+            .execute("SELECT (SELECT COUNT(*) FROM audit) + (SELECT COALESCE(SUM(count), 0) FROM audit_clear)")
+            .fetchone()[0]
+        )
 
     def last_audit_call_id(self) -> int:
         """Highest call id in the audit log (0 when empty)."""
@@ -1018,39 +1112,45 @@ class RegisterStore:
             self._last_seq = seq
             return CancelOutcome(len(changed_ids), already, seq, tuple(changed))
 
-    def write_audit(
-        self, calls: Sequence[tuple[AuditCall, Sequence[AuditDocument]]], conn: sqlite3.Connection | None = None
-    ) -> tuple[int, int]:
+    def write_audit(self, calls: Sequence[AuditItem], conn: sqlite3.Connection | None = None) -> tuple[int, int]:
         """Append check calls and their documents in one transaction (the audit writer's own connection).
 
-        Call ids are final only here: each call gets the next id after the highest in the file, in commit order,
-        so the ids have no gaps and a call committed later always has a higher id (a reader that has seen call N
-        never later finds a new call below it, which is what makes WatchHits cursors gap-free). Callers number
-        calls provisionally; when a provisional id is already right (the usual case) its rows are inserted as
-        they are, otherwise the call and its rows are renumbered. Query ids do not depend on call ids.
+        Each item is (call, documents) or (call, documents, packed plain CLEARs). Call ids are final only here:
+        each call gets the next id after the highest in the file, in commit order, so the ids have no gaps and a
+        call committed later always has a higher id (a reader that has seen call N never later finds a new call
+        below it, which is what makes WatchHits cursors gap-free). Callers number calls provisionally; when a
+        provisional id is already right (the usual case) its rows are inserted as they are, otherwise the call
+        and its rows are renumbered. Query ids do not depend on call ids.
         Returns (calls renumbered, next free call id).
         """
         c = conn or self._conn
+        # Packed before the write lock is taken (and on the caller's thread: the audit writer's).
+        packed = [_pack_clear(item[2]) if len(item) > 2 and item[2] is not None else None for item in calls]
         c.execute("BEGIN IMMEDIATE")
         try:
             next_id = int(c.execute("SELECT COALESCE(MAX(call_id), 0) FROM audit_calls").fetchone()[0]) + 1
-            final: list[tuple[AuditCall, Sequence[AuditDocument]]] = []
+            final: list[AuditCall] = []
+            rows: list[AuditDocument] = []
+            clear_rows: list[tuple[int, int, str]] = []
             renumbered = 0
-            for call, docs in calls:
+            for item, pack in zip(calls, packed, strict=True):
+                call, docs = item[0], item[1]
                 if call.call_id != next_id:
                     renumbered += 1
                     call = call._replace(call_id=next_id)
                     docs = [d._replace(call_id=next_id) for d in docs]
-                final.append((call, docs))
+                final.append(call)
+                rows.extend(docs)
+                if pack is not None and pack[0]:
+                    clear_rows.append((next_id, *pack))
                 next_id += 1
             c.executemany(
                 "INSERT INTO audit_calls (call_id, call_uid, at, caller_member, caller_role, peer, register_seq, "
                 "documents, single) VALUES (?,?,?,?,?,?,?,?,?)",
-                [call for call, _ in final],
+                final,
             )
             # The documents go to SQLite as JSON text read by json_each: one statement that runs without the
             # interpreter lock, instead of a lock hand-over per row that stalled the checks being answered.
-            rows = list(itertools.chain.from_iterable(docs for _, docs in final))
             for start in range(0, len(rows), _AUDIT_JSON_ROWS):
                 c.execute(
                     "INSERT INTO audit (call_id, position, query_kind, issuing_state, document_number, verdict, "
@@ -1058,6 +1158,7 @@ class RegisterStore:
                     "value->>5, value->>6, value->>7 FROM json_each(?)",
                     (json.dumps(rows[start : start + _AUDIT_JSON_ROWS]),),
                 )
+            c.executemany("INSERT INTO audit_clear (call_id, count, documents) VALUES (?,?,?)", clear_rows)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -1303,6 +1404,152 @@ def _no_key_columns() -> KeyColumns:
 
 
 _AUDIT_JSON_ROWS = 4_000  # audit rows per INSERT ... FROM json_each(?): a few ms of JSON encoding at a time
+
+
+# One audit row as list_audit returns it, from `audit_calls AS c JOIN audit AS a`: call id, position, then the
+# AuditRow fields.
+_AUDIT_COLUMNS = (
+    "a.call_id, a.position, CASE WHEN c.single THEN c.call_uid ELSE c.call_uid || '-' || a.position END, c.at, "
+    "c.caller_member, c.caller_role, c.peer, a.query_kind, a.issuing_state, a.document_number, a.verdict, "
+    "a.matched_records, c.register_seq, a.subject_id"
+)
+# The same columns for each packed plain CLEAR (as in the audit_log view).
+_PACKED_FROM = "audit_calls AS c JOIN audit_clear AS k ON k.call_id = c.call_id, json_each(k.documents) AS d"
+_PACKED_COLUMNS = (
+    "k.call_id, d.value ->> 0, CASE WHEN c.single THEN c.call_uid ELSE c.call_uid || '-' || (d.value ->> 0) END, "
+    "c.at, c.caller_member, c.caller_role, c.peer, 'typed', d.value ->> 1, d.value ->> 2, 'CLEAR', '', "
+    "c.register_seq, ''"
+)
+_AUDIT_CALLS_NEWEST = "SELECT call_id, documents FROM audit_calls ORDER BY call_id DESC"
+_UNBOUNDED = 1 << 62  # a negative limit means no limit (as SQLite's LIMIT -1)
+
+
+def _call_window(calls: sqlite3.Cursor, wanted: int, first: int, skipped: int = 0) -> tuple[int | None, bool]:
+    """Walk `calls` (call id, documents) until they hold `wanted` documents; returns (last call id taken, or None
+    when there is none, and whether the calls ran out first). The call `first` counts `skipped` fewer documents
+    (those before a page cursor). Only the calls walked are read from the file."""
+    last, total = None, 0
+    try:
+        for call_id, documents in calls:
+            last = call_id
+            total += max(0, documents - skipped) if call_id == first else documents
+            if total >= wanted:
+                return last, False
+        return last, True
+    finally:
+        calls.close()
+
+
+class _RowHeads:
+    """The text that starts a packed document after the previous one, `"],[<position>,"`, for every position
+    below a bound (grown on demand): looking the heads up by position replaces formatting an integer per document
+    in Python. Kept as Python strings (to join with lists) and as an Arrow array (to take with Arrow columns)."""
+
+    LIMIT = 1 << 20  # positions beyond this (never seen: a call holds at most max_queries_per_call documents)
+    # are packed by json.dumps rather than kept as heads
+
+    def __init__(self) -> None:
+        empty = pa.array([], pa.string())
+        self._tables: tuple[np.ndarray, pa.Array, pa.Array] = (np.empty(0, dtype=object), empty, empty)
+
+    def _for(self, positions: np.ndarray) -> tuple[np.ndarray, pa.Array, pa.Array]:
+        tables = self._tables
+        top = int(positions[-1]) + 1
+        if top > len(tables[0]):
+            size = min(max(top, 2 * len(tables[0]), 16_384), self.LIMIT)
+            heads = [f'"],[{p},"' for p in range(size)]
+            tables = (np.array(heads, dtype=object), pa.array(heads, pa.string()), pa.array(['","'] * size))
+            self._tables = tables  # replaced whole: a concurrent reader sees the old tables or the new ones
+        return tables
+
+    def strings(self, positions: np.ndarray) -> list[str]:
+        """Heads of ascending, non-negative `positions` below LIMIT, as Python strings."""
+        return self._for(positions)[0][positions].tolist()
+
+    def arrow(self, positions: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """The same as an Arrow string array, and as many separators `","` (ascending positions: n <= top)."""
+        _, heads, separators = self._for(positions)
+        return heads.take(pa.array(positions)), separators.slice(0, len(positions))
+
+
+_ROW_HEADS = _RowHeads()
+_ROW_QUOTES = 4  # quotes in a packed document's fixed pieces (its head's two, two around the separator)
+
+
+def _pack_clear(clear: AuditClear) -> tuple[int, str]:
+    """(number of documents, `audit_clear.documents` text) of a call's packed plain CLEARs.
+
+    The JSON array of [position, state, number] is assembled by interleaving the values as they are with fixed
+    pieces, in C: list slicing and str.join for Python strings, Arrow `take` for Arrow columns (about 0.05 ms for
+    1,000 documents either way, against 0.3 ms for json.dumps). That is valid JSON only when no value needs
+    escaping, which one pass over the text checks (ASCII, no backslash, no control character, exactly the quotes
+    the pieces put there); otherwise, never for canonical values, json.dumps packs them.
+    """
+    positions = np.asarray(clear.positions, dtype=np.int64)
+    states, numbers = clear.states, clear.numbers
+    n = len(positions)
+    if len(states) != n or len(numbers) != n:
+        raise ValueError(f"packed CLEARs: {n} positions, {len(states)} states, {len(numbers)} numbers")
+    if n and (positions[0] < 0 or (n > 1 and not bool((positions[1:] > positions[:-1]).all()))):
+        raise ValueError("packed CLEARs: positions must be non-negative and ascending")
+    arrow = isinstance(states, pa.Array | pa.ChunkedArray) and isinstance(numbers, pa.Array | pa.ChunkedArray)
+    if n and positions[-1] < _RowHeads.LIMIT:
+        if arrow:
+            text = _joined_arrow(positions, _arrow_text(states), _arrow_text(numbers))  # type: ignore[arg-type]
+        else:
+            text = _joined_strings(positions, _python_text(states), _python_text(numbers))
+        if text is not None:
+            return n, text
+    rows = [[p, s, x] for p, s, x in zip(positions.tolist(), _python_text(states), _python_text(numbers), strict=True)]
+    return n, json.dumps(rows, ensure_ascii=False)
+
+
+def _python_text(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> Sequence[str]:
+    return values.to_pylist() if isinstance(values, pa.Array | pa.ChunkedArray) else values
+
+
+def _arrow_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One chunk of utf8 (int32 offsets), whatever string type and chunking the column came in."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    if values.null_count:
+        raise ValueError("packed CLEARs: a state or number is null")
+    return values
+
+
+def _joined_strings(positions: np.ndarray, states: Sequence[str], numbers: Sequence[str]) -> str | None:
+    """The packed text from Python strings, or None when a value would need escaping."""
+    n = len(positions)
+    parts: list[str | None] = [None] * (4 * n)
+    parts[0::4] = _ROW_HEADS.strings(positions)
+    parts[1::4] = states
+    parts[2::4] = ['","'] * n
+    parts[3::4] = numbers
+    text = "[" + "".join(parts)[3:] + '"]]'  # type: ignore[arg-type]  # every slot is filled above
+    # The first head lost one quote to the slice, and the closing piece brings one.
+    plain = text.isascii() and text.count('"') == _ROW_QUOTES * n and "\\" not in text
+    return text if plain and np.frombuffer(text.encode("ascii"), np.uint8).min() >= 0x20 else None
+
+
+def _joined_arrow(positions: np.ndarray, states: pa.Array, numbers: pa.Array) -> str | None:
+    """The packed text from Arrow columns, or None when a value would need escaping: the heads, states,
+    separators and numbers are concatenated into one array, taken in row order, and the taken array's data
+    buffer is the text."""
+    n = len(positions)
+    heads, separators = _ROW_HEADS.arrow(positions)
+    pieces = pa.concat_arrays([heads, states, separators, numbers])
+    rows = pieces.take(pa.array(np.arange(4 * n, dtype=np.int64).reshape(4, n).T.ravel()))
+    offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4)
+    data = np.frombuffer(rows.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    if data.min() < 0x20 or data.max() >= 0x80 or np.count_nonzero(data == 0x22) != _ROW_QUOTES * n:
+        return None
+    if np.count_nonzero(data == 0x5C):  # backslash
+        return None
+    return "[" + data[3:].tobytes().decode("ascii") + '"]]'
+
+
 _CLASS_OF = {int(c): c for c in DocumentClass}
 _STATUS_OF = {int(s): s for s in RecordStatus}
 _NO_HOLDER = Holder()

@@ -8,7 +8,8 @@ synthetic register through the real UploadRecords RPC, then measures:
 
   upload      rows/s of the upload, from first message sent to durable acknowledgement
   single      CheckDocument at concurrency 1: p50/p95/p99/max latency
-  manifest    CheckDocuments with --manifest-size queries per call: documents/s and call latency
+  manifest    CheckManifest with --manifest-size queries per call (an Arrow table): documents/s, call latency
+  documents   the same manifests through CheckDocuments (a protobuf message per query and per answer)
 
 Queries mix listed documents (HIT), OCR variants (POSSIBLE_MATCH) and unlisted ones (CLEAR).
 Results are printed and written as JSON to bench/results/.
@@ -28,11 +29,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+import pyarrow as pa
 
-from idcheck.client.bench import LocalServer
+from idcheck.client.bench import LocalServer, upload_stream
+from idcheck.client.files import ipc_bytes
 from idcheck.register.demo import synthetic_numbers
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
@@ -70,35 +74,15 @@ def upload(
     stub: register_pb2_grpc.DocumentRegisterStub,
     md: tuple[tuple[str, str], ...],
     numbers: np.ndarray,
-    batch: int = 10_000,
 ) -> dict[str, float]:
-    requests = [
-        pb.UploadRecordsRequest(
-            header=pb.UploadHeader(
-                upload_id=f"bench-{len(numbers)}-{time.time_ns()}",
-                mode=pb.UPLOAD_MODE_INCREMENTAL,
-                description="bench",
-            )
-        )
-    ]
-    for start in range(0, len(numbers), batch):
-        requests.append(
-            pb.UploadRecordsRequest(
-                batch=pb.RecordBatch(
-                    records=[
-                        pb.Record(
-                            key=pb.DocumentKey(issuing_state=MEMBER, document_number=x.decode(), document_class=1),
-                            status=pb.RECORD_STATUS_STOLEN,
-                            event_date="2025-06-01",
-                        )
-                        for x in numbers[start : start + batch]
-                    ]
-                )
-            )
-        )
-    requests.append(pb.UploadRecordsRequest(end=pb.UploadEnd(total_rows=len(numbers))))
+    """The register in one durable upload of Arrow batches (the bulk path `idcheck upload` takes)."""
+    listed = numbers.astype(str).tolist()
     t0 = time.perf_counter()
-    resp = stub.UploadRecords(iter(requests), metadata=md, timeout=3600)
+    resp = stub.UploadRecords(
+        upload_stream(MEMBER, listed, f"bench-{len(listed)}-{time.time_ns()}", "bench", arrow=True),
+        metadata=md,
+        timeout=3600,
+    )
     elapsed = time.perf_counter() - t0
     assert resp.created == len(numbers), resp
     return {"rows": len(numbers), "seconds": elapsed, "rows_per_s": len(numbers) / elapsed}
@@ -154,10 +138,25 @@ def manifest(
     size: int,
     seconds: float,
     concurrency: int = 1,
+    rpc: str = "CheckManifest",
 ) -> dict[str, float]:
-    calls = [pb.CheckDocumentsRequest(queries=queries[s : s + size]) for s in range(0, len(queries) - size + 1, size)]
+    """Manifests of `size` through CheckManifest (an Arrow table per call, a verdict byte per document back) or
+    CheckDocuments (a protobuf message per query and per answer)."""
+    starts = range(0, len(queries) - size + 1, size)
+    if rpc == "CheckManifest":
+        states = [q.typed.issuing_state for q in queries]
+        numbers = [q.typed.document_number for q in queries]
+        table = pa.table({"issuing_state": states, "document_number": numbers})
+        calls: list[Any] = [pb.CheckManifestRequest(queries_arrow_ipc=ipc_bytes(table.slice(s, size))) for s in starts]
+    else:
+        calls = [pb.CheckDocumentsRequest(queries=queries[s : s + size]) for s in starts]
+    method = getattr(stub, rpc)
+
+    def documents(resp: Any) -> int:
+        return len(resp.verdicts) if rpc == "CheckManifest" else len(resp.results)
+
     for c in calls[:3]:
-        stub.CheckDocuments(c, metadata=md, timeout=30)
+        method(c, metadata=md, timeout=30)
     samples: list[float] = []
     totals = {"docs": 0, "hits": 0}
     lock = threading.Lock()
@@ -170,11 +169,11 @@ def manifest(
             c = calls[i % len(calls)]
             i += concurrency
             t0 = time.perf_counter()
-            resp = stub.CheckDocuments(c, metadata=md, timeout=30)
+            resp = method(c, metadata=md, timeout=30)
             elapsed = time.perf_counter() - t0
             with lock:
                 samples.append(elapsed)
-                totals["docs"] += len(resp.results)
+                totals["docs"] += documents(resp)
                 totals["hits"] += resp.hits
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
@@ -186,6 +185,7 @@ def manifest(
     out = percentiles(samples)
     out.update(
         {
+            "rpc": rpc,
             "manifest_size": size,
             "concurrency": concurrency,
             "documents": totals["docs"],
@@ -259,14 +259,15 @@ def main(argv: list[str] | None = None) -> int:
             f"p99 {s['p99_ms']:.3f} ms  max {s['max_ms']:.2f} ms  {s['verdicts']}",
             flush=True,
         )
-        for conc in args.manifest_concurrency:
-            m = manifest(stub, md, queries, args.manifest_size, args.seconds, conc)
-            result[f"manifest_c{conc}"] = m
-            print(
-                f"manifest: {args.manifest_size} per call, c={conc}: {m['documents_per_s']:,.0f} documents/s  "
-                f"call p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms",
-                flush=True,
-            )
+        for rpc, key in (("CheckManifest", "manifest"), ("CheckDocuments", "documents")):
+            for conc in args.manifest_concurrency:
+                m = manifest(stub, md, queries, args.manifest_size, args.seconds, conc, rpc)
+                result[f"{key}_c{conc}"] = m
+                print(
+                    f"{key + ':':10}{args.manifest_size} per call ({rpc}), c={conc}: "
+                    f"{m['documents_per_s']:,.0f} documents/s  call p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms",
+                    flush=True,
+                )
         out = args.output or RESULTS / f"load-{n}{'-tls' if args.tls_dir else ''}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))

@@ -61,20 +61,26 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pyarrow as pa
 
 from idcheck.client.channel import MAX_MESSAGE_BYTES, TlsOptions, open_channel
+from idcheck.client.files import ipc_bytes
 from idcheck.icao import folded_keys
 from idcheck.v1 import biometrics_pb2 as bpb
 from idcheck.v1 import biometrics_pb2_grpc, register_pb2_grpc
 from idcheck.v1 import register_pb2 as pb
 
-KINDS = ("single", "manifest", "verify", "identify", "upload")
+# manifest: CheckManifest (an Arrow table in, a verdict byte per row out); documents: CheckDocuments (a protobuf
+# message per query and per answer).
+KINDS = ("single", "manifest", "documents", "verify", "identify", "upload")
+SIZED = ("manifest", "documents", "upload")
 DEFAULT_SCENARIOS = "single@1,single@16,single@64,manifest-10,manifest-100,manifest-1000,verify,identify,upload-10000"
 BASELINES = ("redis", "sqlite", "faiss")
 # Which baselines answer which kind of scenario.
 BASELINES_FOR = {
     "single": ("redis", "sqlite"),
     "manifest": ("redis", "sqlite"),
+    "documents": ("redis", "sqlite"),
     "verify": ("faiss",),
     "identify": ("faiss",),
     "upload": ("sqlite",),
@@ -114,7 +120,7 @@ class Scenario:
 
     @property
     def name(self) -> str:
-        sized = self.kind in ("manifest", "upload")
+        sized = self.kind in SIZED
         return f"{self.kind}{f'-{self.size}' if sized else ''}@{self.concurrency}"
 
     @classmethod
@@ -124,9 +130,9 @@ class Scenario:
         if not m or m["kind"] not in KINDS:
             raise BenchError(f"unknown scenario {text!r} (use {', '.join(KINDS)}, e.g. single@16, manifest-1000@2)")
         kind = m["kind"]
-        sized = kind in ("manifest", "upload")
+        sized = kind in SIZED
         if m["size"] and not sized:
-            raise BenchError(f"scenario {text!r}: only manifest and upload take a size")
+            raise BenchError(f"scenario {text!r}: only {', '.join(SIZED)} take a size")
         size = int(m["size"] or (1000 if sized else 1))
         conc = int(m["conc"] or 1)
         if not 1 <= size <= (1_000_000 if kind == "upload" else MAX_BATCH) or not 1 <= conc <= 1024:
@@ -712,9 +718,41 @@ class Backends:
         return self._per_caller(make)
 
     def _idcheck_manifest(self, scenario: Scenario) -> NewCall:
+        batches = self._batches(scenario.size)
+        w = self.workload
+
+        def payloads() -> list[bytes]:
+            numbers = w.query_numbers
+            table = pa.table({"issuing_state": [w.state] * len(numbers), "document_number": numbers})
+            return [ipc_bytes(table.slice(b.start, b.stop - b.start)) for b in batches]
+
+        reqs = self._cached(
+            ("manifest", scenario.size), lambda: [pb.CheckManifestRequest(queries_arrow_ipc=p) for p in payloads()]
+        )
+        expected, md = w.expected, self.endpoints.conn.metadata
+
+        def make(reg: Any, _bio: Any) -> Call:
+            method = reg.CheckManifest
+
+            def call(i: int, t: Tally) -> None:
+                j = i % len(reqs)
+                resp = method(reqs[j], metadata=md, timeout=60)
+                got = np.frombuffer(resp.verdicts, np.uint8)
+                want = expected[batches[j]]
+                t.wrong += int(np.count_nonzero(got != want)) if len(got) == len(want) else len(want)
+                t.documents += len(got)
+                t.answers["HIT"] += resp.hits
+                t.answers["POSSIBLE_MATCH"] += resp.possible_matches
+                t.answers["CLEAR"] += resp.clear
+
+            return call
+
+        return self._per_caller(make)
+
+    def _idcheck_documents(self, scenario: Scenario) -> NewCall:
         queries, batches = self._queries(), self._batches(scenario.size)
         reqs = self._cached(
-            ("manifest", scenario.size), lambda: [pb.CheckDocumentsRequest(queries=queries[b]) for b in batches]
+            ("documents", scenario.size), lambda: [pb.CheckDocumentsRequest(queries=queries[b]) for b in batches]
         )
         expected, md = self.workload.expected, self.endpoints.conn.metadata
 
@@ -848,6 +886,9 @@ class Backends:
             self._local.db = db
         return db
 
+    def _redis_documents(self, scenario: Scenario) -> NewCall:
+        return self._redis_manifest(scenario)  # the same keys, whatever the idcheck side's message format
+
     def _sqlite_single(self, scenario: Scenario) -> NewCall:
         w, hit = self.workload, self.workload.expected == V_HIT
         sql = "SELECT status FROM records WHERE issuing_state = ? AND document_number = ?"
@@ -890,6 +931,9 @@ class Backends:
             return call
 
         return new_call
+
+    def _sqlite_documents(self, scenario: Scenario) -> NewCall:
+        return self._sqlite_manifest(scenario)
 
     def _sqlite_upload(self, scenario: Scenario) -> NewCall:
         w, size = self.workload, scenario.size
@@ -1176,7 +1220,7 @@ def summarise(
         "processes": processes,
         "interrupted": interrupted,
     }
-    if scenario.kind in ("manifest", "upload"):
+    if scenario.kind in SIZED:
         out["documents"] = sum(s.documents for s in shares)
         out["documents_per_s"] = round(out["documents"] / seconds, 1)
     if len(lat):
@@ -1681,7 +1725,7 @@ class Bench:
     ) -> Endpoints:
         info = self.result["baselines"]
         redis_port = sqlite_path = None
-        if kinds & {"single", "manifest"}:
+        if kinds & {"single", "manifest", "documents"}:
             try:
                 r = RedisBaseline(tmp)
                 stack.callback(r.stop)
@@ -1693,7 +1737,7 @@ class Bench:
             except BenchError as exc:
                 info["redis"] = {"available": False, "reason": str(exc)}
                 log(f"baseline redis skipped: {exc}")
-        if kinds & {"single", "manifest", "upload"}:
+        if kinds & {"single", "manifest", "documents", "upload"}:
             path = tmp / "baseline.db"
             seconds = build_sqlite(path, conn.member, listed)
             sqlite_path = str(path)

@@ -11,16 +11,16 @@ import argparse
 import csv
 import dataclasses
 import datetime
-import itertools
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
 from tqdm import tqdm
 
 from idcheck.client import files
@@ -31,12 +31,21 @@ from idcheck.client.errors import (
     InvalidArgument,
     Unavailable,
 )
-from idcheck.client.register import DEFAULT_TARGET, CheckAnswer, RegisterClient, UploadResult, file_upload_id
+from idcheck.client.register import (
+    DEFAULT_TARGET,
+    CheckAnswer,
+    ManifestAnswer,
+    RegisterClient,
+    UploadResult,
+    file_upload_id,
+)
 from idcheck.icao import (
     MRZ,
     DocumentClass,
     MRZError,
     MRZFormat,
+    canonical_number,
+    canonical_state,
     document_class,
     is_known_state,
     is_specimen_state,
@@ -231,7 +240,7 @@ _KIND_TEXT = {
     "CLASS_MISMATCH": "same state and number, other document class",
 }
 _CLASS_HELP = "passport, id_card, visa or other"
-_ROW_FIELD = re.compile(r"queries\[(\d+)\]\.?(.*)")
+_ROW_FIELD = re.compile(r"queries(?:_arrow_ipc)?\[(\d+)\]\.?(.*)")
 _KEY_FIELD = re.compile(r"keys\[(\d+)\](.*)")
 
 SubParsers = argparse._SubParsersAction  # the type argparse gives `add_subparsers`
@@ -627,16 +636,23 @@ def _cmd_check_manifest(args: argparse.Namespace) -> int:
     done = 0
     sequence = 0
     started = time.perf_counter()
-    queries = itertools.chain.from_iterable(files.read_manifest(path, chunk_rows=args.batch_size))
     try:
         with _connect(args) as client:
-            for done, answer in enumerate(client.check_many(queries, batch_size=args.batch_size), start=1):
-                counts[answer.verdict] = counts.get(answer.verdict, 0) + 1
+            # Each batch goes as one Arrow table (CheckManifest): a verdict byte per row comes back, and the full
+            # result of every row that is more than a plain CLEAR.
+            for table in files.read_manifest_tables(path, chunk_rows=args.batch_size):
+                answer = client.check_manifest(table)
                 sequence = answer.register_sequence
+                codes = answer.verdict_codes
+                for verdict in counts:
+                    counts[verdict] += codes.count(getattr(pb, f"VERDICT_{verdict}"))
                 if args.json:
-                    results.append(_manifest_json(done, answer))
-                elif answer.verdict != "CLEAR":
-                    print(_manifest_line(where(done), answer))
+                    results.extend(_manifest_rows_json(done, table, answer))
+                else:
+                    for i in sorted(answer.details):
+                        if answer.verdict(i) != "CLEAR":
+                            print(_manifest_line(where(done + i + 1), answer.details[i]))
+                done += len(answer)
     except files.FileFormatError as err:
         unchecked = f"rows after {done} were not checked" if done else ""
         print(f"idcheck check-manifest: {err}" + (f"; {unchecked}" if unchecked else ""), file=sys.stderr)
@@ -678,6 +694,25 @@ def _cmd_check_manifest(args: argparse.Namespace) -> int:
     if done != counts["CLEAR"]:
         return EXIT_SERVICE_ERROR  # a verdict we could not read: never report a manifest as all clear
     return EXIT_OK
+
+
+def _manifest_rows_json(done: int, table: pa.Table, answer: ManifestAnswer) -> Iterator[dict[str, Any]]:
+    """JSON of every row of one checked batch (rows numbered from done + 1). A plain CLEAR row comes back as a
+    verdict only: its reference and searched key are the ones sent (canonical, as the register searched them)."""
+
+    def column(name: str) -> list[str]:
+        return table.column(name).to_pylist() if name in table.column_names else [""] * table.num_rows
+
+    refs, states, numbers = column("client_reference"), column("issuing_state"), column("document_number")
+    for i in range(len(answer)):
+        if i in answer.details:
+            yield _manifest_json(done + i + 1, answer.details[i])
+            continue
+        state = canonical_state(states[i]) if states[i].strip() else ""
+        yield _manifest_json(
+            done + i + 1,
+            answer.answer(i, reference=refs[i], searched_state=state, searched_number=canonical_number(numbers[i])),
+        )
 
 
 def _manifest_json(row: int, a: CheckAnswer) -> dict[str, Any]:

@@ -239,33 +239,47 @@ def rows_at(path: Path, indexes: Iterable[int], *, chunk_rows: int = 50_000) -> 
             return
 
 
-def read_manifest(path: Path, *, chunk_rows: int = 1000) -> Iterator[list[pb.DocumentQuery]]:
-    """Manifest rows as document queries, in file order."""
-    names = ("mrz", "issuing_state", "document_number", "document_class", "birth_date", "reference")
+# Columnar manifests (CheckManifestRequest.queries_arrow_ipc in register.proto).
+MANIFEST_TEXT_COLUMNS = ("issuing_state", "document_number", "birth_date", "mrz")
+
+
+def manifest_wire_table(table: pa.Table) -> pa.Table:
+    """A chunk of a manifest file (text columns, as `iter_tables` gives them) in CheckManifest's schema. A blank
+    mrz cell makes a typed row; class names become their numbers (an unknown name: 0, any class)."""
+    names = table.column_names
+    if "mrz" not in names and "document_number" not in names:
+        raise FileFormatError("a manifest needs an 'mrz' column or 'issuing_state' and 'document_number' columns")
+    arrays: dict[str, pa.Array] = {}
+    for name in MANIFEST_TEXT_COLUMNS:
+        if name in names:
+            arrays[name] = pc.fill_null(table.column(name).combine_chunks(), "")
+    if "mrz" in arrays:
+        mrz = arrays["mrz"]
+        arrays["mrz"] = pc.if_else(pc.equal(pc.utf8_trim_whitespace(mrz), ""), "", mrz)
+    if "document_class" in names:
+        classes = table.column("document_class")
+        arrays["document_class"] = _enum_numbers(classes, lambda t: max(0, document_class_value(t)))
+    if "reference" in names:
+        arrays["client_reference"] = pc.fill_null(table.column("reference").combine_chunks(), "")
+    return pa.table(arrays)
+
+
+def read_manifest_tables(path: Path, *, chunk_rows: int = 1000) -> Iterator[pa.Table]:
+    """The manifest file in CheckManifest's schema, in tables of at most `chunk_rows` rows, in file order."""
     for table in iter_tables(path, chunk_rows=chunk_rows):
-        if "mrz" not in table.column_names and "document_number" not in table.column_names:
-            raise FileFormatError(
-                f"{path}: a manifest needs an 'mrz' column or 'issuing_state' and 'document_number' columns"
-            )
-        cols = _columns(table, names)
-        queries = []
-        for i in range(table.num_rows):
-            ref = cols["reference"][i]
-            if cols["mrz"][i].strip():
-                queries.append(pb.DocumentQuery(mrz=cols["mrz"][i], client_reference=ref))
-            else:
-                queries.append(
-                    pb.DocumentQuery(
-                        typed=pb.TypedQuery(
-                            issuing_state=cols["issuing_state"][i],
-                            document_number=cols["document_number"][i],
-                            document_class=max(0, document_class_value(cols["document_class"][i])),
-                            birth_date=cols["birth_date"][i],
-                        ),
-                        client_reference=ref,
-                    )
-                )
-        yield queries
+        try:
+            wire = manifest_wire_table(table)
+        except FileFormatError as exc:
+            raise FileFormatError(f"{path}: {exc}") from None
+        yield wire
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """`table` as one Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _kind(path: Path) -> str:

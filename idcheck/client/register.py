@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from idcheck.client.channel import DEFAULT_TARGET as DEFAULT_TARGET  # re-exported
 from idcheck.client.channel import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported
 from idcheck.client.channel import ServiceClient
@@ -27,6 +29,7 @@ from idcheck.client.files import (
     REQUIRED_RECORD_COLUMNS,
     FileFormatError,
     column_names,
+    ipc_bytes,
     read_arrow_payloads,
     read_records,
 )
@@ -126,6 +129,96 @@ class CheckAnswer:
             mrz_fields=mrz_fields,
             upstream_contact_time=upstream_contact_time,
         )
+
+
+_VERDICT_NAMES = tuple(_enum_name(pb.Verdict, v, "VERDICT_") for v in range(256))
+
+
+@dataclass(frozen=True)
+class ManifestAnswer:
+    """The answers to one columnar manifest (CheckManifest), row by row in request order.
+
+    Rows that are a plain CLEAR come as a verdict only; every other row (a match, an MRZ reading, a warning) has
+    its full CheckAnswer in `details`. `answer(i)` gives a CheckAnswer for any row.
+    """
+
+    verdict_codes: bytes  # one Verdict value per row
+    details: dict[int, CheckAnswer]
+    query_id_prefix: str
+    clear_action: str
+    register_sequence: int
+    hits: int
+    possible_matches: int
+    clear: int
+    upstream_contact_time: str = ""
+
+    @classmethod
+    def from_proto(cls, r: pb.CheckManifestResponse) -> ManifestAnswer:
+        seq, contact = r.register_sequence, r.upstream_contact_time
+        return cls(
+            verdict_codes=r.verdicts,
+            details={d.row: CheckAnswer.from_proto(d.result, seq, contact) for d in r.details},
+            query_id_prefix=r.query_id_prefix,
+            clear_action=r.clear_action,
+            register_sequence=seq,
+            hits=r.hits,
+            possible_matches=r.possible_matches,
+            clear=r.clear,
+            upstream_contact_time=contact,
+        )
+
+    def __len__(self) -> int:
+        return len(self.verdict_codes)
+
+    def verdict(self, i: int) -> str:
+        """HIT, POSSIBLE_MATCH or CLEAR for row i."""
+        return _VERDICT_NAMES[self.verdict_codes[i]]
+
+    def query_id(self, i: int) -> str:
+        return f"{self.query_id_prefix}-{i}"
+
+    def answer(
+        self, i: int, *, reference: str = "", searched_state: str = "", searched_number: str = ""
+    ) -> CheckAnswer:
+        """Row i as a CheckAnswer; for a plain CLEAR row the caller supplies what it sent (reference, and the
+        canonical state and number if it wants them shown)."""
+        detail = self.details.get(i)
+        if detail is not None:
+            return detail
+        return CheckAnswer(
+            verdict=self.verdict(i),
+            officer_action=self.clear_action,
+            matches=(),
+            query_id=self.query_id(i),
+            register_sequence=self.register_sequence,
+            reference=reference,
+            searched_state=searched_state,
+            searched_number=searched_number,
+            upstream_contact_time=self.upstream_contact_time,
+        )
+
+
+def manifest_table(queries: Iterable[QueryInput]) -> pa.Table:
+    """Queries (DocumentQuery messages or dicts as `make_query` takes) as a CheckManifest table."""
+    columns: dict[str, list[Any]] = {
+        "issuing_state": [],
+        "document_number": [],
+        "document_class": [],
+        "birth_date": [],
+        "mrz": [],
+        "client_reference": [],
+    }
+    for q in queries:
+        m = make_query(q)
+        t = m.typed
+        columns["issuing_state"].append(t.issuing_state)
+        columns["document_number"].append(t.document_number)
+        columns["document_class"].append(t.document_class)
+        columns["birth_date"].append(t.birth_date)
+        columns["mrz"].append(m.mrz)
+        columns["client_reference"].append(m.client_reference)
+    types = {name: pa.int32() if name == "document_class" else pa.string() for name in columns}
+    return pa.table({name: pa.array(values, types[name]) for name, values in columns.items()})
 
 
 @dataclass(frozen=True)
@@ -282,6 +375,16 @@ class RegisterClient(ServiceClient):
             resp = self._call(self._stub.CheckDocuments, req, timeout)
             for r in resp.results:
                 yield CheckAnswer.from_proto(r, resp.register_sequence, resp.upstream_contact_time)
+
+    def check_manifest(
+        self, queries: pa.Table | Iterable[QueryInput], *, timeout: float | None = None
+    ) -> ManifestAnswer:
+        """Check up to 10,000 documents in one CheckManifest call: an Arrow table in its schema (see
+        `idcheck.client.files.manifest_wire_table`, register.proto) or queries as `check_many` takes them. The
+        fast path for manifests: answers come as a verdict per row, full results for the rows that need one."""
+        table = queries if isinstance(queries, pa.Table) else manifest_table(queries)
+        req = pb.CheckManifestRequest(queries_arrow_ipc=ipc_bytes(table))
+        return ManifestAnswer.from_proto(self._call(self._stub.CheckManifest, req, timeout))
 
     def upload(
         self,

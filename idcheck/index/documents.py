@@ -42,7 +42,7 @@ import shutil
 import threading
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -268,11 +268,22 @@ class DocumentIndex:
     def lookup_many(self, queries: Sequence[Lookup]) -> list[tuple[Candidate, ...]]:
         """Candidates for each query, in order; the base columns are searched for the whole batch at once."""
         out: list[tuple[Candidate, ...]] = [()] * len(queries)
-        if not queries:
+        found = self.lookup_sparse([q.number for q in queries], queries.__getitem__)
+        for i, candidates in found.items():
+            out[i] = candidates
+        return out
+
+    def lookup_sparse(
+        self, numbers: Sequence[str], query_of: Callable[[int], Lookup]
+    ) -> dict[int, tuple[Candidate, ...]]:
+        """Candidates of the queries that have any, by position: `numbers[i]` is the canonical number of query i,
+        and `query_of(i)` its Lookup, asked only for the few positions whose folded number is in the index (a
+        columnar manifest builds no Lookup for the others)."""
+        out: dict[int, tuple[Candidate, ...]] = {}
+        if not len(numbers):
             return out
         view = self._view
         base = view.base
-        numbers = [q.number for q in queries]
         folded = number_keys(numbers, fold=True)
         found: dict[int, list[_Entry]] = {}
         if len(base):
@@ -295,7 +306,9 @@ class DocumentIndex:
             hit = list(found)
             exact = number_keys([numbers[i] for i in hit]).tolist()
             for i, key in zip(hit, exact, strict=True):
-                out[i] = self._candidates(queries[i], key, found[i])
+                candidates = self._candidates(query_of(i), key, found[i])
+                if candidates:
+                    out[i] = candidates
         return out
 
     def _candidates(self, query: Lookup, number: int, rows: Iterable[_Entry]) -> tuple[Candidate, ...]:

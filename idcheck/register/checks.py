@@ -74,11 +74,12 @@ class CheckResult(NamedTuple):
     officer_action: str
 
 
-def prepare(query: Query, field: str) -> PreparedQuery:
-    """Validate one query; raises QueryError naming the offending field."""
+def prepare(query: Query, field: str, *, typed_field: str = "typed") -> PreparedQuery:
+    """Validate one query; raises QueryError naming the offending field: `field.mrz` for an MRZ query, else
+    `field.typed.<name>` (`field.<name>` when `typed_field` is '', as for a row of a columnar manifest)."""
     if query.mrz:
         return _prepare_mrz(query, f"{field}.mrz")
-    return _prepare_typed(query, f"{field}.typed")
+    return _prepare_typed(query, f"{field}.{typed_field}" if typed_field else field)
 
 
 _CLASSES = tuple(DocumentClass)

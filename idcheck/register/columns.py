@@ -67,7 +67,7 @@ ALL_COLUMNS = frozenset(TEXT_COLUMNS + INTEGER_COLUMNS)
 _VALID_CLASSES = np.array([int(c) for c in DocumentClass if c != DocumentClass.UNSPECIFIED], np.int64)
 _VALID_STATUSES = np.arange(1, 7, dtype=np.int64)  # LOST .. CANCELLED
 _NUMBER_FILLERS = r"[< \t\r\n\f\v\-./]"  # what canonical_number drops
-_NUMBER_FORM = rf"^[A-Z0-9]{{1,{MAX_NUMBER_LENGTH}}}$"
+NUMBER_FORM = rf"^[A-Z0-9]{{1,{MAX_NUMBER_LENGTH}}}$"
 # Text already in the form validate_record would give it: printable ASCII, no leading, trailing or double space.
 _NEEDS_FOLDING = r"[^ -~]|^ | $|  "
 
@@ -82,24 +82,32 @@ class ValidatedColumns:
     slow_rows: int  # rows that went through validate_record (for diagnostics and benchmarks)
 
 
-def decode_arrow_ipc(payload: bytes, *, max_rows: int) -> pa.Table:
-    """The table in one `arrow_ipc` payload; InvalidRequest (field batch.arrow_ipc) when it cannot be used."""
+def decode_arrow_ipc(
+    payload: bytes,
+    *,
+    max_rows: int,
+    field: str = FIELD,
+    check_schema: Callable[[pa.Schema], None] | None = None,
+) -> pa.Table:
+    """The table in one Arrow IPC payload; InvalidRequest naming `field` when it cannot be used.
+
+    `check_schema` (default: an upload batch's) raises InvalidRequest for columns the caller cannot take."""
     try:
         reader = ipc.open_stream(pa.py_buffer(payload))
         schema = reader.schema
-        _check_schema(schema)
+        (check_schema or _check_schema)(schema)
         batches = []
         rows = 0
         for batch in reader:
             rows += batch.num_rows
             if rows > max_rows:
-                raise InvalidRequest.single(FIELD, f"more than {max_rows} rows in one message; split the batch")
+                raise InvalidRequest.single(field, f"more than {max_rows} rows in one message; split the batch")
             batch.validate(full=True)  # offsets in bounds, text valid UTF-8: nothing unchecked reaches pyarrow.compute
             batches.append(batch)
     except InvalidRequest:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InvalidRequest.single(FIELD, f"not a readable Arrow IPC stream: {exc}") from None
+        raise InvalidRequest.single(field, f"not a readable Arrow IPC stream: {exc}") from None
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -124,7 +132,8 @@ def _check_schema(schema: pa.Schema) -> None:
         raise InvalidRequest.single(FIELD, "; ".join(problems))
 
 
-def _text(table: pa.Table, name: str) -> pa.Array:
+def text_column(table: pa.Table, name: str) -> pa.Array:
+    """A text column as one utf8 array, nulls (and a missing column) as empty strings."""
     n = table.num_rows
     if name not in table.column_names:
         return pa.repeat(pa.scalar("", pa.string()), n)
@@ -134,17 +143,18 @@ def _text(table: pa.Table, name: str) -> pa.Array:
     return pc.fill_null(col, "")
 
 
-def _integers(table: pa.Table, name: str) -> np.ndarray:
+def integer_column(table: pa.Table, name: str, field: str = FIELD) -> np.ndarray:
+    """An integer column as int64, nulls as 0; InvalidRequest naming `field` for a value beyond int64."""
     col = table.column(name)
     if col.type != pa.int64():
         try:
             col = col.cast(pa.int64())  # every integer type but uint64 widens losslessly
         except pa.ArrowInvalid:
-            raise InvalidRequest.single(FIELD, f"column {name} holds a value beyond the int64 range") from None
+            raise InvalidRequest.single(field, f"column {name} holds a value beyond the int64 range") from None
     return pc.fill_null(col, 0).to_numpy()
 
 
-def _per_distinct(col: pa.Array, decide: Callable[[str], str | None]) -> tuple[np.ndarray, pa.Array]:
+def per_distinct(col: pa.Array, decide: Callable[[str], str | None]) -> tuple[np.ndarray, pa.Array]:
     """Apply `decide` once per distinct value: (ok per row, output per row); None from `decide` means bad."""
     if _all_empty(col):
         out = decide("")
@@ -165,7 +175,7 @@ def _all_empty(col: pa.Array) -> bool:
     return len(col) == 0 or pc.max(pc.binary_length(col)).as_py() == 0
 
 
-def _canonical_numbers(raw: pa.Array) -> pa.Array:
+def canonical_number_column(raw: pa.Array) -> pa.Array:
     """canonical_number's translation (ASCII upper case, fillers dropped) of every number, unchecked."""
     upper = pc.ascii_upper(raw)
     has_filler = pc.match_substring_regex(upper, _NUMBER_FILLERS)
@@ -183,7 +193,8 @@ def _parse(value: str) -> dt.date | None:
         return None
 
 
-def _state_or_none(value: str) -> str | None:
+def state_or_none(value: str) -> str | None:
+    """The canonical state code, or None when `value` is not a known code."""
     try:
         return canonical_state(value)
     except StateCodeError:
@@ -205,13 +216,13 @@ def validate_columns(table: pa.Table, first_row: int, today: dt.date) -> Validat
     rows = np.arange(first_row, first_row + n, dtype=np.int64)
     if n == 0:
         return ValidatedColumns(ACCEPTED_SCHEMA.empty_table(), [], [], 0)
-    raw = {name: _text(table, name) for name in TEXT_COLUMNS}
-    cls = _integers(table, "document_class")
-    status = _integers(table, "status")
+    raw = {name: text_column(table, name) for name in TEXT_COLUMNS}
+    cls = integer_column(table, "document_class")
+    status = integer_column(table, "status")
 
-    state_ok, state = _per_distinct(raw["issuing_state"], _state_or_none)
-    canon = _canonical_numbers(raw["document_number"])
-    number_ok = pc.match_substring_regex(canon, _NUMBER_FORM).to_numpy(zero_copy_only=False)
+    state_ok, state = per_distinct(raw["issuing_state"], state_or_none)
+    canon = canonical_number_column(raw["document_number"])
+    number_ok = pc.match_substring_regex(canon, NUMBER_FORM).to_numpy(zero_copy_only=False)
     printed = pc.ascii_upper(pc.ascii_trim_whitespace(raw["document_number"]))
     printed_ok = pc.less_equal(pc.binary_length(printed), MAX_PRINTED_NUMBER_LENGTH).to_numpy(zero_copy_only=False)
 
@@ -234,12 +245,12 @@ def validate_columns(table: pa.Table, first_row: int, today: dt.date) -> Validat
         return d.isoformat() if d is not None else None
 
     def nationality(value: str) -> str | None:
-        return _state_or_none(value) if value.strip() else ""
+        return state_or_none(value) if value.strip() else ""
 
-    event_ok, event_iso = _per_distinct(raw["event_date"], event)
-    birth_ok, birth_iso = _per_distinct(raw["birth_date"], birth)
-    expiry_ok, expiry_iso = _per_distinct(raw["expiry_date"], expiry)
-    nat_ok, nat = _per_distinct(raw["nationality"], nationality)
+    event_ok, event_iso = per_distinct(raw["event_date"], event)
+    birth_ok, birth_iso = per_distinct(raw["birth_date"], birth)
+    expiry_ok, expiry_iso = per_distinct(raw["expiry_date"], expiry)
+    nat_ok, nat = per_distinct(raw["nationality"], nationality)
 
     fast = (
         state_ok

@@ -50,6 +50,7 @@ _REPLICATORS = frozenset({Role.MIRROR, Role.OPERATOR})  # the whole register, as
 RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "/idcheck.v1.DocumentRegister/CheckDocument": _CHECKERS,
     "/idcheck.v1.DocumentRegister/CheckDocuments": _CHECKERS,
+    "/idcheck.v1.DocumentRegister/CheckManifest": _CHECKERS,
     "/idcheck.v1.DocumentRegister/UploadRecords": _OWNERS,
     "/idcheck.v1.DocumentRegister/CancelRecords": _OWNERS,
     "/idcheck.v1.DocumentRegister/GetRecord": _OWNERS,

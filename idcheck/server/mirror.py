@@ -54,7 +54,7 @@ from idcheck.v1 import register_pb2, register_pb2_grpc, replication_pb2, replica
 log = logging.getLogger("idcheck.mirror")
 
 REGISTER_SERVICE = register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"].full_name
-SERVED = frozenset({f"/{REGISTER_SERVICE}/CheckDocument", f"/{REGISTER_SERVICE}/CheckDocuments"})
+SERVED = frozenset(f"/{REGISTER_SERVICE}/{name}" for name in ("CheckDocument", "CheckDocuments", "CheckManifest"))
 
 # The server settings that mean something on a mirror (the rest of ServerConfig is about uploads, biometrics...).
 SERVER_SETTINGS = (
@@ -219,8 +219,8 @@ class ReadOnlyInterceptor(grpc.ServerInterceptor):
         status = status_pb2.Status(
             code=code_pb2.FAILED_PRECONDITION,
             message=(
-                f"this is a read-only mirror of the register at {self.upstream}: it answers CheckDocument and "
-                f"CheckDocuments only; send {name} to {self.upstream}"
+                f"this is a read-only mirror of the register at {self.upstream}: it answers CheckDocument, "
+                f"CheckDocuments and CheckManifest only; send {name} to {self.upstream}"
             ),
         )
         info = any_pb2.Any()

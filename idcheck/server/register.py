@@ -10,6 +10,7 @@ import collections
 from collections.abc import Callable, Iterator
 
 import grpc
+import numpy as np
 
 from idcheck.records import Holder, RecordChange, StoredRecord
 from idcheck.register import CheckResult, InvalidRequest, Query, RawRecord, Register, UploadAborted, Verdict
@@ -80,24 +81,26 @@ def result_to_proto(r: CheckResult, out: pb.DocumentResult | None = None) -> pb.
     key.document_class = lookup.document_class
     if not r.matches and query.mrz is None:
         return out
-    for m in r.matches:
+    add_match = out.matches.add
+    for m in r.matches:  # filled in place: building sub-messages and appending them copies each one
         rec, d = m.record, m.record.data
-        out.matches.append(
-            pb.Match(
-                kind=int(m.kind),
-                record_id=rec.record_id,
-                key=pb.DocumentKey(
-                    issuing_state=d.key.issuing_state,
-                    document_number=d.number_printed,
-                    document_class=int(d.key.document_class),
-                ),
-                status=int(d.status),
-                owner_member=rec.owner,
-                event_date=d.event_date,
-                instructions=d.instructions,
-                holder=holder_to_proto(d.holder),
-            )
-        )
+        match = add_match()
+        match.kind = m.kind
+        match.record_id = rec.record_id
+        key = match.key
+        key.issuing_state = d.key.issuing_state
+        key.document_number = d.number_printed
+        key.document_class = d.key.document_class
+        match.status = d.status
+        match.owner_member = rec.owner
+        match.event_date = d.event_date
+        match.instructions = d.instructions
+        h, holder = d.holder, match.holder
+        holder.surname = h.surname
+        holder.given_names = h.given_names
+        holder.birth_date = h.birth_date
+        holder.nationality = h.nationality
+        holder.expiry_date = h.expiry_date
     mrz = query.mrz
     if mrz is not None:
         out.mrz.CopyFrom(
@@ -216,6 +219,30 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
         response.hits = counts[Verdict.HIT]
         response.possible_matches = counts[Verdict.POSSIBLE_MATCH]
         response.clear = counts[Verdict.CLEAR]
+        return response
+
+    def CheckManifest(
+        self, request: pb.CheckManifestRequest, context: grpc.ServicerContext
+    ) -> pb.CheckManifestResponse:
+        contact = self.upstream_contact() if self.upstream_contact is not None else ""  # read before the check
+        batch = self.register.check_manifest(current_caller(), request.queries_arrow_ipc)
+        verdicts = batch.verdicts
+        counts = np.bincount(verdicts, minlength=len(Verdict))
+        response = pb.CheckManifestResponse(
+            verdicts=verdicts.tobytes(),
+            query_id_prefix=batch.call_uid,
+            clear_action=CLEAR_ACTION,
+            register_sequence=batch.sequence,
+            hits=int(counts[Verdict.HIT]),
+            possible_matches=int(counts[Verdict.POSSIBLE_MATCH]),
+            clear=int(counts[Verdict.CLEAR]),
+            upstream_contact_time=contact,
+        )
+        add = response.details.add
+        for i in sorted(batch.details):
+            out = add()
+            out.row = i
+            result_to_proto(batch.details[i], out.result)
         return response
 
     def UploadRecords(

@@ -474,7 +474,7 @@ def test_check_manifest_bad_row_exits_2_naming_the_row(
     )
     code, _, err = run(capsys, demo, "check-manifest", "--batch-size", "2", str(manifest))
     assert code == 2
-    assert "row 4 (line 5), typed.issuing_state: " in err and "QQQ" in err
+    assert "row 4 (line 5), issuing_state: " in err and "QQQ" in err  # the column, as the file names it
     assert "queries[" not in err
     no_columns = write_csv(tmp_path / "names.csv", [{"surname": "ERIKSSON"}])
     code, _, err = run(capsys, demo, "check-manifest", str(no_columns))

@@ -67,6 +67,7 @@ MATRIX: dict[str, set[str]] = {
     "/idcheck.v1.DocumentRegister/UploadRecords": {"member"},
     "/idcheck.v1.DocumentRegister/CheckDocument": {"border", "member"},
     "/idcheck.v1.DocumentRegister/CheckDocuments": {"border", "member"},
+    "/idcheck.v1.DocumentRegister/CheckManifest": {"border", "member"},
     "/idcheck.v1.DocumentRegister/GetRecord": {"member"},
     "/idcheck.v1.DocumentRegister/CancelRecords": {"member"},
     "/idcheck.v1.AuditLog/ListAudit": {"operator", "member"},
@@ -99,6 +100,10 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
     def check_many(r: RegisterClient, b: BiometricsClient) -> None:
         answers = list(r.check_many([{"state": "NZL", "number": number}, {"state": "NZL", "number": "ZZ1"}]))
         assert [a.verdict for a in answers] == ["HIT", "CLEAR"]
+
+    def check_manifest(r: RegisterClient, b: BiometricsClient) -> None:
+        answer = r.check_manifest([{"state": "NZL", "number": number}, {"state": "NZL", "number": "ZZ1"}])
+        assert [answer.verdict(i) for i in range(len(answer))] == ["HIT", "CLEAR"]
 
     def get(r: RegisterClient, b: BiometricsClient) -> None:
         assert r.get("NZL", number).record.holder.surname == "SECRETNAME"
@@ -152,6 +157,7 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
         "/idcheck.v1.DocumentRegister/UploadRecords": upload,
         "/idcheck.v1.DocumentRegister/CheckDocument": check,
         "/idcheck.v1.DocumentRegister/CheckDocuments": check_many,
+        "/idcheck.v1.DocumentRegister/CheckManifest": check_manifest,
         "/idcheck.v1.DocumentRegister/GetRecord": get,
         "/idcheck.v1.DocumentRegister/CancelRecords": cancel,
         "/idcheck.v1.AuditLog/ListAudit": audit,

@@ -1,0 +1,163 @@
+"""Manifests sent as columns (CheckManifest): an Arrow table of queries validated and canonicalised at once.
+
+A border system holds a flight's manifest as a table (from the airline's API/PNR feed, a CSV, a Parquet file);
+sending it as one Arrow IPC payload spares a protobuf message per passenger on both sides. The rules are
+CheckDocuments' (idcheck.register.checks): the common row (a typed query with a known state, a valid number,
+perhaps a birth date) is canonicalised for the whole column with pyarrow.compute, its state and birth date
+decided once per distinct value; any other row (an MRZ, an odd spelling, a bad value) goes through
+`checks.prepare`, the per-query preparation CheckDocuments uses, which gives its answer or its precise error.
+So a row is never accepted or refused here on rules of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from idcheck.icao import DocumentClass
+from idcheck.index import Lookup
+from idcheck.register.checks import PreparedQuery, Query, QueryError, prepare
+from idcheck.register.columns import (
+    NUMBER_FORM,
+    canonical_number_column,
+    decode_arrow_ipc,
+    integer_column,
+    per_distinct,
+    state_or_none,
+    text_column,
+)
+from idcheck.register.errors import InvalidRequest
+
+FIELD = "queries_arrow_ipc"
+
+#: Columns of a columnar manifest (register.proto, CheckManifestRequest); each is optional, but a manifest
+#: needs document_number or mrz.
+TEXT_COLUMNS = ("issuing_state", "document_number", "birth_date", "mrz", "client_reference")
+INTEGER_COLUMNS = ("document_class",)
+ALL_COLUMNS = frozenset(TEXT_COLUMNS + INTEGER_COLUMNS)
+_CLASSES = tuple(DocumentClass)
+
+
+@dataclass(frozen=True)
+class ManifestQueries:
+    """A validated columnar manifest.
+
+    Row i is searched as (`states[i]`, `numbers[i]`, `classes[i]`). `prepared` holds the full preparation of
+    the rows that needed one (an MRZ, or a value outside the fast path); every other row is a plain typed query
+    whose birth date, if any, is `births[i]` (ISO). `state_column` and `number_column` hold the same canonical
+    values as Arrow arrays for the rows not in `prepared` (handed to the audit writer without a copy per row).
+    """
+
+    states: list[str]
+    numbers: list[str]
+    classes: np.ndarray  # int64, DocumentClass values
+    births: list[str]
+    references: pa.Array
+    prepared: dict[int, PreparedQuery]
+    state_column: pa.Array
+    number_column: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def lookup(self, i: int) -> Lookup:
+        """The canonical lookup of row i."""
+        return Lookup(self.states[i], self.numbers[i], _CLASSES[int(self.classes[i])])
+
+    def preparation(self, i: int) -> PreparedQuery:
+        """The full PreparedQuery of row i (built on demand for a plain typed row)."""
+        p = self.prepared.get(i)
+        if p is None:
+            p = PreparedQuery(self.lookup(i), "typed", None, self.births[i], "", self.references[i].as_py())
+        return p
+
+
+def decode(payload: bytes, *, max_rows: int) -> pa.Table:
+    """The table of a CheckManifestRequest; InvalidRequest (field queries_arrow_ipc) when it cannot be used."""
+    if not payload:
+        raise InvalidRequest.single(FIELD, "an Arrow IPC stream of queries is required")
+    return decode_arrow_ipc(payload, max_rows=max_rows, field=FIELD, check_schema=_check_schema)
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    names = schema.names
+    problems = []
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        problems.append(f"duplicate column(s) {', '.join(duplicated)}")
+    unknown = [n for n in names if n not in ALL_COLUMNS]
+    if unknown:
+        problems.append(f"unknown column(s) {', '.join(unknown)} (allowed: {', '.join(sorted(ALL_COLUMNS))})")
+    if "document_number" not in names and "mrz" not in names:
+        problems.append("a document_number or an mrz column is required")
+    for f in schema:
+        if f.name in TEXT_COLUMNS and not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+            problems.append(f"column {f.name} must be utf8 text, not {f.type}")
+        if f.name in INTEGER_COLUMNS and not pa.types.is_integer(f.type):
+            problems.append(f"column {f.name} must be an integer (the DocumentClass number), not {f.type}")
+    if problems:
+        raise InvalidRequest.single(FIELD, "; ".join(problems))
+
+
+def _query_state(value: str) -> str | None:
+    # As `_prepare_typed`: a blank state means none was given (the lookup then reports STATE_MISSING).
+    return state_or_none(value) if value.strip() else ""
+
+
+def _query_birth(value: str) -> str | None:
+    if not value.strip():
+        return ""
+    try:
+        return dt.date.fromisoformat(value.strip()).isoformat()
+    except ValueError:
+        return None
+
+
+def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, str]]]:
+    """Validate every row of a columnar manifest: the queries, and every violation as (field, description),
+    fields named `queries_arrow_ipc[i].<column>`."""
+    n = table.num_rows
+    raw = {name: text_column(table, name) for name in TEXT_COLUMNS}
+    if "document_class" in table.column_names:
+        classes = np.array(integer_column(table, "document_class", FIELD), np.int64)  # writable: rows get patched
+    else:
+        classes = np.zeros(n, np.int64)
+    state_ok, states = per_distinct(raw["issuing_state"], _query_state)
+    numbers = canonical_number_column(raw["document_number"])
+    number_ok = pc.match_substring_regex(numbers, NUMBER_FORM).to_numpy(zero_copy_only=False)
+    birth_ok, births = per_distinct(raw["birth_date"], _query_birth)
+    no_mrz = pc.equal(pc.binary_length(raw["mrz"]), 0).to_numpy(zero_copy_only=False)
+    fast = state_ok & number_ok & birth_ok & no_mrz & (classes >= 0) & (classes < len(_CLASSES))
+    queries = ManifestQueries(
+        states.to_pylist(),
+        numbers.to_pylist(),
+        classes,
+        births.to_pylist(),
+        raw["client_reference"],
+        {},
+        states,
+        numbers,
+    )
+    violations: list[tuple[str, str]] = []
+    for i in np.flatnonzero(~fast).tolist():
+        query = Query(
+            raw["issuing_state"][i].as_py(),
+            raw["document_number"][i].as_py(),
+            int(classes[i]),
+            raw["birth_date"][i].as_py(),
+            raw["mrz"][i].as_py(),
+            raw["client_reference"][i].as_py(),
+        )
+        try:
+            p = prepare(query, f"{FIELD}[{i}]", typed_field="")
+        except QueryError as exc:
+            violations.append((exc.field, exc.description))
+            continue
+        queries.prepared[i] = p
+        queries.states[i], queries.numbers[i] = p.lookup.issuing_state, p.lookup.number
+        queries.classes[i] = int(p.lookup.document_class)
+    return queries, violations

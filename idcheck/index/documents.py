@@ -287,7 +287,11 @@ class DocumentIndex:
         folded = number_keys(numbers, fold=True)
         found: dict[int, list[_Entry]] = {}
         if len(base):
-            lo = base.folded.searchsorted(folded, "left")
+            # Searched in key order: successive binary searches then walk the same few cache lines of the
+            # column (at 10 million keys, 80 MB, each unordered search is a string of cache misses).
+            order = np.argsort(folded)
+            lo = np.empty(len(folded), np.int64)
+            lo[order] = base.folded.searchsorted(folded[order], "left")
             inside = np.flatnonzero(lo < len(base))
             inside = inside[base.folded[lo[inside]] == folded[inside]]
             if len(inside):

@@ -67,7 +67,7 @@ ALL_COLUMNS = frozenset(TEXT_COLUMNS + INTEGER_COLUMNS)
 _VALID_CLASSES = np.array([int(c) for c in DocumentClass if c != DocumentClass.UNSPECIFIED], np.int64)
 _VALID_STATUSES = np.arange(1, 7, dtype=np.int64)  # LOST .. CANCELLED
 _NUMBER_FILLERS = r"[< \t\r\n\f\v\-./]"  # what canonical_number drops
-NUMBER_FORM = rf"^[A-Z0-9]{{1,{MAX_NUMBER_LENGTH}}}$"
+_NUMBER_FORM = rf"^[A-Z0-9]{{1,{MAX_NUMBER_LENGTH}}}$"
 # Text already in the form validate_record would give it: printable ASCII, no leading, trailing or double space.
 _NEEDS_FOLDING = r"[^ -~]|^ | $|  "
 
@@ -175,15 +175,26 @@ def _all_empty(col: pa.Array) -> bool:
     return len(col) == 0 or pc.max(pc.binary_length(col)).as_py() == 0
 
 
-def canonical_number_column(raw: pa.Array) -> pa.Array:
-    """canonical_number's translation (ASCII upper case, fillers dropped) of every number, unchecked."""
+def canonical_number_column(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """canonical_number of every number, unchecked, and whether it is valid (A-Z and 0-9 only, 1 to
+    MAX_NUMBER_LENGTH characters) as a bool array.
+
+    The common number is already canonical once upper-cased (letters and digits only): one ASCII test decides it
+    (a regex over the column costs ten times more). Only the others have their fillers dropped by a regex
+    replace and their form checked by the anchored regex of `canonical_number`'s alphabet and length rules.
+    """
     upper = pc.ascii_upper(raw)
-    has_filler = pc.match_substring_regex(upper, _NUMBER_FILLERS)
-    if not pc.any(has_filler).as_py():
-        return upper  # the common case: a regex replace is ~30 times slower than the match
-    mask = has_filler.to_numpy(zero_copy_only=False)
-    stripped = pc.replace_substring_regex(upper.filter(has_filler), _NUMBER_FILLERS, "")
-    return pc.replace_with_mask(upper, pa.array(mask), stripped)
+    ok = pc.and_(pc.ascii_is_alnum(upper), pc.less_equal(pc.binary_length(upper), MAX_NUMBER_LENGTH))
+    if pc.all(ok).as_py() is not False:  # every row (or none at all)
+        return upper, ok.to_numpy(zero_copy_only=False)
+    rest = pc.invert(ok)
+    stripped = pc.replace_substring_regex(upper.filter(rest), _NUMBER_FILLERS, "")
+    canonical = pc.replace_with_mask(upper, rest, stripped)
+    valid = ok.to_numpy(zero_copy_only=False).copy()
+    valid[rest.to_numpy(zero_copy_only=False)] = pc.match_substring_regex(stripped, _NUMBER_FORM).to_numpy(
+        zero_copy_only=False
+    )
+    return canonical, valid
 
 
 def _parse(value: str) -> dt.date | None:
@@ -221,8 +232,7 @@ def validate_columns(table: pa.Table, first_row: int, today: dt.date) -> Validat
     status = integer_column(table, "status")
 
     state_ok, state = per_distinct(raw["issuing_state"], state_or_none)
-    canon = canonical_number_column(raw["document_number"])
-    number_ok = pc.match_substring_regex(canon, NUMBER_FORM).to_numpy(zero_copy_only=False)
+    canon, number_ok = canonical_number_column(raw["document_number"])
     printed = pc.ascii_upper(pc.ascii_trim_whitespace(raw["document_number"]))
     printed_ok = pc.less_equal(pc.binary_length(printed), MAX_PRINTED_NUMBER_LENGTH).to_numpy(zero_copy_only=False)
 

@@ -22,7 +22,6 @@ from idcheck.icao import DocumentClass
 from idcheck.index import Lookup
 from idcheck.register.checks import PreparedQuery, Query, QueryError, prepare
 from idcheck.register.columns import (
-    NUMBER_FORM,
     canonical_number_column,
     decode_arrow_ipc,
     integer_column,
@@ -44,35 +43,47 @@ _CLASSES = tuple(DocumentClass)
 
 @dataclass(frozen=True)
 class ManifestQueries:
-    """A validated columnar manifest.
+    """A validated columnar manifest, kept in columns: Python values are built only for the rows that need them
+    (the few the index finds, and those prepared one by one).
 
-    Row i is searched as (`states[i]`, `numbers[i]`, `classes[i]`). `prepared` holds the full preparation of
-    the rows that needed one (an MRZ, or a value outside the fast path); every other row is a plain typed query
-    whose birth date, if any, is `births[i]` (ISO). `state_column` and `number_column` hold the same canonical
-    values as Arrow arrays for the rows not in `prepared` (handed to the audit writer without a copy per row).
+    `prepared` holds the full preparation of the rows that needed one (an MRZ, or a value outside the fast path).
+    Every other row is a plain typed query: canonical state and number in `state_column` and `number_column`,
+    class in `classes`, birth date (ISO or '') in `birth_column`.
     """
 
-    states: list[str]
-    numbers: list[str]
-    classes: np.ndarray  # int64, DocumentClass values
-    births: list[str]
-    references: pa.Array
-    prepared: dict[int, PreparedQuery]
     state_column: pa.Array
     number_column: pa.Array
+    classes: np.ndarray  # int64, DocumentClass values
+    birth_column: pa.Array | None  # None: the manifest has no birth dates
+    references: pa.Array
+    prepared: dict[int, PreparedQuery]
 
     def __len__(self) -> int:
-        return len(self.numbers)
+        return len(self.number_column)
+
+    def numbers(self) -> np.ndarray:
+        """The canonical number of every row (what the index is searched with)."""
+        numbers = self.number_column.to_numpy(zero_copy_only=False)
+        if self.prepared:
+            numbers = numbers.copy()
+            for i, p in self.prepared.items():
+                numbers[i] = p.lookup.number
+        return numbers
 
     def lookup(self, i: int) -> Lookup:
         """The canonical lookup of row i."""
-        return Lookup(self.states[i], self.numbers[i], _CLASSES[int(self.classes[i])])
+        p = self.prepared.get(i)
+        if p is not None:
+            return p.lookup
+        cls = _CLASSES[int(self.classes[i])]
+        return Lookup(self.state_column[i].as_py(), self.number_column[i].as_py(), cls)
 
     def preparation(self, i: int) -> PreparedQuery:
         """The full PreparedQuery of row i (built on demand for a plain typed row)."""
         p = self.prepared.get(i)
         if p is None:
-            p = PreparedQuery(self.lookup(i), "typed", None, self.births[i], "", self.references[i].as_py())
+            birth = self.birth_column[i].as_py() if self.birth_column is not None else ""
+            p = PreparedQuery(self.lookup(i), "typed", None, birth, "", self.references[i].as_py())
         return p
 
 
@@ -121,27 +132,23 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
     """Validate every row of a columnar manifest: the queries, and every violation as (field, description),
     fields named `queries_arrow_ipc[i].<column>`."""
     n = table.num_rows
+    names = table.column_names
     raw = {name: text_column(table, name) for name in TEXT_COLUMNS}
-    if "document_class" in table.column_names:
-        classes = np.array(integer_column(table, "document_class", FIELD), np.int64)  # writable: rows get patched
+    if "document_class" in names:
+        classes = np.array(integer_column(table, "document_class", FIELD), np.int64)
     else:
         classes = np.zeros(n, np.int64)
     state_ok, states = per_distinct(raw["issuing_state"], _query_state)
-    numbers = canonical_number_column(raw["document_number"])
-    number_ok = pc.match_substring_regex(numbers, NUMBER_FORM).to_numpy(zero_copy_only=False)
-    birth_ok, births = per_distinct(raw["birth_date"], _query_birth)
-    no_mrz = pc.equal(pc.binary_length(raw["mrz"]), 0).to_numpy(zero_copy_only=False)
-    fast = state_ok & number_ok & birth_ok & no_mrz & (classes >= 0) & (classes < len(_CLASSES))
-    queries = ManifestQueries(
-        states.to_pylist(),
-        numbers.to_pylist(),
-        classes,
-        births.to_pylist(),
-        raw["client_reference"],
-        {},
-        states,
-        numbers,
-    )
+    numbers, fast = canonical_number_column(raw["document_number"])
+    fast &= state_ok
+    fast &= (classes >= 0) & (classes < len(_CLASSES))
+    births = None
+    if "birth_date" in names:  # absent columns cost nothing more (manifests often have no birth dates or MRZs)
+        birth_ok, births = per_distinct(raw["birth_date"], _query_birth)
+        fast &= birth_ok
+    if "mrz" in names:
+        fast &= pc.equal(pc.binary_length(raw["mrz"]), 0).to_numpy(zero_copy_only=False)
+    queries = ManifestQueries(states, numbers, classes, births, raw["client_reference"], {})
     violations: list[tuple[str, str]] = []
     for i in np.flatnonzero(~fast).tolist():
         query = Query(
@@ -158,6 +165,4 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
             violations.append((exc.field, exc.description))
             continue
         queries.prepared[i] = p
-        queries.states[i], queries.numbers[i] = p.lookup.issuing_state, p.lookup.number
-        queries.classes[i] = int(p.lookup.document_class)
     return queries, violations

@@ -264,7 +264,7 @@ class Register:
             raise InvalidRequest(violations)
         self._catch_up_with_peers()
         batch = ManifestBatch(self.index.sequence, new_query_id(), np.full(n, Verdict.CLEAR, np.uint8))
-        found = self.index.lookup_sparse(queries.numbers, queries.lookup)
+        found = self.index.lookup_sparse(queries.numbers(), queries.lookup)
         rows = sorted(found)
         confirmed = self._confirmed([queries.lookup(i) for i in rows], [found[i] for i in rows])
         details = batch.details

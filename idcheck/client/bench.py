@@ -62,6 +62,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pyarrow as pa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from idcheck.client.channel import MAX_MESSAGE_BYTES, TlsOptions, open_channel
 from idcheck.client.files import ipc_bytes
@@ -72,7 +73,8 @@ from idcheck.v1 import register_pb2 as pb
 
 # manifest: CheckManifest (an Arrow table in, a verdict byte per row out); documents: CheckDocuments (a protobuf
 # message per query and per answer).
-KINDS = ("single", "manifest", "documents", "verify", "identify", "upload")
+# health: the standard Health.Check, no work behind it: what the gRPC stack alone allows on this machine.
+KINDS = ("single", "manifest", "documents", "verify", "identify", "upload", "health")
 SIZED = ("manifest", "documents", "upload")
 DEFAULT_SCENARIOS = "single@1,single@16,single@64,manifest-10,manifest-100,manifest-1000,verify,identify,upload-10000"
 BASELINES = ("redis", "sqlite", "faiss")
@@ -84,6 +86,7 @@ BASELINES_FOR = {
     "verify": ("faiss",),
     "identify": ("faiss",),
     "upload": ("sqlite",),
+    "health": (),
 }
 QUERY_POOL = 50_000  # distinct check queries cycled through by the callers
 PROBE_POOL = 1_000  # distinct biometric probes
@@ -673,12 +676,16 @@ class Backends:
         next scenarios."""
 
         def new_call(k: int) -> Call:
-            if k not in self._channels:
-                self._channels[k] = self.endpoints.conn.channel(own_connection=True)
-            channel = self._channels[k]
+            channel = self._channel(k)
             return make(register_pb2_grpc.DocumentRegisterStub(channel), biometrics_pb2_grpc.BiometricsStub(channel))
 
         return new_call
+
+    def _channel(self, k: int) -> grpc.Channel:
+        """Caller k's own channel (kept for the next scenarios)."""
+        if k not in self._channels:
+            self._channels[k] = self.endpoints.conn.channel(own_connection=True)
+        return self._channels[k]
 
     def _cached(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -773,6 +780,20 @@ class Backends:
             return call
 
         return self._per_caller(make)
+
+    def _idcheck_health(self, scenario: Scenario) -> NewCall:
+        request = health_pb2.HealthCheckRequest(service="")
+
+        def new_call(k: int) -> Call:
+            check = health_pb2_grpc.HealthStub(self._channel(k)).Check
+
+            def call(i: int, t: Tally) -> None:
+                if check(request, timeout=30).status != health_pb2.HealthCheckResponse.SERVING:
+                    t.wrong += 1
+
+            return call
+
+        return new_call
 
     def _probe_requests(self, kind: str) -> list[Any]:
         w = self.workload

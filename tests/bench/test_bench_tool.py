@@ -83,7 +83,7 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
             "--seed",
             str(SEED),
             "--scenarios",
-            "single@1,single@4,manifest-100,verify,identify@2,upload-20",
+            "single@1,single@4,manifest-100,documents-100,verify,identify@2,upload-20,health@2",
             "--requests",
             "600",
             "--warmup",
@@ -103,7 +103,16 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     assert result["server"]["seed_records"]["rows"] == RECORDS
     assert result["server"]["seed_templates"]["templates"] == 600
     scenarios = {s["name"]: s for s in result["scenarios"]}
-    assert list(scenarios) == ["single@1", "single@4", "manifest-100@1", "verify@1", "identify@2", "upload-20@1"]
+    assert list(scenarios) == [
+        "single@1",
+        "single@4",
+        "manifest-100@1",
+        "documents-100@1",
+        "verify@1",
+        "identify@2",
+        "upload-20@1",
+        "health@2",
+    ]
 
     for name, sc in scenarios.items():
         ours = sc["results"]["idcheck"]
@@ -123,6 +132,9 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     assert manifest["documents"] == 60_000 and manifest["documents_per_s"] > 0
     # 600 calls of 100 go through the pool of 50,000 queries once, then its first 10,000 again.
     assert Counter(manifest["answers"]) == expected_answers(0, QUERY_POOL) + expected_answers(0, 10_000)
+    # The same manifests through CheckDocuments (a message per query) get the same answers.
+    documents = scenarios["documents-100@1"]["results"]["idcheck"]
+    assert documents["documents"] == 60_000 and Counter(documents["answers"]) == Counter(manifest["answers"])
     # Fresh good captures of enrolled identities: verified, and found first in an exact gallery of 600.
     assert scenarios["verify@1"]["results"]["idcheck"]["answers"].get("MATCH", 0) >= 570
     # Identify returns nobody below its threshold (a low-quality gallery capture), never someone else first.

@@ -196,12 +196,10 @@ class Register:
                 continue
             if p is None:
                 p = PreparedQuery(lookups[i], "typed", None, "", "", queries[i].client_reference)
-            verdict = verdict_of(matches)
-            batch.verdicts.append(verdict)
-            batch.details[i] = CheckResult(verdict, matches, p, batch.query_id(i), officer_action(verdict, matches, p))
-            matched = ",".join(str(m.record.record_id) for m in matches)
-            state = p.lookup.issuing_state or p.state_as_read
-            append(AuditDocument(call_id, i, p.kind, state, p.lookup.number, verdict.name, matched))
+            r = answer(p, matches, batch.query_id(i))
+            batch.verdicts.append(r.verdict)
+            batch.details[i] = r
+            append(audit_document(call_id, i, r))
         self.audit.submit(
             AuditCall(
                 call_id,
@@ -277,13 +275,9 @@ class Register:
         call_id = self.audit.next_call_id()
         documents = []
         for i in sorted(details.keys() | queries.prepared.keys()):  # audited row by row; the rest packed
-            r = details.get(i)
-            p = r.query if r is not None else queries.prepared[i]
-            verdict = r.verdict if r is not None else Verdict.CLEAR
-            batch.verdicts[i] = verdict
-            matched = ",".join(str(m.record.record_id) for m in r.matches) if r is not None else ""
-            state = p.lookup.issuing_state or p.state_as_read
-            documents.append(AuditDocument(call_id, i, p.kind, state, p.lookup.number, verdict.name, matched))
+            r = details.get(i) or answer(queries.prepared[i], (), batch.query_id(i))
+            batch.verdicts[i] = r.verdict
+            documents.append(audit_document(call_id, i, r))
         plain = np.ones(n, bool)
         plain[[d.position for d in documents]] = False
         mask = pa.array(plain)
@@ -514,6 +508,14 @@ def answer(p: PreparedQuery, matches: tuple[Match, ...], query_id: str) -> Check
     """The full answer to one prepared query given its confirmed matches."""
     verdict = verdict_of(matches)
     return CheckResult(verdict, matches, p, query_id, officer_action(verdict, matches, p))
+
+
+def audit_document(call_id: int, position: int, r: CheckResult) -> AuditDocument:
+    """The audit row of one answer given in full (a match, an MRZ, a warning, or a single check's)."""
+    p = r.query
+    matched = ",".join(str(m.record.record_id) for m in r.matches)
+    state = p.lookup.issuing_state or p.state_as_read
+    return AuditDocument(call_id, position, p.kind, state, p.lookup.number, r.verdict.name, matched)
 
 
 class UploadSession:

@@ -651,6 +651,15 @@ class Endpoints:
 _VERDICT_NAMES = {v: pb.Verdict.Name(v).removeprefix("VERDICT_") for v in pb.Verdict.values()}
 
 
+def _tally_manifest(t: Tally, resp: Any, got: np.ndarray, want: np.ndarray) -> None:
+    """Count one manifest answer (CheckManifest or CheckDocuments): its documents, verdicts and wrong answers."""
+    t.wrong += int(np.count_nonzero(got != want)) if len(got) == len(want) else len(want)
+    t.documents += len(got)
+    t.answers["HIT"] += resp.hits
+    t.answers["POSSIBLE_MATCH"] += resp.possible_matches
+    t.answers["CLEAR"] += resp.clear
+
+
 class Backends:
     """Per worker process: the channel, clients and prebuilt requests, made once and reused by every scenario."""
 
@@ -744,13 +753,7 @@ class Backends:
             def call(i: int, t: Tally) -> None:
                 j = i % len(reqs)
                 resp = method(reqs[j], metadata=md, timeout=60)
-                got = np.frombuffer(resp.verdicts, np.uint8)
-                want = expected[batches[j]]
-                t.wrong += int(np.count_nonzero(got != want)) if len(got) == len(want) else len(want)
-                t.documents += len(got)
-                t.answers["HIT"] += resp.hits
-                t.answers["POSSIBLE_MATCH"] += resp.possible_matches
-                t.answers["CLEAR"] += resp.clear
+                _tally_manifest(t, resp, np.frombuffer(resp.verdicts, np.uint8), expected[batches[j]])
 
             return call
 
@@ -770,12 +773,7 @@ class Backends:
                 j = i % len(reqs)
                 resp = method(reqs[j], metadata=md, timeout=60)
                 got = np.fromiter((r.verdict for r in resp.results), dtype=np.int8, count=len(resp.results))
-                want = expected[batches[j]]
-                t.wrong += int(np.count_nonzero(got != want)) if len(got) == len(want) else len(want)
-                t.documents += len(got)
-                t.answers["HIT"] += resp.hits
-                t.answers["POSSIBLE_MATCH"] += resp.possible_matches
-                t.answers["CLEAR"] += resp.clear
+                _tally_manifest(t, resp, got, expected[batches[j]])
 
             return call
 

@@ -62,7 +62,6 @@ TEXT_COLUMNS = (
 )
 INTEGER_COLUMNS = ("document_class", "status")
 REQUIRED_COLUMNS = ("issuing_state", "document_number", "document_class", "status", "event_date")
-ALL_COLUMNS = frozenset(TEXT_COLUMNS + INTEGER_COLUMNS)
 
 _VALID_CLASSES = np.array([int(c) for c in DocumentClass if c != DocumentClass.UNSPECIFIED], np.int64)
 _VALID_STATUSES = np.arange(1, 7, dtype=np.int64)  # LOST .. CANCELLED
@@ -112,24 +111,34 @@ def decode_arrow_ipc(
 
 
 def _check_schema(schema: pa.Schema) -> None:
+    problems = schema_problems(schema, TEXT_COLUMNS, INTEGER_COLUMNS, "the enum number")
+    missing = [n for n in REQUIRED_COLUMNS if n not in schema.names]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    if problems:
+        raise InvalidRequest.single(FIELD, "; ".join(problems))
+
+
+def schema_problems(
+    schema: pa.Schema, text_columns: Sequence[str], integer_columns: Sequence[str], integer_meaning: str
+) -> list[str]:
+    """What is wrong with the columns of an Arrow payload: duplicated or unknown names, text columns that are
+    not utf8, integer columns (holding `integer_meaning`) that are not integers."""
     names = schema.names
+    allowed = set(text_columns) | set(integer_columns)
     problems = []
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         problems.append(f"duplicate column(s) {', '.join(duplicated)}")
-    unknown = [n for n in names if n not in ALL_COLUMNS]
+    unknown = [n for n in names if n not in allowed]
     if unknown:
-        problems.append(f"unknown column(s) {', '.join(unknown)} (allowed: {', '.join(sorted(ALL_COLUMNS))})")
-    missing = [n for n in REQUIRED_COLUMNS if n not in names]
-    if missing:
-        problems.append(f"missing column(s) {', '.join(missing)}")
+        problems.append(f"unknown column(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
     for f in schema:
-        if f.name in TEXT_COLUMNS and not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+        if f.name in text_columns and not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
             problems.append(f"column {f.name} must be utf8 text, not {f.type}")
-        if f.name in INTEGER_COLUMNS and not pa.types.is_integer(f.type):
-            problems.append(f"column {f.name} must be an integer (the enum number), not {f.type}")
-    if problems:
-        raise InvalidRequest.single(FIELD, "; ".join(problems))
+        if f.name in integer_columns and not pa.types.is_integer(f.type):
+            problems.append(f"column {f.name} must be an integer ({integer_meaning}), not {f.type}")
+    return problems
 
 
 def text_column(table: pa.Table, name: str) -> pa.Array:

@@ -26,6 +26,7 @@ from idcheck.register.columns import (
     decode_arrow_ipc,
     integer_column,
     per_distinct,
+    schema_problems,
     state_or_none,
     text_column,
 )
@@ -37,7 +38,6 @@ FIELD = "queries_arrow_ipc"
 #: needs document_number or mrz.
 TEXT_COLUMNS = ("issuing_state", "document_number", "birth_date", "mrz", "client_reference")
 INTEGER_COLUMNS = ("document_class",)
-ALL_COLUMNS = frozenset(TEXT_COLUMNS + INTEGER_COLUMNS)
 _CLASSES = tuple(DocumentClass)
 
 
@@ -95,21 +95,9 @@ def decode(payload: bytes, *, max_rows: int) -> pa.Table:
 
 
 def _check_schema(schema: pa.Schema) -> None:
-    names = schema.names
-    problems = []
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        problems.append(f"duplicate column(s) {', '.join(duplicated)}")
-    unknown = [n for n in names if n not in ALL_COLUMNS]
-    if unknown:
-        problems.append(f"unknown column(s) {', '.join(unknown)} (allowed: {', '.join(sorted(ALL_COLUMNS))})")
-    if "document_number" not in names and "mrz" not in names:
+    problems = schema_problems(schema, TEXT_COLUMNS, INTEGER_COLUMNS, "the DocumentClass number")
+    if "document_number" not in schema.names and "mrz" not in schema.names:
         problems.append("a document_number or an mrz column is required")
-    for f in schema:
-        if f.name in TEXT_COLUMNS and not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
-            problems.append(f"column {f.name} must be utf8 text, not {f.type}")
-        if f.name in INTEGER_COLUMNS and not pa.types.is_integer(f.type):
-            problems.append(f"column {f.name} must be an integer (the DocumentClass number), not {f.type}")
     if problems:
         raise InvalidRequest.single(FIELD, "; ".join(problems))
 

@@ -245,7 +245,8 @@ MANIFEST_TEXT_COLUMNS = ("issuing_state", "document_number", "birth_date", "mrz"
 
 def manifest_wire_table(table: pa.Table) -> pa.Table:
     """A chunk of a manifest file (text columns, as `iter_tables` gives them) in CheckManifest's schema. A blank
-    mrz cell makes a typed row; class names become their numbers (an unknown name: 0, any class)."""
+    mrz cell makes a typed row; class names become their numbers (blank: 0, any class; an unknown name: -1, which
+    the server refuses, naming the row, rather than the row being searched under every class)."""
     names = table.column_names
     if "mrz" not in names and "document_number" not in names:
         raise FileFormatError("a manifest needs an 'mrz' column or 'issuing_state' and 'document_number' columns")
@@ -258,7 +259,7 @@ def manifest_wire_table(table: pa.Table) -> pa.Table:
         arrays["mrz"] = pc.if_else(pc.equal(pc.utf8_trim_whitespace(mrz), ""), "", mrz)
     if "document_class" in names:
         classes = table.column("document_class")
-        arrays["document_class"] = _enum_numbers(classes, lambda t: max(0, document_class_value(t)))
+        arrays["document_class"] = _enum_numbers(classes, lambda t: max(-1, document_class_value(t)))
     if "reference" in names:
         arrays["client_reference"] = pc.fill_null(table.column("reference").combine_chunks(), "")
     return pa.table(arrays)

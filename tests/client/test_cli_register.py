@@ -476,6 +476,15 @@ def test_check_manifest_bad_row_exits_2_naming_the_row(
     assert code == 2
     assert "row 4 (line 5), issuing_state: " in err and "QQQ" in err  # the column, as the file names it
     assert "queries[" not in err
+    classes = write_csv(
+        tmp_path / "classes.csv",
+        [
+            {"issuing_state": "UTO", "document_number": "A1", "document_class": c}
+            for c in ("passport", "", "ID-card", "spaceship")
+        ],
+    )
+    code, _, err = run(capsys, demo, "check-manifest", str(classes))
+    assert code == 2 and "row 4 (line 5), document_class: unknown document class" in err  # not searched as any class
     no_columns = write_csv(tmp_path / "names.csv", [{"surname": "ERIKSSON"}])
     code, _, err = run(capsys, demo, "check-manifest", str(no_columns))
     assert code == 2 and "'mrz' column" in err

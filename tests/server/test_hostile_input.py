@@ -12,16 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pyarrow as pa
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from idcheck.client.files import ipc_bytes
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
 from tests.conftest import ServerProcess, start_server
 
 MEMBER_MD = (("x-idcheck-member", "NZL"), ("x-idcheck-role", "member"))
+SPECIMEN_MRZ = "P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<\nL898902C36UTO7408122F1204159ZE184226B<<<<<10"
 UPLOAD_IDS = itertools.count()
 HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -85,6 +88,53 @@ def test_random_typed_checks_get_an_answer_or_invalid_argument(
         assert err.details()
     else:
         assert resp.result.verdict in (pb.VERDICT_CLEAR, pb.VERDICT_HIT, pb.VERDICT_POSSIBLE_MATCH)
+
+
+# Columnar manifests: random values in every column, odd column types, and payloads cut short.
+_manifest_columns = st.fixed_dictionaries(
+    {},
+    optional={
+        "issuing_state": st.lists(nasty_text, min_size=1, max_size=5),
+        "document_number": st.lists(nasty_text, min_size=1, max_size=5),
+        "birth_date": st.lists(nasty_text, min_size=1, max_size=5),
+        "mrz": st.lists(st.one_of(nasty_text, st.just(SPECIMEN_MRZ)), min_size=1, max_size=5),
+        "client_reference": st.lists(nasty_text, min_size=1, max_size=5),
+        "document_class": st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=5),
+        "seat": st.lists(nasty_text, min_size=1, max_size=5),
+    },
+)
+
+
+@HYPOTHESIS
+@given(columns=_manifest_columns, as_binary=st.booleans(), cut=st.integers(0, 64))
+def test_random_columnar_manifests_get_answers_or_invalid_argument(
+    live: tuple[ServerProcess, grpc.Channel], columns: dict[str, list[object]], as_binary: bool, cut: int
+) -> None:
+    server, channel = live
+    stub = register_pb2_grpc.DocumentRegisterStub(channel)
+    rows = min((len(v) for v in columns.values()), default=0)
+    arrays = {}
+    for name, values in columns.items():
+        if name == "document_class":
+            arrays[name] = pa.array(values[:rows], pa.int64())
+        elif as_binary and name == "document_number":
+            arrays[name] = pa.array([str(v).encode("utf-8", "surrogatepass") for v in values[:rows]], pa.binary())
+        else:
+            arrays[name] = pa.array(values[:rows], pa.string())
+    payload = ipc_bytes(pa.table(arrays)) if arrays else b""
+    if cut:
+        payload = payload[: max(0, len(payload) - cut)]
+    before = store_state(server.data_dir)
+    try:
+        resp = stub.CheckManifest(pb.CheckManifestRequest(queries_arrow_ipc=payload), metadata=MEMBER_MD, timeout=10)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+        assert err.details()
+    else:
+        assert len(resp.verdicts) == rows and set(resp.verdicts) <= {1, 2, 3}
+        assert resp.hits + resp.possible_matches + resp.clear == rows
+    assert store_state(server.data_dir) == before
+    assert_healthy(channel)
 
 
 @HYPOTHESIS

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import operator
+import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from idcheck.store.sqlite import AuditCall, AuditClear, AuditDocument, RegisterStore, connect
+import numpy as np
+
+from idcheck.store.sqlite import AuditCall, AuditClear, AuditDocument, RegisterStore, connect, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,8 @@ _HIT_VERDICTS: Final = ("HIT", "POSSIBLE_MATCH")
 # Least time between two commits brought forward for a waiting hit watcher: bounds the commit rate (and its
 # cost on the shared interpreter) when many checks hit while someone watches.
 PROMPT_COMMIT_GAP: Final = 0.01
+# A queued call: its ordinary rows and, for a manifest, its packed plain CLEARs.
+_Item = tuple[AuditCall, Sequence[AuditDocument], AuditClear | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,7 @@ class AuditWriter:
         # Audit rows are appended: a small page cache holds the right edge of its B-trees (a large one only
         # grows the process by the size of the audit log it has touched).
         self._conn = connect(store.path, synchronous="NORMAL", cache_mib=8)
+        self.rejected_path = store.path.parent / "audit-rejected.jsonl"  # calls that can never be written
         self._call_ids = itertools.count(store.last_audit_call_id() + 1)
         self._closed = False
         # Counters: changed only by the writer thread, under this lock so that a reader sees them together.
@@ -178,7 +186,7 @@ class AuditWriter:
             return len(documents) + cleared, verdicts["HIT"] + verdicts["POSSIBLE_MATCH"] - before
 
     def _run(self) -> None:
-        pending: list[tuple[AuditCall, Sequence[AuditDocument], AuditClear | None]] = []
+        pending: list[_Item] = []
         rows = 0
         waiters: list[threading.Event] = []
         deadline = 0.0
@@ -211,30 +219,108 @@ class AuditWriter:
                 waiters.append(item)
             due = stop or waiters or rows >= self._max_batch or time.monotonic() >= deadline
             if pending and due:
-                try:
-                    renumbered, next_free = self._store.write_audit(pending, self._conn)
-                    if renumbered:  # provisional numbering fell out of line: realign it with the file
-                        self._call_ids = itertools.count(next_free)
-                except Exception:  # keep the thread alive: a full disk must not stop checks
-                    log.exception("audit write of %d rows failed; retrying in %.1fs", rows, self._interval)
+                left = self._write_pending(pending)
+                if left:  # keep the thread alive: a full disk must not stop checks
+                    log.error("%d audit calls not written; retrying in %.1fs", len(left), self._interval)
                     deadline = time.monotonic() + self._interval
-                    with self._counts_lock:
-                        self._failures += 1
                 else:
                     last_commit = time.monotonic()
-                    with self._counts_lock:
-                        self._calls_written += len(pending)
-                        self._rows_written += rows
-                        self._rows_pending -= rows
-                    with self._committed:
-                        self._generation += 1
-                        self._committed.notify_all()
-                    pending, rows = [], 0
                     self._pending_hits = 0
+                pending, rows = left, sum(map(_documents, left))
             if not pending:
                 for w in waiters:
                     w.set()
                 waiters = []
+
+    def _write_pending(self, pending: list[_Item]) -> list[_Item]:
+        """Commit the pending calls in one transaction; returns those left for a later attempt.
+
+        A failure of the store itself (`sqlite3.OperationalError`: a locked database, a full or failing disk) leaves
+        every call for the next attempt. Any other failure comes from a call that can never be written (a malformed
+        one); retrying it would hold every later call back, forever. Each call is then tried in a transaction of
+        its own, in order: one that fails alone is set aside in `audit-rejected.jsonl` next to the database, with
+        the error, and logged, so that nothing is dropped silently; the others are committed.
+        """
+        try:
+            self._commit(pending)
+            return []
+        except sqlite3.OperationalError:
+            log.exception("audit write of %d calls failed", len(pending))
+            with self._counts_lock:
+                self._failures += 1
+            return pending
+        except Exception:
+            log.exception("audit write of %d calls failed; writing them one by one", len(pending))
+            with self._counts_lock:
+                self._failures += 1
+        left: list[_Item] = []
+        for item in pending:
+            try:
+                self._commit([item])
+            except sqlite3.OperationalError:
+                left.append(item)
+            except Exception as exc:
+                if not self._set_aside(item, exc):
+                    left.append(item)
+        return left
+
+    def _commit(self, batch: Sequence[_Item]) -> None:
+        renumbered, next_free = self._store.write_audit(batch, self._conn)
+        if renumbered:  # provisional numbering fell out of line: realign it with the file
+            self._call_ids = itertools.count(next_free)
+        documents = sum(map(_documents, batch))
+        with self._counts_lock:
+            self._calls_written += len(batch)
+            self._rows_written += documents
+            self._rows_pending -= documents
+        with self._committed:
+            self._generation += 1
+            self._committed.notify_all()
+
+    def _set_aside(self, item: _Item, exc: Exception) -> bool:
+        """Append a call that cannot be written to the rejected-audit file (fsynced); False if that fails too."""
+        call, documents, clear = item
+        entry = {
+            "set_aside_at": utc_now(),
+            "error": f"{type(exc).__name__}: {exc}",
+            "call": call._asdict(),
+            "documents": [d._asdict() for d in documents],
+            "clear": None
+            if clear is None
+            else {
+                "positions": np.asarray(clear.positions).tolist(),
+                "states": _as_list(clear.states),
+                "numbers": _as_list(clear.numbers),
+            },
+        }
+        try:
+            with open(self.rejected_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except Exception:
+            log.exception("could not set aside audit call %s", call.call_uid)
+            return False
+        log.error(
+            "audit call %s (%d documents) cannot be written (%s); set aside in %s",
+            call.call_uid,
+            _documents(item),
+            entry["error"],
+            self.rejected_path,
+        )
+        with self._counts_lock:
+            self._rows_pending -= _documents(item)
+        return True
+
+
+def _documents(item: _Item) -> int:
+    """Documents of one queued call: its rows and its packed plain CLEARs."""
+    clear = item[2]
+    return len(item[1]) + (len(clear.positions) if clear is not None else 0)
+
+
+def _as_list(values: object) -> list[object]:
+    return values.to_pylist() if hasattr(values, "to_pylist") else list(values)  # type: ignore[call-overload]
 
 
 class _Counted(threading.Event):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from idcheck.store import AuditCall, AuditDocument, AuditWriter, RegisterStore, utc_now
+from idcheck.store import AuditCall, AuditClear, AuditDocument, AuditWriter, RegisterStore, utc_now
 
 
 @pytest.fixture
@@ -164,3 +166,53 @@ def test_call_ids_are_final_in_commit_order_without_gaps(store: RegisterStore) -
     with sqlite3.connect(store.path) as conn:
         numbers = [n for (n,) in conn.execute("SELECT document_number FROM audit ORDER BY call_id")]
     assert numbers == ["LA2", "LA2", "LA3", "LA5", "LA1"]
+
+
+def test_a_call_that_can_never_be_written_is_set_aside_and_the_others_committed(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=30.0)
+    try:
+        first = call(writer, 2)
+        bad_call, _ = call(writer, 3)
+        # Positions out of order: the packing refuses the call (ValueError), whatever is retried.
+        poison = AuditClear(np.array([2, 0, 1]), ["NZL"] * 3, ["A1", "A2", "A3"])
+        last = call(writer, 1)
+        writer.submit(*first)
+        writer.submit(bad_call, [], poison)
+        writer.submit(*last)
+        assert writer.flush()
+        assert store.audit_count() == 3  # both good calls, in the order they came
+        assert [
+            uid for (uid,) in sqlite3.connect(store.path).execute("SELECT call_uid FROM audit_calls ORDER BY call_id")
+        ] == [
+            first[0].call_uid,
+            last[0].call_uid,
+        ]
+        [entry] = [json.loads(line) for line in writer.rejected_path.read_text().splitlines()]
+        assert entry["call"]["call_uid"] == bad_call.call_uid and entry["error"].startswith("ValueError")
+        assert entry["clear"] == {"positions": [2, 0, 1], "states": ["NZL"] * 3, "numbers": ["A1", "A2", "A3"]}
+        counts = writer.counts()
+        assert counts.rows_pending == 0 and counts.rows_written == 3 and counts.write_failures == 1
+        writer.submit(*call(writer, 2))  # the writer goes on
+        assert writer.flush()
+        assert store.audit_count() == 5
+    finally:
+        writer.close()
+
+
+def test_a_locked_database_keeps_every_call_for_the_next_attempt(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=0.05)
+    blocker = sqlite3.connect(store.path, timeout=0)
+    try:
+        writer._conn.execute("PRAGMA busy_timeout = 0")  # fail at once instead of waiting for the lock
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database (as a long upload does)
+        writer.submit(*call(writer, 2))
+        writer.submit(*call(writer, 1))
+        wait_for(lambda: writer.counts().write_failures >= 2)
+        assert writer.counts().write_failures >= 2 and store.audit_count() == 0
+        blocker.execute("COMMIT")
+        assert writer.flush()
+        assert store.audit_count() == 3
+        assert not writer.rejected_path.exists()  # a locked database is the store's state, never the call's
+    finally:
+        blocker.close()
+        writer.close()

@@ -1209,6 +1209,11 @@ def _describe_stats(s: Any) -> str:
         audit = (
             f"{s.audit_calls_written:,} calls / {s.audit_rows_written:,} rows written; {s.audit_rows_pending:,} rows "
             f"pending, {s.audit_calls_queued:,} calls queued; {s.audit_write_failures:,} failed commits"
+            + (
+                f"; {s.audit_calls_set_aside:,} calls SET ASIDE (see audit-rejected.jsonl)"
+                if s.audit_calls_set_aside
+                else ""
+            )
         )
     else:
         audit = "NOT WRITTEN (server started with benchmark_no_audit)"

@@ -166,6 +166,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             audit_calls_written=audit.calls_written,
             audit_rows_written=audit.rows_written,
             audit_write_failures=audit.write_failures,
+            audit_calls_set_aside=audit.calls_set_aside,
             rate_limited_calls=self.rate_limiter.refusals.value if self.rate_limiter is not None else 0,
             rpcs_in_flight=self.calls.in_flight,
             rpcs_started=self.calls.started.value,

@@ -53,6 +53,7 @@ class AuditCounts:
     calls_written: int
     rows_written: int
     write_failures: int
+    calls_set_aside: int  # could never be written: in `rejected_path` (see AuditWriter._write_pending)
     calls_by_kind: Mapping[str, int]  # check, manifest, verify, identify
     answers_by_verdict: Mapping[str, int]  # per document (a manifest counts each of its queries)
 
@@ -86,6 +87,7 @@ class AuditWriter:
         self._calls_written = 0
         self._rows_written = 0
         self._failures = 0
+        self._set_aside_count = 0
         # Commit notification: `_generation` counts commits; waiters sleep on `_committed`.
         self._committed = threading.Condition()
         self._generation = 0
@@ -129,6 +131,7 @@ class AuditWriter:
                 calls_written=self._calls_written,
                 rows_written=self._rows_written,
                 write_failures=self._failures,
+                calls_set_aside=self._set_aside_count,
                 calls_by_kind=dict(self._calls_by_kind),
                 answers_by_verdict=dict(self._verdicts),
             )
@@ -310,6 +313,7 @@ class AuditWriter:
         )
         with self._counts_lock:
             self._rows_pending -= _documents(item)
+            self._set_aside_count += 1
         return True
 
 

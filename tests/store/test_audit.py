@@ -192,6 +192,7 @@ def test_a_call_that_can_never_be_written_is_set_aside_and_the_others_committed(
         assert entry["clear"] == {"positions": [2, 0, 1], "states": ["NZL"] * 3, "numbers": ["A1", "A2", "A3"]}
         counts = writer.counts()
         assert counts.rows_pending == 0 and counts.rows_written == 3 and counts.write_failures == 1
+        assert counts.calls_set_aside == 1
         writer.submit(*call(writer, 2))  # the writer goes on
         assert writer.flush()
         assert store.audit_count() == 5

@@ -67,6 +67,8 @@ SERVER_SETTINGS = (
     "grace_seconds",
     "rate_limit_per_second",
     "rate_limit_burst",
+    "queue_calls",
+    "queue_seconds",
     "log_level",
     "tls_dir",
     "tls_cert",
@@ -434,22 +436,24 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
     """Open the mirror's register, start following the upstream and serving checks."""
     # Imported here: `idcheck certs` and other commands build the CLI parser (with this module's flags)
     # without loading the server.
-    from idcheck.server.app import bind, listen_security, rate_limiter
+    from idcheck.server.app import bind, listen_security, rate_limiter, shedder, worker_threads
     from idcheck.server.tls import certificate_identity
 
     host, tls = listen_security(config, "a mirror")
     client_tls = upstream_tls(mirror)
     limits = Limits(max_queries_per_call=config.max_queries_per_call)
     limiter = rate_limiter(config)
+    overload = shedder(config)  # as on the register: beyond the work slots and queue, refused at once
     try:
         replica = Replica.open(config.data_dir, mirror.upstream, limits=limits, audit_interval=config.audit_interval)
     except ReplicationError as exc:
         raise ConfigError(str(exc)) from None
     try:
+        workers = worker_threads(overload)
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
             interceptors=[
-                GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter),
+                GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter, overload),
                 ReadOnlyInterceptor(mirror.upstream),
             ],
             options=[
@@ -457,7 +461,7 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=config.threads * 64,
+            maximum_concurrent_rpcs=workers * 16,
         )
         register_pb2_grpc.add_DocumentRegisterServicer_to_server(
             DocumentRegisterServicer(replica.register, upstream_contact=lambda: replica.freshness().contact_at),

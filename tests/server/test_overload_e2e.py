@@ -11,6 +11,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from idcheck.server.limits import CallExpired, ConcurrencyLimiter, Overloaded
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
 from tests.conftest import ServerProcess, store_digest
+from tests.server.test_mirror_e2e import start_mirror
 
 MD = (("x-idcheck-member", "NZL"), ("x-idcheck-role", "member"))
 NO_RATE_LIMIT = ("--rate-limit-per-second", "0")
@@ -148,13 +150,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def test_flood_beyond_capacity_is_shed_quickly_with_retry_hints_and_server_recovers(
-    server_factory: Callable[..., ServerProcess],
-) -> None:
-    # Two work slots, two waiting places held at most 50 ms: a flood of 24 callers is far beyond that.
-    server = server_factory("--threads", "2", "--queue-calls", "2", "--queue-seconds", "0.05", *NO_RATE_LIMIT)
-    seed(server, 2000)
-    size = 2000
+def flood_and_recover(address: str, size: int = 2000) -> None:
+    """Flood `address` (2 work slots, 2 waiting places held at most 50 ms) with 24 callers of manifests of `size`
+    for 6 s: calls are served or refused at once with OVERLOADED and a retry hint, health answers throughout, and
+    everything works as before afterwards."""
     request = manifest(size)
     accepted: list[float] = []
     refused: list[float] = []
@@ -192,9 +191,9 @@ def test_flood_beyond_capacity_is_shed_quickly_with_retry_hints_and_server_recov
             health_latency.append(time.perf_counter() - started)
             time.sleep(0.1)
 
-    channels = [grpc.insecure_channel(server.address) for _ in range(4)]
+    channels = [grpc.insecure_channel(address) for _ in range(4)]
     callers = [threading.Thread(target=flood, args=(channels[i % 4],)) for i in range(24)]
-    prober = threading.Thread(target=probe, args=(grpc.insecure_channel(server.address),))
+    prober = threading.Thread(target=probe, args=(grpc.insecure_channel(address),))
     for t in (*callers, prober):
         t.start()
     time.sleep(6)
@@ -219,7 +218,7 @@ def test_flood_beyond_capacity_is_shed_quickly_with_retry_hints_and_server_recov
     assert percentile(accepted, 0.99) < 10.0  # accepted calls do not queue without bound
     assert health_latency and max(health_latency) < 5.0  # health answered throughout
     # After the flood everything works as before.
-    with grpc.insecure_channel(server.address) as channel:
+    with grpc.insecure_channel(address) as channel:
         assert healthy(channel)
         stub = register_pb2_grpc.DocumentRegisterStub(channel)
         assert_manifest_answers(stub.CheckDocuments(request, metadata=MD, timeout=30), size)
@@ -229,6 +228,41 @@ def test_flood_beyond_capacity_is_shed_quickly_with_retry_hints_and_server_recov
         assert stub.CheckDocument(one, metadata=MD, timeout=10).result.verdict == pb.VERDICT_HIT
     for channel in channels:
         channel.close()
+
+
+SHEDDING = ("--threads", "2", "--queue-calls", "2", "--queue-seconds", "0.05", *NO_RATE_LIMIT)
+
+
+def test_flood_beyond_capacity_is_shed_quickly_with_retry_hints_and_server_recovers(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # Two work slots, two waiting places held at most 50 ms: a flood of 24 callers is far beyond that.
+    server = server_factory(*SHEDDING)
+    seed(server, 2000)
+    flood_and_recover(server.address)
+
+
+def test_a_mirror_sheds_a_flood_as_the_register_does(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    upstream = server_factory(*NO_RATE_LIMIT)
+    seed(upstream, 2000)
+    mirror = start_mirror(upstream.address, tmp_path / "mirror", *SHEDDING)
+    try:
+        with grpc.insecure_channel(mirror.address) as channel:  # caught up with the upstream's 2,000 records
+            stub = register_pb2_grpc.DocumentRegisterStub(channel)
+            deadline = time.monotonic() + 30
+            while len(stub.CheckDocuments(manifest(2000), metadata=MD, timeout=10).results) != 2000 or (
+                stub.CheckDocuments(manifest(2000), metadata=MD, timeout=10).hits != 200
+            ):
+                assert time.monotonic() < deadline, "the mirror did not catch up"
+                time.sleep(0.2)
+            while not healthy(channel):  # and says so
+                assert time.monotonic() < deadline, "the mirror did not turn SERVING:\n" + "".join(mirror.output)
+                time.sleep(0.2)
+        flood_and_recover(mirror.address)
+    finally:
+        mirror.stop()
 
 
 def test_streams_cannot_starve_checks_and_are_capped_with_a_retry_hint(

@@ -230,6 +230,7 @@ class RegisterStore:
         self._lock = threading.Lock()
         self._readers = ReaderConnections(self.path)
         self._last_seq = self._query_last_seq(self._conn)
+        self._status_counts: tuple[int | None, dict[str, int]] | None = None  # (newest record seq, counts)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -258,9 +259,24 @@ class RegisterStore:
             conn.execute("COMMIT")
 
     def count_records(self) -> dict[str, int]:
-        """Record counts by status name."""
-        rows = self._reader().execute("SELECT status, COUNT(*) FROM records GROUP BY status").fetchall()
-        return {RecordStatus(s).name: int(n) for s, n in rows}
+        """Record counts by status name.
+
+        Counting reads every record (seconds at tens of millions), so the counts are kept with the sequence of the
+        newest record change they cover and counted again only after a change (any process's: the sequence is
+        read from the file, in the same snapshot as the counts)."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            newest = conn.execute("SELECT MAX(seq) FROM records").fetchone()[0]
+            cached = self._status_counts
+            if cached is not None and cached[0] == newest:
+                return dict(cached[1])
+            rows = conn.execute("SELECT status, COUNT(*) FROM records GROUP BY status").fetchall()
+        finally:
+            conn.execute("COMMIT")
+        counts = {RecordStatus(s).name: int(n) for s, n in rows}
+        self._status_counts = (newest, counts)
+        return dict(counts)
 
     def find_upload(self, member: str, upload_id: str) -> UploadOutcome | None:
         """The stored outcome of a committed upload, or None."""

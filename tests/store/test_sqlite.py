@@ -402,6 +402,31 @@ def test_iter_records_skips_cancelled_by_default(store: RegisterStore) -> None:
     assert store.count_records() == {"STOLEN": 1, "LOST": 1, "CANCELLED": 1}
 
 
+def test_record_counts_are_counted_again_only_after_a_change(store: RegisterStore) -> None:
+    upload(store, "NZL", "u1", [rec("A1"), rec("B2"), rec("C3", LOST)])
+    statements: list[str] = []
+    store._reader().set_trace_callback(statements.append)
+    try:
+        assert store.count_records() == {"STOLEN": 2, "LOST": 1}
+        assert store.count_records() == {"STOLEN": 2, "LOST": 1}
+        assert sum("GROUP BY status" in s for s in statements) == 1  # the second answer came from the cache
+        upload(store, "NZL", "u2", [rec("A1"), rec("B2")])  # unchanged rows: no new sequence, same counts
+        assert store.count_records() == {"STOLEN": 2, "LOST": 1}
+        assert sum("GROUP BY status" in s for s in statements) == 1
+        store.cancel("NZL", [key("B2")], "recovered")
+        assert store.count_records() == {"STOLEN": 1, "LOST": 1, "CANCELLED": 1}
+        # a change made through another store on the same file (another worker process) is seen too
+        other = RegisterStore(store.path)
+        try:
+            upload(other, "NZL", "u3", [rec("D4", RecordStatus.REVOKED)])
+        finally:
+            other.close()
+        assert store.count_records() == {"STOLEN": 1, "LOST": 1, "CANCELLED": 1, "REVOKED": 1}
+        assert sum("GROUP BY status" in s for s in statements) == 3
+    finally:
+        store._reader().set_trace_callback(None)
+
+
 def test_change_log_has_no_gaps_after_mixed_changes(store: RegisterStore) -> None:
     upload(store, "NZL", "u1", [rec(f"N{i}") for i in range(10)])
     upload(store, "FJI", "f1", [rec(f"F{i}", state="FJI") for i in range(5)])

@@ -447,8 +447,8 @@ def _add_mirror(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         help="serve an on-site, read-only mirror that follows a register's change feed",
         description=(
             "Follow the register at --upstream (role mirror), keep a durable copy in --data and answer "
-            "CheckDocument and CheckDocuments from it, also while the link is down. Health turns NOT_SERVING "
-            "when the last contact with the upstream is older than --max-staleness seconds. Flags win over "
+            "CheckDocument, CheckDocuments and CheckManifest from it, also while the link is down. Health turns "
+            "NOT_SERVING when the last contact with the upstream is older than --max-staleness seconds. Flags win over "
             "IDCHECK_* environment variables, which win over the TOML file (--config: tables [server], [mirror])."
         ),
     )

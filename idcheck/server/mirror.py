@@ -1,9 +1,9 @@
 """`idcheck mirror`: an on-site, read-only copy of the register that follows the upstream's change feed.
 
 The mirror keeps its own durable register (a normal register database written only by the feed, with its
-position in the upstream's feed) and answers CheckDocument and CheckDocuments from it, exactly as the upstream
-would at the same sequence, with health and reflection. When the link drops it goes on answering from what it
-holds; every answer says how fresh it is (`register_sequence` and `upstream_contact_time`), and its health
+position in the upstream's feed) and answers CheckDocument, CheckDocuments and CheckManifest from it, exactly
+as the upstream would at the same sequence, with health and reflection. When the link drops it goes on answering
+from what it holds; every answer says how fresh it is (`register_sequence` and `upstream_contact_time`), and its health
 turns NOT_SERVING once the last contact with the upstream is older than `max_staleness` seconds (checks are
 still answered: health tells load balancers and monitoring, the answers tell officers). It reconnects with
 exponential backoff and jitter and resumes from its stored position, also after a restart.

@@ -159,6 +159,10 @@ def test_mirror_answers_checks_exactly_as_the_upstream_at_the_same_sequence(
         assert all(x.upstream_contact_time for x in ours) and not any(x.upstream_contact_time for x in theirs)
         single = [b.check(state="NZL", number="LA0000001"), a.check(state="NZL", number="LA0000001")]
         assert comparable(single[:1]) == comparable(single[1:])
+        manifests = [b.check_manifest(QUERIES), a.check_manifest(QUERIES)]  # the columnar manifest too
+        assert manifests[0].verdict_codes == manifests[1].verdict_codes
+        assert comparable(list(manifests[0].details.values())) == comparable(list(manifests[1].details.values()))
+        assert manifests[0].upstream_contact_time and not manifests[1].upstream_contact_time
         # a change on the upstream reaches the mirror within seconds, and the answers agree again
         committed = time.monotonic()
         with up.client("NZL", "member") as nzl:

@@ -29,7 +29,7 @@ from idcheck.server.auth import is_loopback, metadata_identity
 from idcheck.server.biometrics import BiometricsServicer
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
-from idcheck.server.limits import ConcurrencyLimiter, RateLimiter
+from idcheck.server.limits import ConcurrencyLimiter, RateLimiter, SharedBuckets
 from idcheck.server.operations import CallCounter, CountingRateLimiter, OperationsServicer
 from idcheck.server.register import DocumentRegisterServicer
 from idcheck.server.replication import ReplicationServicer
@@ -119,13 +119,15 @@ def gallery_settings(config: ServerConfig) -> GallerySettings:
     )
 
 
-def rate_limiter(config: ServerConfig) -> RateLimiter | None:
-    """The per-member rate limiter of `config`, or None when the limit is disabled (0 requests/s)."""
+def rate_limiter(config: ServerConfig, shared: SharedBuckets | None = None) -> RateLimiter | None:
+    """The per-member rate limiter of `config`, or None when the limit is disabled (0 requests/s); with `shared`,
+    its buckets are those of every worker process."""
     if config.rate_limit_per_second == 0:
         return None
     if config.rate_limit_burst < 1:
         raise ConfigError("rate_limit_burst must be at least 1 when rate_limit_per_second is set")
-    return CountingRateLimiter(config.rate_limit_per_second, config.rate_limit_burst)  # counts refusals for stats
+    # Counts refusals for the statistics.
+    return CountingRateLimiter(config.rate_limit_per_second, config.rate_limit_burst, shared=shared)
 
 
 def shedder(config: ServerConfig) -> ConcurrencyLimiter:
@@ -198,7 +200,7 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
         max_rows_per_upload=config.max_rows_per_upload,
     )
     settings = gallery_settings(config)
-    limiter = rate_limiter(config)
+    limiter = rate_limiter(config, peers.buckets if peers is not None else None)
     overload = shedder(config)
     gc.set_threshold(*GC_THRESHOLDS)
     if config.benchmark_no_audit:

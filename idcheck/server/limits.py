@@ -11,6 +11,10 @@ Memory is bounded: callers are authenticated before they reach the limiter, and 
 state code, so there are at most a few hundred buckets. `max_members` is a second guard: when it is reached,
 buckets that have refilled completely (indistinguishable from a new one) are dropped.
 
+Under `serve --workers N` the buckets live in memory shared by the worker processes (`SharedBuckets`, made
+before they are forked, behind one lock across processes), so a member's limit is the same whichever worker
+its connections land on, and however many there are.
+
 Overload shedding (`ConcurrencyLimiter`, README "Limits and overload"): at most `slots` calls are worked on at
 once; up to `queue` more may wait for a slot, each for at most `max_wait` seconds and never past its own
 deadline; any call beyond that is refused at once (RESOURCE_EXHAUSTED with a retry hint) instead of queueing
@@ -21,8 +25,12 @@ their own small cap (`streams`) and are refused beyond it.
 
 from __future__ import annotations
 
+import mmap
+import multiprocessing
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,8 +55,93 @@ class _Bucket:
     updated: float
 
 
+def _refill(tokens: float, updated: float, now: float, per_second: float, burst: int) -> float:
+    return min(float(burst), tokens + max(0.0, now - updated) * per_second)
+
+
+def _take(tokens: float, per_second: float) -> tuple[float, float | None]:
+    """(tokens left, None) when a token is taken, else (tokens, seconds until one is available)."""
+    # The tolerance absorbs float rounding, so that waiting exactly `retry_after` always succeeds.
+    if tokens >= 1.0 - 1e-9:
+        return max(0.0, tokens - 1.0), None
+    return tokens, (1.0 - tokens) / per_second
+
+
+class SharedBuckets:
+    """Token buckets in anonymous shared memory, for the worker processes of one server (made before fork()).
+
+    A fixed table of `max_members` slots, each the member code (up to 24 bytes of UTF-8), its tokens and the time
+    they were counted (`time.monotonic`, one clock for every process of the machine); a slot is found by
+    probing from the CRC-32 of the code. One lock, shared across the processes, covers a whole take. A table
+    full of members whose buckets are still refilling admits the newcomers without a bucket (and says so): the
+    limit protects the service from a runaway member, it is not an identity check.
+    """
+
+    _SLOT = struct.Struct("24sdd")
+
+    def __init__(self, max_members: int = 4096) -> None:
+        if max_members < 1:
+            raise ValueError("max_members must be at least 1")
+        self.slots = max_members
+        self._memory = mmap.mmap(-1, self._SLOT.size * max_members)  # MAP_SHARED | MAP_ANONYMOUS: inherited
+        self._lock = multiprocessing.get_context("fork").Lock()  # a semaphore in shared memory: inherited too
+        self.overflowed = 0  # calls admitted without a bucket, table full (this process)
+
+    def take(self, member: str, now: float, per_second: float, burst: int) -> float | None:
+        """Take a token from `member`'s bucket: None when taken, else the seconds until one is available."""
+        code = member.encode()[:24]
+        with self._lock:
+            slot = self._find(code, now, per_second, burst)
+            if slot is None:
+                self.overflowed += 1
+                return None
+            name, tokens, updated = self._SLOT.unpack_from(self._memory, slot)
+            tokens = float(burst) if name != code.ljust(24, b"\0") else _refill(tokens, updated, now, per_second, burst)
+            tokens, retry_after = _take(tokens, per_second)
+            self._SLOT.pack_into(self._memory, slot, code, tokens, now)
+            return retry_after
+
+    def _find(self, code: bytes, now: float, per_second: float, burst: int) -> int | None:
+        """Offset of `code`'s slot, or of a free one for it (lock held); None when the table is full of others."""
+        padded = code.ljust(24, b"\0")
+        start = zlib.crc32(code) % self.slots
+        for attempt in range(2):
+            for i in range(self.slots):
+                offset = ((start + i) % self.slots) * self._SLOT.size
+                name = self._memory[offset : offset + 24]
+                if name == padded or name == bytes(24):
+                    return offset
+            if attempt == 0:
+                self._drop_full(now, per_second, burst)
+        return None
+
+    def _drop_full(self, now: float, per_second: float, burst: int) -> None:
+        """Free the slots of buckets that have refilled to `burst`, compacting the probe chains (lock held)."""
+        kept = []
+        for slot in range(self.slots):
+            name, tokens, updated = self._SLOT.unpack_from(self._memory, slot * self._SLOT.size)
+            if name != bytes(24) and _refill(tokens, updated, now, per_second, burst) < burst:
+                kept.append((name, tokens, updated))
+        self._memory[:] = bytes(len(self._memory))
+        for name, tokens, updated in kept:
+            start = zlib.crc32(name.rstrip(b"\0")) % self.slots
+            for i in range(self.slots):
+                offset = ((start + i) % self.slots) * self._SLOT.size
+                if self._memory[offset : offset + 24] == bytes(24):
+                    self._SLOT.pack_into(self._memory, offset, name, tokens, updated)
+                    break
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(
+                self._memory[s * self._SLOT.size : s * self._SLOT.size + 24] != bytes(24) for s in range(self.slots)
+            )
+
+
 class RateLimiter:
-    """Token buckets keyed by member code; thread-safe, O(1) per call. `per_second` 0 disables the limit."""
+    """Token buckets keyed by member code; thread-safe, O(1) per call. `per_second` 0 disables the limit.
+
+    With `shared`, the buckets are those of every worker process of the server (see SharedBuckets)."""
 
     def __init__(
         self,
@@ -57,6 +150,7 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_members: int = 4096,
+        shared: SharedBuckets | None = None,
     ) -> None:
         if per_second < 0:
             raise ValueError("per_second must not be negative")
@@ -66,6 +160,7 @@ class RateLimiter:
         self.burst = int(burst)
         self._clock = clock
         self._max_members = max_members
+        self._shared = shared
         self._buckets: dict[str, _Bucket] = {}
         # One lock for all buckets: the work under it is a few float operations, far below the cost of an RPC.
         self._lock = threading.Lock()
@@ -78,23 +173,22 @@ class RateLimiter:
         """Take one token from `member`'s bucket, or raise RateLimited with the time until one is available."""
         if not self.enabled:
             return
-        with self._lock:
-            now = self._clock()
-            bucket = self._buckets.get(member)
-            if bucket is None:
-                if len(self._buckets) >= self._max_members:
-                    self._drop_full(now)
-                bucket = self._buckets[member] = _Bucket(float(self.burst), now)
-            else:
-                elapsed = max(0.0, now - bucket.updated)
-                bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.per_second)
-                bucket.updated = now
-            # The tolerance absorbs float rounding, so that waiting exactly `retry_after` always succeeds.
-            if bucket.tokens >= 1.0 - 1e-9:
-                bucket.tokens = max(0.0, bucket.tokens - 1.0)
-                return
-            retry_after = (1.0 - bucket.tokens) / self.per_second
-        raise RateLimited(member, retry_after, self.per_second, self.burst)
+        if self._shared is not None:
+            retry_after = self._shared.take(member, self._clock(), self.per_second, self.burst)
+        else:
+            with self._lock:
+                now = self._clock()
+                bucket = self._buckets.get(member)
+                if bucket is None:
+                    if len(self._buckets) >= self._max_members:
+                        self._drop_full(now)
+                    bucket = self._buckets[member] = _Bucket(float(self.burst), now)
+                else:
+                    bucket.tokens = _refill(bucket.tokens, bucket.updated, now, self.per_second, self.burst)
+                    bucket.updated = now
+                bucket.tokens, retry_after = _take(bucket.tokens, self.per_second)
+        if retry_after is not None:
+            raise RateLimited(member, retry_after, self.per_second, self.burst)
 
     def _drop_full(self, now: float) -> None:
         """Forget buckets that have refilled to `burst` (a new bucket would be the same). Caller holds the lock."""
@@ -103,6 +197,8 @@ class RateLimiter:
             del self._buckets[member]
 
     def __len__(self) -> int:
+        if self._shared is not None:
+            return len(self._shared)
         with self._lock:
             return len(self._buckets)
 

@@ -35,6 +35,7 @@ from types import FrameType
 
 from idcheck.register.peers import REGISTER, TEMPLATES, SequenceBoard, SequenceChannel
 from idcheck.server.config import ConfigError, ServerConfig, parse_listen
+from idcheck.server.limits import SharedBuckets
 
 log = logging.getLogger("idcheck.server.workers")
 
@@ -45,11 +46,13 @@ RESTART_WINDOW = 60.0
 
 @dataclass(frozen=True)
 class Peers:
-    """What a worker shares with the others: the sequence board and its slot on it."""
+    """What a worker shares with the others: the sequence board and its slot on it, and the members' rate-limit
+    buckets (None when the limit is off)."""
 
     board: SequenceBoard
     slot: int
     count: int
+    buckets: SharedBuckets | None = None
 
     @property
     def writes_snapshots(self) -> bool:
@@ -100,6 +103,7 @@ def supervise(
     config = dataclasses.replace(config, listen=f"{shown_host}:{port}")
     prepare(config)
     board = SequenceBoard(count)
+    buckets = SharedBuckets() if config.rate_limit_per_second > 0 else None  # one limit per member, not per worker
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -127,7 +131,7 @@ def supervise(
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 reservation.close()
                 board.slot = slot
-                code = serve(config, Peers(board, slot, count))
+                code = serve(config, Peers(board, slot, count, buckets))
             except BaseException:
                 log.exception("worker %d failed", slot + 1)
             finally:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 
 import pytest
 
 from idcheck.server.app import rate_limiter
 from idcheck.server.config import ConfigError, ServerConfig
-from idcheck.server.limits import RateLimited, RateLimiter
+from idcheck.server.limits import RateLimited, RateLimiter, SharedBuckets
 
 
 class FakeClock:
@@ -128,3 +129,56 @@ def test_configuration_builds_the_limiter_or_none_when_disabled() -> None:
     assert rate_limiter(ServerConfig(rate_limit_per_second=0, rate_limit_burst=0)) is None
     with pytest.raises(ConfigError):
         rate_limiter(ServerConfig(rate_limit_per_second=5, rate_limit_burst=0))
+
+
+# --- buckets shared by worker processes (serve --workers) ------------------------------------------------
+
+
+def test_shared_buckets_keep_the_same_rules() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10, 5, clock=clock, shared=SharedBuckets(16))
+    assert take(limiter, "NZL", 6) == 5
+    with pytest.raises(RateLimited) as refused:
+        limiter.acquire("NZL")
+    assert refused.value.retry_after == pytest.approx(0.1)
+    clock.now += 0.25
+    assert take(limiter, "NZL", 5) == 2
+    assert take(limiter, "FJI", 10) == 5  # members apart
+    clock.now += 3600
+    assert take(limiter, "NZL", 10) == 5  # never beyond the burst
+    assert len(limiter) == 2
+
+
+def test_shared_buckets_are_one_limit_across_forked_processes() -> None:
+    buckets = SharedBuckets(64)
+    limiter = RateLimiter(1e-6, 40, shared=buckets)  # practically no refill during the test
+    ctx = multiprocessing.get_context("fork")
+    admitted = ctx.Queue()
+
+    def worker() -> None:
+        admitted.put(take(limiter, "NZL", 30))
+
+    processes = [ctx.Process(target=worker) for _ in range(3)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(30)
+    counts = [admitted.get(timeout=5) for _ in processes]
+    assert sum(counts) == 40  # 3 x 30 calls against one bucket of 40, not 3 buckets
+    assert take(limiter, "NZL", 5) == 0 and take(limiter, "FJI", 5) == 5  # and this process sees the same
+
+
+def test_a_full_shared_table_drops_refilled_buckets_then_admits_without_one() -> None:
+    clock = FakeClock()
+    buckets = SharedBuckets(2)
+    limiter = RateLimiter(1, 1, clock=clock, shared=buckets)
+    limiter.acquire("NZL")
+    limiter.acquire("FJI")
+    limiter.acquire("WSM")  # both others still refilling: admitted without a bucket, counted
+    assert buckets.overflowed == 1 and len(limiter) == 2
+    clock.now += 5  # NZL and FJI full again: their slots are freed for newcomers
+    limiter.acquire("WSM")
+    assert buckets.overflowed == 1
+    with pytest.raises(RateLimited):
+        limiter.acquire("WSM")  # WSM now has a bucket of its own
+    assert take(limiter, "NZL", 3) == 1  # a fresh, full bucket

@@ -12,6 +12,7 @@ import numpy as np
 
 from idcheck.biometrics.synthetic import FaceGenerator
 from idcheck.client.biometrics import BiometricsClient
+from idcheck.client.errors import ResourceExhausted
 from idcheck.client.register import RegisterClient
 from tests.conftest import ServerProcess
 
@@ -95,3 +96,23 @@ def test_workers_stop_when_the_supervisor_is_killed(server_factory: Callable[...
     server.stop(signal.SIGKILL)
     # No orphans holding the port and the store: the kernel tells each worker its supervisor died.
     assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=30)
+
+
+def test_a_members_rate_limit_is_shared_by_the_workers(server_factory: Callable[..., ServerProcess]) -> None:
+    # Six requests at once, then one every five seconds, for the member whatever worker answers it.
+    server = server_factory("--workers", "2", "--rate-limit-per-second", "0.2", "--rate-limit-burst", "6")
+    admitted = refused = 0
+    started = time.monotonic()
+    for _ in range(FRESH_CONNECTIONS):  # fresh connections: the kernel spreads them over both workers
+        with RegisterClient(server.address, member="FJI", role="border") as c:
+            try:
+                c.check(state="NZL", number="X1")
+                admitted += 1
+            except ResourceExhausted as exc:
+                assert exc.reason == "RATE_LIMITED" and exc.retry_after
+                refused += 1
+    refilled = int((time.monotonic() - started) * 0.2) + 1
+    assert 6 <= admitted <= 6 + refilled, admitted  # per-worker buckets would have let up to 12 through
+    assert admitted + refused == FRESH_CONNECTIONS
+    with RegisterClient(server.address, member="WSM", role="border") as other:
+        assert other.check(state="NZL", number="X1").verdict == "CLEAR"  # another member has its own bucket

@@ -25,13 +25,15 @@ their own small cap (`streams`) and are refused beyond it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import mmap
-import multiprocessing
 import struct
+import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
@@ -72,7 +74,10 @@ class SharedBuckets:
 
     A fixed table of `max_members` slots, each the member code (up to 24 bytes of UTF-8), its tokens and the time
     they were counted (`time.monotonic`, one clock for every process of the machine); a slot is found by
-    probing from the CRC-32 of the code. One lock, shared across the processes, covers a whole take. A table
+    probing from the CRC-32 of the code. One lock covers a whole take: a POSIX record lock on an unlinked file,
+    which the kernel releases when its holder dies (a worker killed in the middle of a take must not leave the
+    others waiting forever, as a semaphore would), with a thread lock in front of it (record locks are held by
+    processes, not threads). A table
     full of members whose buckets are still refilling admits the newcomers without a bucket (and says so): the
     limit protects the service from a runaway member, it is not an identity check.
     """
@@ -84,13 +89,24 @@ class SharedBuckets:
             raise ValueError("max_members must be at least 1")
         self.slots = max_members
         self._memory = mmap.mmap(-1, self._SLOT.size * max_members)  # MAP_SHARED | MAP_ANONYMOUS: inherited
-        self._lock = multiprocessing.get_context("fork").Lock()  # a semaphore in shared memory: inherited too
+        # Inherited across fork() and kept open as long as the buckets: only its record lock is used.
+        self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115
+        self._thread_lock = threading.Lock()
         self.overflowed = 0  # calls admitted without a bucket, table full (this process)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fcntl.lockf(self._lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
 
     def take(self, member: str, now: float, per_second: float, burst: int) -> float | None:
         """Take a token from `member`'s bucket: None when taken, else the seconds until one is available."""
         code = member.encode()[:24]
-        with self._lock:
+        with self._locked():
             slot = self._find(code, now, per_second, burst)
             if slot is None:
                 self.overflowed += 1
@@ -132,7 +148,7 @@ class SharedBuckets:
                     break
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._locked():
             return sum(
                 self._memory[s * self._SLOT.size : s * self._SLOT.size + 24] != bytes(24) for s in range(self.slots)
             )

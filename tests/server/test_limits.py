@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -182,3 +185,24 @@ def test_a_full_shared_table_drops_refilled_buckets_then_admits_without_one() ->
     with pytest.raises(RateLimited):
         limiter.acquire("WSM")  # WSM now has a bucket of its own
     assert take(limiter, "NZL", 3) == 1  # a fresh, full bucket
+
+
+def test_a_worker_killed_inside_a_take_does_not_block_the_others() -> None:
+    buckets = SharedBuckets(8)
+    limiter = RateLimiter(1e-6, 5, shared=buckets)
+    ctx = multiprocessing.get_context("fork")
+    holding = ctx.Event()
+
+    def die_holding_the_lock() -> None:
+        with buckets._locked():
+            holding.set()
+            time.sleep(60)  # killed here
+
+    child = ctx.Process(target=die_holding_the_lock)
+    child.start()
+    assert holding.wait(10)
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    child.join(10)
+    started = time.monotonic()
+    assert take(limiter, "NZL", 6) == 5  # the kernel released the dead worker's lock
+    assert time.monotonic() - started < 5

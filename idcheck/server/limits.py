@@ -77,9 +77,9 @@ class SharedBuckets:
     probing from the CRC-32 of the code. One lock covers a whole take: a POSIX record lock on an unlinked file,
     which the kernel releases when its holder dies (a worker killed in the middle of a take must not leave the
     others waiting forever, as a semaphore would), with a thread lock in front of it (record locks are held by
-    processes, not threads). A table
-    full of members whose buckets are still refilling admits the newcomers without a bucket (and says so): the
-    limit protects the service from a runaway member, it is not an identity check.
+    processes, not threads). A table full of members whose buckets are still refilling admits the newcomers
+    without a bucket (counted in `overflowed`): the limit protects the service from a runaway member, it is not an
+    identity check. Member codes are state codes; two codes alike in their first 24 bytes would share a bucket.
     """
 
     _SLOT = struct.Struct("24sdd")

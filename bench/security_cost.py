@@ -3,9 +3,10 @@
 Starts four real `idcheck serve` processes on copies of one synthetic register (plaintext or mutual TLS, audit
 written or not: `--benchmark-no-audit`), then times `CheckDocument` at concurrency 1 against each, in rounds
 that visit the four servers in turn (so that a change in the machine's load during the run hits every variant
-alike), and the same for manifests (`CheckDocuments`, 1,000 queries per call, where the audit log writes a row
-per query). Queries mix listed documents (HIT), OCR variants (POSSIBLE_MATCH) and unlisted ones (CLEAR), as in
-load.py. Prints p50/p99 per variant and writes them, with the machine's load average, to bench/results/.
+alike), and the same for manifests (1,000 queries per call, where the audit log records every query), sent
+through `CheckDocuments` or, with `--manifest-rpc CheckManifest`, as one Arrow table. Queries mix listed
+documents (HIT), OCR variants (POSSIBLE_MATCH) and unlisted ones (CLEAR), as in load.py. Prints p50/p99 per
+variant and writes them, with the machine's load average, to bench/results/.
 
 "Audit off" stops the writing only: each check still builds its audit rows and hands them to the writer thread,
 which counts and drops them. The difference therefore measures the SQLite writing of the audit log on the
@@ -28,9 +29,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+import pyarrow as pa
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
@@ -40,6 +43,7 @@ from load import build_register, make_queries, start_server, upload  # noqa: E40
 
 from idcheck.client.bench import LocalServer  # noqa: E402
 from idcheck.client.channel import TlsOptions  # noqa: E402
+from idcheck.client.files import ipc_bytes  # noqa: E402
 from idcheck.client.operations import OperationsClient  # noqa: E402
 from idcheck.security import certs  # noqa: E402
 from idcheck.v1 import register_pb2 as pb  # noqa: E402
@@ -118,16 +122,18 @@ def run_checks(variant: Variant, queries: list[pb.DocumentQuery], offset: int, s
     return samples
 
 
-def run_manifests(variant: Variant, calls: list[pb.CheckDocumentsRequest], offset: int, seconds: float) -> list[float]:
-    """Manifest calls one after another for `seconds`; returns each call's latency in seconds."""
+def run_manifests(variant: Variant, calls: list[Any], offset: int, seconds: float, rpc: str) -> list[float]:
+    """Manifest calls (`rpc`: CheckDocuments or CheckManifest) one after another for `seconds`; returns each call's
+    latency in seconds."""
     stub = variant.stub
     assert stub is not None
+    method = getattr(stub, rpc)
     samples: list[float] = []
     deadline = time.perf_counter() + seconds
     i = offset
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        stub.CheckDocuments(calls[i % len(calls)], metadata=METADATA, timeout=30)
+        method(calls[i % len(calls)], metadata=METADATA, timeout=30)
         samples.append(time.perf_counter() - t0)
         i += 1
     variant.manifests += len(samples)
@@ -172,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per variant per round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the four variants")
     ap.add_argument(
-        "--manifest-size", type=int, default=1000, help="also time CheckDocuments with this many queries (0: skip)"
+        "--manifest-size", type=int, default=1000, help="also time manifests of this many queries (0: skip)"
+    )
+    ap.add_argument(
+        "--manifest-rpc",
+        choices=("CheckDocuments", "CheckManifest"),
+        default="CheckDocuments",
+        help="how manifests are sent: a message per query, or one Arrow table (default CheckDocuments)",
     )
     ap.add_argument("--output", type=Path, default=None, help="JSON result file (default: bench/results/...)")
     args = ap.parse_args(argv)
@@ -190,7 +202,19 @@ def main(argv: list[str] | None = None) -> int:
         numbers = seed(base / "seed", records)
         queries = make_queries(numbers, 50_000)
         size = args.manifest_size
-        calls = [pb.CheckDocumentsRequest(queries=queries[i : i + size]) for i in range(0, 50_000 - size + 1, size)]
+        starts = range(0, 50_000 - size + 1, size) if size else range(0)
+        if args.manifest_rpc == "CheckManifest":
+            table = pa.table(
+                {
+                    "issuing_state": [q.typed.issuing_state for q in queries],
+                    "document_number": [q.typed.document_number for q in queries],
+                }
+            )
+            calls: list[Any] = [
+                pb.CheckManifestRequest(queries_arrow_ipc=ipc_bytes(table.slice(i, size))) for i in starts
+            ]
+        else:
+            calls = [pb.CheckDocumentsRequest(queries=queries[i : i + size]) for i in starts]
         try:
             for k, v in enumerate(variants):
                 data = base / f"data-{k}"
@@ -199,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants:  # warm-up: connections, TLS sessions, first-call paths
                 run_checks(v, queries, 0, 0.5)
                 if size:
-                    run_manifests(v, calls, 0, 0.5)
+                    run_manifests(v, calls, 0, 0.5, args.manifest_rpc)
             samples: dict[str, list[float]] = {v.name: [] for v in variants}
             per_round: dict[str, list[float]] = {v.name: [] for v in variants}
             manifest_samples: dict[str, list[float]] = {v.name: [] for v in variants}
@@ -210,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples[v.name] += got
                     per_round[v.name].append(float(np.percentile(np.asarray(got) * 1000.0, 50)))
                     if size:
-                        manifest_samples[v.name] += run_manifests(v, calls, 7 * r, args.seconds)
+                        manifest_samples[v.name] += run_manifests(v, calls, 7 * r, args.seconds, args.manifest_rpc)
                 print(f"round {r + 1}/{args.rounds} done", flush=True)
             counted = {v.name: server_statistics(v, base / "pki") for v in variants}
         finally:
@@ -231,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": "server and client on one machine over loopback; CPU shared with other work during the run",
         },
         "records": records,
+        "manifest_rpc": args.manifest_rpc,
         "rounds": args.rounds,
         "seconds_per_variant_per_round": args.seconds,
         "variants": {},
@@ -259,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['max_ms']:>8.2f}  {rounds}"
         )
     if size:
-        print(f"\nCheckDocuments, {size:,} queries per call, concurrency 1")
+        print(f"\n{args.manifest_rpc}, {size:,} queries per call, concurrency 1")
         print(f"{'variant':<18} {'calls':>7} {'docs/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         for v in variants:
             m = result["variants"][v.name]["manifest"]  # type: ignore[index]
@@ -274,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{v.name:<18} server counted {c['checks_counted']:,} checks {c['answers_by_verdict']}, "
             f"audit rows written {c['audit_rows_written']:,}; statistics call {c['statistics_call_ms']:.1f} ms"
         )
-    out = args.output or RESULTS / f"security-cost-{records}.json"
+    suffix = "-checkmanifest" if args.manifest_rpc == "CheckManifest" else ""
+    out = args.output or RESULTS / f"security-cost-{records}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"written {out}")

@@ -39,7 +39,9 @@ def test_load_script_runs_end_to_end_and_answers_correctly(tmp_path: Path) -> No
     single = result["single_c1"]
     # 2% of the queries are listed numbers and 1% OCR variants of listed numbers: both kinds must show up.
     assert single["verdicts"]["VERDICT_HIT"] > 0 and single["verdicts"]["VERDICT_CLEAR"] > 0
-    for conc in (1, 2):
-        manifest = result[f"manifest_c{conc}"]
-        assert manifest["documents"] % 100 == 0 and manifest["documents"] > 0
-        assert manifest["hits"] > 0
+    for key, rpc in (("manifest", "CheckManifest"), ("documents", "CheckDocuments")):
+        for conc in (1, 2):
+            manifest = result[f"{key}_c{conc}"]
+            assert manifest["rpc"] == rpc
+            assert manifest["documents"] % 100 == 0 and manifest["documents"] > 0
+            assert manifest["hits"] > 0

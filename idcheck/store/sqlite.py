@@ -774,18 +774,9 @@ class RegisterStore:
         row_index = t.column("row_index").to_numpy() if n else np.zeros(0, np.int64)
         store_rejections = [Rejection(int(row_index[i]), "key", _STORE_OTHER_OWNER) for i in np.flatnonzero(op == 3)]
         store_rejections += [Rejection(int(row_index[i]), "status", _STORE_NO_RECORD) for i in np.flatnonzero(op == 4)]
-        all_rejections = tuple(sorted([*rejections, *store_rejections], key=lambda r: r.row_index))
         n_unchanged = int((op == 0).sum())
-        outcome = UploadOutcome(
-            upload_id=upload_id,
-            received=received,
-            accepted=n_created + n_updated + n_unchanged,
-            created=n_created,
-            updated=n_updated,
-            unchanged=n_unchanged,
-            cancelled=cancelled,
-            register_sequence=next_seq + cancelled,
-            rejections=all_rejections,
+        outcome = _upload_outcome(
+            upload_id, received, n_created, n_updated, n_unchanged, cancelled, next_seq, rejections, store_rejections
         )
         changed_idx = np.concatenate([created_idx, updated_idx])
         take = pa.array(changed_idx, pa.int64())
@@ -1075,17 +1066,8 @@ class RegisterStore:
                     "ORDER BY seq"
                 )
             ]
-        all_rejections = tuple(sorted([*rejections, *store_rejections], key=lambda r: r.row_index))
-        outcome = UploadOutcome(
-            upload_id=upload_id,
-            received=received,
-            accepted=created + updated + unchanged,
-            created=created,
-            updated=updated,
-            unchanged=unchanged,
-            cancelled=cancelled,
-            register_sequence=next_seq + cancelled,
-            rejections=all_rejections,
+        outcome = _upload_outcome(
+            upload_id, received, created, updated, unchanged, cancelled, next_seq, rejections, store_rejections
         )
         return outcome, changed
 
@@ -1420,6 +1402,32 @@ def _no_key_columns() -> KeyColumns:
 
 
 _AUDIT_JSON_ROWS = 4_000  # audit rows per INSERT ... FROM json_each(?): a few ms of JSON encoding at a time
+
+
+def _upload_outcome(
+    upload_id: str,
+    received: int,
+    created: int,
+    updated: int,
+    unchanged: int,
+    cancelled: int,
+    next_seq: int,
+    rejections: Sequence[Rejection],
+    store_rejections: Sequence[Rejection],
+) -> UploadOutcome:
+    """The outcome of an upload written from `next_seq` on (both upload paths): the validator's and the store's
+    rejections in row order; the cancels of REPLACE_ALL come after the upload's own changes."""
+    return UploadOutcome(
+        upload_id=upload_id,
+        received=received,
+        accepted=created + updated + unchanged,
+        created=created,
+        updated=updated,
+        unchanged=unchanged,
+        cancelled=cancelled,
+        register_sequence=next_seq + cancelled,
+        rejections=tuple(sorted([*rejections, *store_rejections], key=lambda r: r.row_index)),
+    )
 
 
 # One audit row as list_audit returns it, from `audit_calls AS c JOIN audit AS a`: call id, position, then the

@@ -8,6 +8,25 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+#: Columns of a record file (idcheck.client.files) and of an Arrow upload payload (`RecordBatch.arrow_ipc` in
+#: register.proto): text, but class and status, which are their enum numbers on the wire.
+RECORD_COLUMNS = (
+    "issuing_state",
+    "document_number",
+    "document_class",
+    "status",
+    "event_date",
+    "surname",
+    "given_names",
+    "birth_date",
+    "nationality",
+    "expiry_date",
+    "instructions",
+)
+RECORD_INTEGER_COLUMNS = ("document_class", "status")
+RECORD_TEXT_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in RECORD_INTEGER_COLUMNS)
+REQUIRED_RECORD_COLUMNS = ("issuing_state", "document_number", "document_class", "status", "event_date")
+
 
 class UploadMode(enum.IntEnum):
     """How an upload relates to the member's other records. Values match `idcheck.v1.UploadMode`."""

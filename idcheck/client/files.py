@@ -18,22 +18,9 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from idcheck.uploads import RECORD_COLUMNS as RECORD_COLUMNS  # re-exported: the file columns
+from idcheck.uploads import REQUIRED_RECORD_COLUMNS as REQUIRED_RECORD_COLUMNS
 from idcheck.v1 import register_pb2 as pb
-
-RECORD_COLUMNS = (
-    "issuing_state",
-    "document_number",
-    "document_class",
-    "status",
-    "event_date",
-    "surname",
-    "given_names",
-    "birth_date",
-    "nationality",
-    "expiry_date",
-    "instructions",
-)
-REQUIRED_RECORD_COLUMNS = ("issuing_state", "document_number", "document_class", "status", "event_date")
 
 _CLASS_NAMES = {
     "": 0,
@@ -156,7 +143,6 @@ def read_records(path: Path, *, chunk_rows: int = 5000) -> Iterator[list[pb.Reco
 
 # Arrow upload payloads (RecordBatch.arrow_ipc in register.proto): text columns as utf8, class and status as
 # their enum numbers. A payload stays well under the 32 MiB message limit and the server's 100,000 rows.
-ARROW_TEXT_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in ("document_class", "status"))
 MAX_ARROW_ROWS = 100_000
 MAX_ARROW_BYTES = 16 * 1024 * 1024
 _INT32 = (-(2**31), 2**31 - 1)

@@ -44,24 +44,16 @@ from idcheck.records import (
     validate_record,
 )
 from idcheck.register.errors import InvalidRequest
-from idcheck.uploads import ACCEPTED_SCHEMA, Rejection
+from idcheck.uploads import (
+    ACCEPTED_SCHEMA,
+    RECORD_INTEGER_COLUMNS,
+    RECORD_TEXT_COLUMNS,
+    REQUIRED_RECORD_COLUMNS,
+    Rejection,
+)
 
 FIELD = "batch.arrow_ipc"
 
-#: Columns of an Arrow upload payload (the record-file column names of idcheck/client/files.py).
-TEXT_COLUMNS = (
-    "issuing_state",
-    "document_number",
-    "event_date",
-    "surname",
-    "given_names",
-    "birth_date",
-    "nationality",
-    "expiry_date",
-    "instructions",
-)
-INTEGER_COLUMNS = ("document_class", "status")
-REQUIRED_COLUMNS = ("issuing_state", "document_number", "document_class", "status", "event_date")
 
 _VALID_CLASSES = np.array([int(c) for c in DocumentClass if c != DocumentClass.UNSPECIFIED], np.int64)
 _VALID_STATUSES = np.arange(1, 7, dtype=np.int64)  # LOST .. CANCELLED
@@ -111,8 +103,9 @@ def decode_arrow_ipc(
 
 
 def _check_schema(schema: pa.Schema) -> None:
-    problems = schema_problems(schema, TEXT_COLUMNS, INTEGER_COLUMNS, "the enum number")
-    missing = [n for n in REQUIRED_COLUMNS if n not in schema.names]
+    # The columns of an Arrow upload payload are the record-file columns (idcheck.uploads).
+    problems = schema_problems(schema, RECORD_TEXT_COLUMNS, RECORD_INTEGER_COLUMNS, "the enum number")
+    missing = [n for n in REQUIRED_RECORD_COLUMNS if n not in schema.names]
     if missing:
         problems.append(f"missing column(s) {', '.join(missing)}")
     if problems:
@@ -236,7 +229,7 @@ def validate_columns(table: pa.Table, first_row: int, today: dt.date) -> Validat
     rows = np.arange(first_row, first_row + n, dtype=np.int64)
     if n == 0:
         return ValidatedColumns(ACCEPTED_SCHEMA.empty_table(), [], [], 0)
-    raw = {name: text_column(table, name) for name in TEXT_COLUMNS}
+    raw = {name: text_column(table, name) for name in RECORD_TEXT_COLUMNS}
     cls = integer_column(table, "document_class")
     status = integer_column(table, "status")
 

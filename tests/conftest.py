@@ -50,9 +50,12 @@ class ServerProcess:
         return "".join(self.output)
 
 
-def start_server(data_dir: Path, *args: str, timeout: float = 60.0) -> ServerProcess:
-    """Start `python -m idcheck.server` on 127.0.0.1:0 and wait until it says where it serves."""
-    cmd = [sys.executable, "-m", "idcheck.server", "--listen", "127.0.0.1:0", "--data", str(data_dir), *args]
+def start_server(
+    data_dir: Path, *args: str, timeout: float = 60.0, module: str = "idcheck.server"
+) -> ServerProcess:
+    """Start `python -m <module>` (the server, or `idcheck.server.mirror`) on 127.0.0.1:0 and wait until it says
+    where it serves."""
+    cmd = [sys.executable, "-m", module, "--listen", "127.0.0.1:0", "--data", str(data_dir), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("IDCHECK_")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -75,10 +78,10 @@ def start_server(data_dir: Path, *args: str, timeout: float = 60.0) -> ServerPro
     while not ready.wait(0.1):
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("server did not start in time:\n" + "".join(output))
+            raise RuntimeError(f"{module} did not start in time:\n" + "".join(output))
     if not found:
         proc.wait(5)
-        raise RuntimeError(f"server exited with {proc.returncode}:\n" + "".join(output))
+        raise RuntimeError(f"{module} exited with {proc.returncode}:\n" + "".join(output))
     return ServerProcess(proc, found[0], data_dir, output)
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +18,7 @@ from idcheck.client.biometrics import BiometricsClient
 from idcheck.client.errors import FailedPrecondition, PermissionDenied
 from idcheck.client.register import CheckAnswer
 from idcheck.store import RegisterStore
-from tests.conftest import SERVING, ServerProcess
+from tests.conftest import ServerProcess, start_server
 
 STOLEN, LOST, REVOKED = 2, 1, 4
 SPECIMEN_MRZ = "P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<\nL898902C36UTO7408122F1204159ZE184226B<<<<<10"
@@ -29,34 +26,10 @@ SPECIMEN_MRZ = "P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<\nL898902C36UTO74081
 
 def start_mirror(upstream: str, data_dir: Path, *args: str, timeout: float = 60.0) -> ServerProcess:
     """Start `python -m idcheck.server.mirror` on 127.0.0.1:0 following `upstream`; wait until it serves."""
-    cmd = [
-        sys.executable, "-m", "idcheck.server.mirror", "--listen", "127.0.0.1:0", "--data", str(data_dir),
-        "--upstream", upstream, "--reconnect-initial", "0.2", "--reconnect-max", "1", *args,
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDCHECK_")}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, "PYTHONUNBUFFERED": "1"}
+    reconnect = ("--reconnect-initial", "0.2", "--reconnect-max", "1")
+    return start_server(
+        data_dir, "--upstream", upstream, *reconnect, *args, timeout=timeout, module="idcheck.server.mirror"
     )
-    output: list[str] = []
-    found: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            m = SERVING.search(line)
-            if m and not found:
-                found.append(m.group(1))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(timeout) or not found:
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError("mirror did not start:\n" + "".join(output))
-    return ServerProcess(proc, found[0], data_dir, output)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ So a row is never accepted or refused here on rules of its own.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +57,8 @@ class ManifestQueries:
     birth_column: pa.Array | None  # None: the manifest has no birth dates
     references: pa.Array
     prepared: dict[int, PreparedQuery]
+    _lookups: dict[int, Lookup] = field(default_factory=dict)  # built on demand: the index, the confirmation
+    # and the full answer of a found row each ask for it
 
     def __len__(self) -> int:
         return len(self.number_column)
@@ -72,11 +74,16 @@ class ManifestQueries:
 
     def lookup(self, i: int) -> Lookup:
         """The canonical lookup of row i."""
-        p = self.prepared.get(i)
-        if p is not None:
-            return p.lookup
-        cls = _CLASSES[int(self.classes[i])]
-        return Lookup(self.state_column[i].as_py(), self.number_column[i].as_py(), cls)
+        found = self._lookups.get(i)
+        if found is None:
+            p = self.prepared.get(i)
+            if p is not None:
+                found = p.lookup
+            else:
+                cls = _CLASSES[int(self.classes[i])]
+                found = Lookup(self.state_column[i].as_py(), self.number_column[i].as_py(), cls)
+            self._lookups[i] = found
+        return found
 
     def preparation(self, i: int) -> PreparedQuery:
         """The full PreparedQuery of row i (built on demand for a plain typed row)."""

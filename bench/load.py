@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from idcheck.client.bench import LocalServer, upload_stream
 from idcheck.client.files import ipc_bytes
-from idcheck.register.demo import synthetic_numbers
+from idcheck.synthetic import distinct_numbers, synthetic_numbers
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
 
@@ -67,7 +67,7 @@ def start_server(data_dir: Path, tls_dir: Path | None = None) -> tuple[subproces
 
 def build_register(n: int, seed: int = 7) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.unique(synthetic_numbers(PATTERN, int(n * 1.02) + 100, rng))[:n]
+    return distinct_numbers(PATTERN, n, rng, draw=int(n * 1.02) + 100)
 
 
 def upload(

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from idcheck.client.bench import LocalServer
 from idcheck.client.files import read_arrow_payloads
 from idcheck.client.register import RegisterClient
-from idcheck.register.demo import synthetic_numbers
+from idcheck.synthetic import distinct_numbers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEMBER = "NZL"
@@ -53,7 +53,7 @@ _SURNAMES = np.array(["SMITH", "NGATA", "O'BRIEN", "TAMA", "LEE", "WILLIAMS", "P
 def write_records(path: Path, rows: int, *, holder: bool, seed: int = 3, chunk: int = 1_000_000) -> None:
     """A record file of `rows` distinct documents of one member, in random order, written in chunks."""
     rng = np.random.default_rng(seed)
-    numbers = np.unique(synthetic_numbers("LL#######", int(rows * 1.02) + 100, rng))[:rows]
+    numbers = distinct_numbers("LL#######", rows, rng, draw=int(rows * 1.02) + 100)
     if len(numbers) < rows:
         raise SystemExit(f"could not draw {rows} distinct numbers")
     rng.shuffle(numbers)

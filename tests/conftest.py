@@ -50,9 +50,7 @@ class ServerProcess:
         return "".join(self.output)
 
 
-def start_server(
-    data_dir: Path, *args: str, timeout: float = 60.0, module: str = "idcheck.server"
-) -> ServerProcess:
+def start_server(data_dir: Path, *args: str, timeout: float = 60.0, module: str = "idcheck.server") -> ServerProcess:
     """Start `python -m <module>` (the server, or `idcheck.server.mirror`) on 127.0.0.1:0 and wait until it says
     where it serves."""
     cmd = [sys.executable, "-m", module, "--listen", "127.0.0.1:0", "--data", str(data_dir), *args]

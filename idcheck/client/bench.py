@@ -66,7 +66,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from idcheck.client.channel import MAX_MESSAGE_BYTES, TlsOptions, open_channel
 from idcheck.client.files import ipc_bytes
-from idcheck.icao import folded_keys
+from idcheck.icao import folded_key
+from idcheck.synthetic import distinct_numbers, synthetic_numbers
 from idcheck.v1 import biometrics_pb2 as bpb
 from idcheck.v1 import biometrics_pb2_grpc, register_pb2_grpc
 from idcheck.v1 import register_pb2 as pb
@@ -104,6 +105,8 @@ V_CLEAR, V_HIT, V_POSSIBLE = pb.VERDICT_CLEAR, pb.VERDICT_HIT, pb.VERDICT_POSSIB
 # operator's `idcheck upload` of a file would; else as protobuf records.
 ARROW_UPLOADS = "arrow_ipc" in pb.RecordBatch.DESCRIPTOR.fields_by_name
 ARROW_BATCH = 100_000  # rows per arrow_ipc payload (the server's default max_rows_per_arrow_batch)
+SEED_UPLOAD_ROWS = 5_000_000  # records per seeding upload (the server's default max_rows_per_upload)
+_FOLD_TABLE = bytes(ord(folded_key(chr(c))) for c in range(128)) + bytes(range(128, 256))  # folded_key on bytes
 
 
 class BenchError(RuntimeError):
@@ -176,25 +179,11 @@ def subject_id(identity: int) -> str:
     return f"bench-{identity}"
 
 
-def synthetic_numbers(pattern: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` document numbers following `pattern` (L a letter, # a digit), as a numpy bytes array.
-
-    The letters are those of many real issuers (no I, O, Q, S, Z); the same generator as the demo register."""
-    letters = np.frombuffer(b"ABCDEFGHJKLMNPRTUVWXY", dtype="S1")
-    digits = np.frombuffer(b"0123456789", dtype="S1")
-    cols = [letters[rng.integers(0, len(letters), n)] if c == "L" else digits[rng.integers(0, 10, n)] for c in pattern]
-    out = cols[0].astype(f"S{len(pattern)}")
-    for col in cols[1:]:
-        out = np.char.add(out, col)
-    return out
-
-
 def listed_numbers(n: int, seed: int) -> np.ndarray:
-    """The `n` distinct document numbers of the synthetic register (reproducible for a seed)."""
+    """The `n` distinct document numbers of the synthetic register, sorted (reproducible for a seed)."""
     if n == 0:
         return np.empty(0, dtype=f"S{len(NUMBER_PATTERN)}")
-    rng = np.random.default_rng(seed)
-    out = np.unique(synthetic_numbers(NUMBER_PATTERN, int(n * 1.02) + 100, rng))[:n]
+    out = distinct_numbers(NUMBER_PATTERN, n, np.random.default_rng(seed), draw=int(n * 1.02) + 100)
     if len(out) < n:
         raise BenchError(f"cannot draw {n:,} distinct numbers of pattern {NUMBER_PATTERN}")
     return out
@@ -213,18 +202,26 @@ def make_queries(listed: np.ndarray, count: int, seed: int) -> tuple[list[str], 
         for i in np.flatnonzero(kinds < LISTED_SHARE + VARIANT_SHARE):
             number = str(picks[i])
             numbers[i] = number if kinds[i] < LISTED_SHARE else _misread(number)
-    listed_set = set(listed.astype(str).tolist())
-    folded_set = set(folded_keys(list(listed_set)))
-    folded = folded_keys(numbers)
-    expected = np.fromiter(
-        (
-            V_HIT if q in listed_set else V_POSSIBLE if f in folded_set else V_CLEAR
-            for q, f in zip(numbers, folded, strict=True)
-        ),
-        dtype=np.int8,
-        count=count,
-    )
+    # Looked up in sorted numpy byte strings, not in sets of Python strings (which took ~2.5 GB and 25 s for a
+    # register of 10 million).
+    asked = np.array(numbers, dtype=listed.dtype if len(listed) else "S1")
+    hit = _is_in(asked, np.sort(listed))
+    possible = _is_in(_fold_bytes(asked), np.sort(_fold_bytes(listed)))
+    expected = np.where(hit, V_HIT, np.where(possible, V_POSSIBLE, V_CLEAR)).astype(np.int8)
     return numbers, expected
+
+
+def _is_in(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+    """Whether each value is in the sorted array `sorted_pool` (both numpy byte strings)."""
+    if not len(sorted_pool):
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(sorted_pool, values), len(sorted_pool) - 1)
+    return sorted_pool[at] == values
+
+
+def _fold_bytes(numbers: np.ndarray) -> np.ndarray:
+    """`folded_key` of every number of a numpy byte-string array (folding maps one character to one)."""
+    return np.frombuffer(numbers.tobytes().translate(_FOLD_TABLE), numbers.dtype)
 
 
 def _misread(number: str) -> str:
@@ -435,27 +432,50 @@ def upload_stream(
 
 
 def seed_records(
-    conn: Connection, channel: grpc.Channel, listed: np.ndarray, seed: int, *, arrow: bool
+    conn: Connection,
+    channel: grpc.Channel,
+    listed: np.ndarray,
+    seed: int,
+    *,
+    arrow: bool,
+    part_rows: int = SEED_UPLOAD_ROWS,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Upload the synthetic register in one durable all-or-nothing upload. Its id is fixed by size and seed, so
-    seeding a running server again replays the first upload and changes nothing."""
+    """Upload the synthetic register in durable all-or-nothing uploads of at most `part_rows` records (one upload
+    up to the server's default limit). Their ids are fixed by size, seed and part, so seeding a running server
+    again replays them and changes nothing; `progress` is told the records seeded after each part."""
     stub = register_pb2_grpc.DocumentRegisterStub(channel)
-    numbers = listed.astype(str).tolist()
+    n = len(listed)
+    starts = list(range(0, n, max(1, part_rows))) or [0]
     t0 = time.perf_counter()
-    resp = stub.UploadRecords(
-        upload_stream(conn.member, numbers, f"bench-seed-{len(numbers)}-{seed}", "idcheck bench register", arrow=arrow),
-        metadata=conn.metadata,
-        timeout=7200,
-    )
+    accepted, replayed, parts = 0, [], []
+    for k, start in enumerate(starts):
+        numbers = listed[start : start + part_rows].astype(str).tolist()
+        upload_id = f"bench-seed-{n}-{seed}" if len(starts) == 1 else f"bench-seed-{n}-{seed}-{k + 1}of{len(starts)}"
+        t = time.perf_counter()
+        resp = stub.UploadRecords(
+            upload_stream(conn.member, numbers, upload_id, "idcheck bench register", arrow=arrow),
+            metadata=conn.metadata,
+            timeout=7200,
+        )
+        parts.append(round(time.perf_counter() - t, 3))
+        if resp.accepted != len(numbers):
+            raise BenchError(
+                f"seeding: the server accepted {resp.accepted:,} of {len(numbers):,} records ({upload_id})"
+            )
+        accepted += resp.accepted
+        replayed.append(resp.replayed)
+        if progress is not None:
+            progress(start + len(numbers))
     seconds = time.perf_counter() - t0
-    if resp.accepted != len(numbers):
-        raise BenchError(f"seeding: the server accepted {resp.accepted:,} of {len(numbers):,} records")
     return {
-        "rows": len(numbers),
+        "rows": accepted,
         "seconds": round(seconds, 3),
-        "rows_per_s": round(len(numbers) / seconds),
-        "replayed": resp.replayed,
+        "rows_per_s": round(accepted / seconds) if seconds else 0,
+        "replayed": all(replayed),
         "encoding": "arrow_ipc" if arrow else "protobuf",
+        "uploads": len(starts),
+        "upload_seconds": parts,
     }
 
 
@@ -1489,6 +1509,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic register (default 7)")
     parser.add_argument(
+        "--seed-upload-rows",
+        type=_count,
+        default=SEED_UPLOAD_ROWS,
+        help=f"records per seeding upload (default {SEED_UPLOAD_ROWS:,}, the server's default max_rows_per_upload; "
+        "a larger register is seeded in several uploads)",
+    )
+    parser.add_argument(
         "--no-seed",
         action="store_true",
         help="with --target: upload and enrol nothing, the register of --records/--templates/--seed is there "
@@ -1696,7 +1723,17 @@ class Bench:
         elif self.records:
             log(f"seeding {self.records:,} records (one durable upload) ...")
             try:
-                server_info["seed_records"] = up = seed_records(conn, channel, listed, args.seed, arrow=self.arrow)
+                bar = Progress()
+                server_info["seed_records"] = up = seed_records(
+                    conn,
+                    channel,
+                    listed,
+                    args.seed,
+                    arrow=self.arrow,
+                    part_rows=args.seed_upload_rows,
+                    progress=lambda done: bar.show(f"seeded {done:,} / {self.records:,} records"),
+                )
+                bar.done()
             except grpc.RpcError as err:
                 raise BenchError(f"seeding records failed: {_error_code(err)}: {err.details()}") from None
             log(f"seeded in {up['seconds']:.1f}s ({up['rows_per_s']:,} rows/s){', replayed' if up['replayed'] else ''}")

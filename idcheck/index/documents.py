@@ -411,7 +411,8 @@ class DocumentIndex:
         in_base = positions >= 0
         if in_base.any():
             rows = positions[in_base]
-            touched = np.unique(rows)
+            touched = np.sort(rows)  # distinct (np.unique of many distinct values is ~10x slower in numpy 2.4)
+            touched = touched[np.concatenate(([True], touched[1:] != touched[:-1]))]
             before = int(view.dead[touched].sum())
             view.dead[rows] = ~ch.active[in_base]  # repeated rows: the last change in the batch wins
             self._dead_count += int(view.dead[touched].sum()) - before

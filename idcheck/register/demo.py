@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from idcheck.register.register import Caller, RawRecord, Register
+from idcheck.synthetic import distinct_numbers
 from idcheck.uploads import UploadMode, UploadOutcome
 
 PASSPORT, ID_CARD, VISA = 1, 2, 3
@@ -74,21 +75,8 @@ _STATUSES = np.array([LOST, STOLEN, STOLEN_BLANK, REVOKED, INVALIDATED])
 _STATUS_WEIGHTS = np.array([0.55, 0.25, 0.05, 0.1, 0.05])
 _CLASSES = np.array([PASSPORT, ID_CARD, VISA])
 _CLASS_WEIGHTS = np.array([0.8, 0.15, 0.05])
-_LETTERS = np.frombuffer(b"ABCDEFGHJKLMNPRTUVWXY", dtype="S1")  # no I, O, Q, S, Z: like many issuers
-_DIGITS = np.frombuffer(b"0123456789", dtype="S1")
 _SURNAMES = ("TUILAGI", "NAKAMURA", "SMITH", "FONOTI", "KAUFUSI", "WILLIAMS", "RATU", "NGATA", "LEE", "SINGH")
 _GIVEN = ("ANA", "JOHN", "MELE", "SIONE", "LOSA", "TEVITA", "MARY", "PITA", "SALOTE", "ARI")
-
-
-def synthetic_numbers(pattern: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` document numbers following `pattern` (L a letter, # a digit), as a numpy bytes array."""
-    cols = [
-        _LETTERS[rng.integers(0, len(_LETTERS), n)] if c == "L" else _DIGITS[rng.integers(0, 10, n)] for c in pattern
-    ]
-    out = cols[0].astype(f"S{len(pattern)}")
-    for col in cols[1:]:
-        out = np.char.add(out, col)
-    return out
 
 
 def synthetic_records(
@@ -97,7 +85,7 @@ def synthetic_records(
     """`n` distinct synthetic records of one member (reproducible for a seed)."""
     rng = np.random.default_rng(seed)
     today = today or dt.date.today()
-    numbers = np.unique(synthetic_numbers(pattern, int(n * 1.05) + 16, rng))[:n]
+    numbers = distinct_numbers(pattern, n, rng, draw=int(n * 1.05) + 16)
     rng.shuffle(numbers)
     n = len(numbers)
     statuses = rng.choice(_STATUSES, n, p=_STATUS_WEIGHTS)

@@ -264,11 +264,14 @@ def test_bench_targets_a_running_tls_server_and_seeds_it_once(server_factory, pk
         assert Counter(single["answers"]) == expected_answers(0, 300)
         return result
 
-    first = bench("first", "--role", "member")
+    # Seeded in uploads of 1,000 records (a register beyond the server's max_rows_per_upload is seeded in parts);
+    # the single checks above found the records of every part.
+    first = bench("first", "--role", "member", "--seed-upload-rows", "1000")
     assert first["server"]["seed_records"]["replayed"] is False
+    assert first["server"]["seed_records"]["uploads"] == 3 and first["server"]["seed_records"]["rows"] == RECORDS
     assert first["server"]["seed_templates"]["templates"] == 300
     # The same register again: the upload is replayed (nothing changes), the gallery is not enrolled twice.
-    again = bench("again", "--role", "member")
+    again = bench("again", "--role", "member", "--seed-upload-rows", "1000")
     assert again["server"]["seed_records"]["replayed"] is True
     assert again["server"]["seed_templates"].get("already_enrolled") is True
     # A border system writes nothing and gets the same answers.

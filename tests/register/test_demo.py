@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from idcheck.records import validate_record
 from idcheck.register import Query, Register, Verdict
 from idcheck.register.demo import DEMO_MEMBERS, SPECIMENS, seed_demo, synthetic_records
+from idcheck.synthetic import distinct_numbers, synthetic_numbers
 from tests.register.conftest import BORDER
 
 TODAY = dt.date(2025, 6, 1)
@@ -68,3 +74,23 @@ def test_seed_demo_twice_changes_nothing(register: Register) -> None:
     sequence = register.sequence
     assert all(o.replayed for o in seed_demo(register, per_member=10))
     assert register.sequence == sequence
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pattern=st.text(
+        alphabet="L#", min_size=1, max_size=16
+    ),  # beyond 14 letters the packed integer would overflow: np.unique
+    n=st.integers(0, 3000),
+    extra=st.integers(0, 500),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_distinct_numbers_are_the_sorted_distinct_numbers_of_the_draw(
+    pattern: str, n: int, extra: int, seed: int
+) -> None:
+    draw = n + extra
+    drawn = synthetic_numbers(pattern, draw, np.random.default_rng(seed))
+    assert drawn.dtype == np.dtype(f"S{len(pattern)}") and len(drawn) == draw
+    assert all(re.fullmatch(pattern.replace("L", "[A-HJ-NPR-Y]").replace("#", "[0-9]"), v.decode()) for v in drawn[:50])
+    got = distinct_numbers(pattern, n, np.random.default_rng(seed), draw=draw)
+    assert got.tolist() == np.unique(drawn)[:n].tolist()

@@ -1721,7 +1721,9 @@ class Bench:
         if self.records and args.no_seed:
             log(f"not seeding (--no-seed): the answers are checked against the {self.records:,} records seeded earlier")
         elif self.records:
-            log(f"seeding {self.records:,} records (one durable upload) ...")
+            parts = max(1, math.ceil(self.records / max(1, args.seed_upload_rows)))
+            how = "one durable upload" if parts == 1 else f"{parts} durable uploads"
+            log(f"seeding {self.records:,} records ({how}) ...")
             try:
                 bar = Progress()
                 server_info["seed_records"] = up = seed_records(

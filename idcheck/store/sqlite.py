@@ -179,9 +179,17 @@ class CancelOutcome:
     changed: tuple[StoredRecord, ...]
 
 
+# Page size of a new database file. Against SQLite's default 4 KiB, 16 KiB pages make the store commit of a
+# 1-million-row upload about 25 % faster (6.6-7.7 s -> 5.0-5.4 s on 2 cores) and a one-row upload or cancel about
+# 0.1 ms slower (p50 0.45 -> 0.60 ms: more bytes per changed page go to the WAL). An existing file keeps the page
+# size it was created with (SQLite changes it only on VACUUM, and never in WAL mode).
+PAGE_SIZE = 16384
+
+
 def connect(path: Path, *, synchronous: str = "FULL", cache_mib: int = 64) -> sqlite3.Connection:
     """Open the register database with the settings every connection needs (and a page cache of `cache_mib`)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode: takes effect only on a new, empty file
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")

@@ -15,6 +15,7 @@ import pytest
 from idcheck.icao import DocumentClass
 from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, validate_record
 from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound, RegisterStore
+from idcheck.store.sqlite import PAGE_SIZE
 from idcheck.uploads import Rejection, UploadMode, UploadOutcome
 
 TODAY = dt.date(2025, 6, 1)
@@ -457,6 +458,37 @@ def test_reopening_the_file_gives_the_same_records(tmp_path: Path) -> None:
         assert reopened.find_upload("NZL", "u1") is not None
         outcome = upload(reopened, "NZL", "u2", [rec("C3")])
         assert outcome.register_sequence == 4
+    finally:
+        reopened.close()
+
+
+def page_size(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def test_a_new_database_gets_large_pages(tmp_path: Path) -> None:
+    path = tmp_path / "register.db"
+    RegisterStore(path).close()
+    assert page_size(path) == PAGE_SIZE
+
+
+def test_an_existing_database_keeps_its_page_size_and_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "register.db"
+    with sqlite3.connect(path) as conn:  # a file created before PAGE_SIZE, with SQLite's 4 KiB default
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+    store = RegisterStore(path)
+    upload(store, "NZL", "u1", [rec("A1"), rec("B2", LOST)])
+    store.close()
+    reopened = RegisterStore(path)
+    try:
+        assert page_size(path) == 4096
+        assert state_of(reopened) == {
+            ("NZL", "A1", int(PASSPORT)): ("NZL", STOLEN, 1),
+            ("NZL", "B2", int(PASSPORT)): ("NZL", LOST, 2),
+        }
+        assert upload(reopened, "NZL", "u2", [rec("C3")]).created == 1
     finally:
         reopened.close()
 

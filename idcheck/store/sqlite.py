@@ -19,6 +19,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -832,9 +833,19 @@ class RegisterStore:
             f"INSERT INTO records (record_id, seq, owner, recorded_at, {', '.join(sql_cols)}) "
             f"SELECT ? + key, ? + key, ?, ?, {fields} FROM json_each(?)"
         )
-        for start in range(0, t.num_rows, _BULK_CHUNK):
-            part = t.slice(start, _BULK_CHUNK)
-            conn.execute(statement, (max_id + 1 + start, base + 1 + start, member, now, _json_rows(part, names)))
+        if t.num_rows <= _BULK_CHUNK:
+            if t.num_rows:
+                conn.execute(statement, (max_id + 1, base + 1, member, now, _json_rows(t, names)))
+            return
+        # SQLite runs a chunk's INSERT without the GIL, and Arrow's kernels build the next chunk's JSON without it
+        # too: overlapped on two cores, the JSON (about a fifth of the insert) costs no wall time.
+        with ThreadPoolExecutor(1, thread_name_prefix="bulk-json") as pool:
+            ahead = pool.submit(_json_rows, t.slice(0, _BULK_CHUNK), names)
+            for start in range(0, t.num_rows, _BULK_CHUNK):
+                payload = ahead.result()
+                if start + _BULK_CHUNK < t.num_rows:
+                    ahead = pool.submit(_json_rows, t.slice(start + _BULK_CHUNK, _BULK_CHUNK), names)
+                conn.execute(statement, (max_id + 1 + start, base + 1 + start, member, now, payload))
 
     @staticmethod
     def _match_keys(

@@ -5,7 +5,7 @@ the real upload RPC (durable uploads of up to 5,000,000 rows) and measures singl
 manifests of 1,000 (CheckManifest, one caller) and durable uploads of 10,000 rows, each after a warm-up. Every
 answer is checked against the register's rules. Sizes run one after the other, each with its own server:
 
-    .venv/bin/python bench/service_scale.py --sizes 1e6 1e7 3e7      # about 15 minutes on 2 cores
+    .venv/bin/python bench/service_scale.py --sizes 1e6 1e7 3e7      # about 10 minutes on 2 cores
 
 Writes each run's `bench/results/bench-<size>-scale.json` (and its plot), then the summary
 `bench/results/service-scale.json` and `service-scale.png`: server memory per record, check latency (p50, p99),

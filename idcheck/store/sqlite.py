@@ -93,6 +93,10 @@ _BULK_DATA_COLUMNS = (
     ("instructions", "instructions"),
 )
 _OPTIONAL_TEXT = frozenset(("surname", "given_names", "birth_date", "nationality", "expiry_date", "instructions"))
+# The last sequence of the change log: its per-change rows and the ranges of records created by bulk uploads.
+_LAST_SEQ_SQL = (
+    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM changes), 0), COALESCE((SELECT MAX(last_seq) FROM created_ranges), 0))"
+)
 _BULK_CHUNK = 65_536  # rows per INSERT statement (one JSON parameter each) and per key-matching batch
 _BULK_CACHE_KIB = 256 * 1024  # SQLite page cache while a large upload is written
 _CHANGE_OP = {False: "UPDATED", True: "CANCELLED"}  # change-log operation of an update, by "status is CANCELLED"
@@ -250,7 +254,7 @@ class RegisterStore:
 
     @staticmethod
     def _query_last_seq(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+        return int(conn.execute(_LAST_SEQ_SQL).fetchone()[0])
 
     def _reader(self) -> sqlite3.Connection:
         return self._readers.get()
@@ -303,7 +307,7 @@ class RegisterStore:
         if record.owner != member:
             raise NotOwner("the record is owned by another member", field="key")
         rows = conn.execute(
-            "SELECT seq, op, status, actor, changed_at, upload_id, reason FROM changes "
+            "SELECT seq, op, status, actor, changed_at, upload_id, reason FROM change_log "
             "WHERE record_id = ? ORDER BY seq",
             (record.record_id,),
         ).fetchall()
@@ -321,10 +325,9 @@ class RegisterStore:
     def key_columns(self, *, since: int = 0, batch_size: int = 100_000) -> tuple[KeyColumns, int]:
         """Key, status and sequence of the records changed after `since` (all active ones when 0), in columns,
         with the last sequence they cover: one consistent read, for loading or catching up the index."""
-        if since:  # found through the change log's primary key: no scan of the records table
-            where = f"seq > {int(since)} AND record_id IN (SELECT record_id FROM changes WHERE seq > {int(since)})"
-        else:
-            where = f"status NOT IN ({CANCELLED}, {int(RecordStatus.UNSPECIFIED)})"
+        # A record's seq is its latest change's: the records changed after `since` are found by the records_seq index.
+        active = f"status NOT IN ({CANCELLED}, {int(RecordStatus.UNSPECIFIED)})"
+        where = f"seq > {int(since)}" if since else active
         conn = self._reader()
         ids: list[int] = []
         states: list[str] = []
@@ -727,11 +730,10 @@ class RegisterStore:
         updated_ids = matched_ids[updated_idx]
         updated_seqs = base + n_created + 1 + np.arange(n_updated, dtype=np.int64)
         if n_created:
-            conn.execute(
-                "INSERT INTO changes (seq, record_id, op, status, actor, upload_id, reason, changed_at) "
-                "SELECT seq, record_id, 'CREATED', status, ?, ?, ?, ? FROM records WHERE record_id > ? "
-                "ORDER BY record_id",
-                (member, upload_id, description, now, max_id),
+            conn.execute(  # one row for every record created (schema.py, 6 -> 7)
+                "INSERT INTO created_ranges (first_seq, last_seq, first_record_id, actor, upload_id, reason, "
+                "changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (base + 1, base + n_created, max_id + 1, member, upload_id, description, now),
             )
         if n_updated:
             self._update_existing(conn, t, updated_idx, updated_ids, updated_seqs, member, upload_id, description, now)
@@ -829,9 +831,10 @@ class RegisterStore:
         # SQLite unpacks with json_each. No Python object per row or per value (executemany bound ~15 values
         # per row from Python objects and cost about a third more CPU per row).
         fields = ", ".join(f"value ->> {i}" for i in range(len(names) + 1))
+        status_field = f"value ->> {names.index('status') + 1}"  # JSON rows hold the class after the number
         statement = (
-            f"INSERT INTO records (record_id, seq, owner, recorded_at, {', '.join(sql_cols)}) "
-            f"SELECT ? + key, ? + key, ?, ?, {fields} FROM json_each(?)"
+            f"INSERT INTO records (record_id, seq, owner, recorded_at, created_status, {', '.join(sql_cols)}) "
+            f"SELECT ? + key, ? + key, ?, ?, {status_field}, {fields} FROM json_each(?)"
         )
         if t.num_rows <= _BULK_CHUNK:
             if t.num_rows:
@@ -1635,7 +1638,7 @@ class FeedView:
         self._conn = conn
         conn.execute("BEGIN")
         # The first read fixes the transaction's snapshot of the database.
-        self.head = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+        self.head = int(conn.execute(_LAST_SEQ_SQL).fetchone()[0])
 
     def __enter__(self) -> FeedView:
         return self

@@ -61,7 +61,7 @@ def change_log(path: Path) -> list[int]:
     """Sequence numbers of the change log, in order."""
     conn = sqlite3.connect(path)
     try:
-        return [s for (s,) in conn.execute("SELECT seq FROM changes ORDER BY seq")]
+        return [s for (s,) in conn.execute("SELECT seq FROM change_log ORDER BY seq")]
     finally:
         conn.close()
 

@@ -86,11 +86,11 @@ def verify(address: str, data_dir: Path, model: Model) -> None:
     with sqlite3.connect(data_dir / "register.db") as db:
         active = {n for (n,) in db.execute("SELECT number_canonical FROM records WHERE status <> 6")}
         assert active == hits, "the index answers differently from the store"
-        seqs = [s for (s,) in db.execute("SELECT seq FROM changes ORDER BY seq")]
+        seqs = [s for (s,) in db.execute("SELECT seq FROM change_log ORDER BY seq")]
         assert seqs == list(range(1, len(seqs) + 1)), "gap in the change log"
         stale = db.execute(
             "SELECT COUNT(*) FROM records r "
-            "WHERE r.seq <> (SELECT MAX(seq) FROM changes c WHERE c.record_id = r.record_id)"
+            "WHERE r.seq <> (SELECT MAX(seq) FROM change_log c WHERE c.record_id = r.record_id)"
         ).fetchone()[0]
         assert stale == 0, "a record's sequence is not its last change"
         calls = [c for (c,) in db.execute("SELECT call_id FROM audit_calls ORDER BY call_id")]

@@ -66,7 +66,7 @@ def assert_healthy(channel: grpc.Channel) -> None:
 def store_state(path: Path) -> tuple[int, int]:
     with sqlite3.connect(path / "register.db") as db:
         return (
-            db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0],
+            db.execute("SELECT COALESCE(MAX(seq), 0) FROM change_log").fetchone()[0],
             db.execute("SELECT COUNT(*) FROM uploads").fetchone()[0],
         )
 

@@ -67,7 +67,7 @@ def state_of(store: RegisterStore) -> dict[tuple[str, str], tuple[str, RecordSta
 
 def change_log(path: Path) -> list[tuple[int, int, str, int]]:
     with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT seq, record_id, op, status FROM changes ORDER BY seq").fetchall()
+        return conn.execute("SELECT seq, record_id, op, status FROM change_log ORDER BY seq").fetchall()
 
 
 @pytest.fixture
@@ -229,6 +229,45 @@ def test_text_with_quotes_backslashes_tabs_and_unicode_is_stored_exactly(store: 
     assert outcome.created == 2
     stored = {r.data.key.number: r.data for r in store.iter_records()}
     assert stored["AB12345"] == data and stored["PLAIN"] == rec("PLAIN")
+
+
+def test_created_records_take_one_change_log_range_and_keep_their_history(tmp_path: Path) -> None:
+    path = tmp_path / "register.db"
+    store = RegisterStore(path)
+    bulk(store, "NZL", "u1", [rec("A1"), rec("B2", LOST), rec("C3")])
+    store.cancel("NZL", [DocumentKey("NZL", "B2", PASSPORT)], "found")  # seq 4, one `changes` row
+    outcome, _ = bulk(store, "NZL", "u2", [rec("A1", LOST), rec("D4")])  # D4 created at 5, A1 updated at 6
+    assert outcome.register_sequence == 6
+    with sqlite3.connect(path) as conn:
+        ranges = conn.execute("SELECT first_seq, last_seq, first_record_id, upload_id FROM created_ranges").fetchall()
+        assert ranges == [(1, 3, 1, "u1"), (5, 5, 4, "u2")]
+        assert conn.execute("SELECT seq, op FROM changes ORDER BY seq").fetchall() == [(4, "CANCELLED"), (6, "UPDATED")]
+    expected_log = [
+        (1, 1, "CREATED", int(STOLEN)),
+        (2, 2, "CREATED", int(LOST)),
+        (3, 3, "CREATED", int(STOLEN)),
+        (4, 2, "CANCELLED", int(CANCELLED)),
+        (5, 4, "CREATED", int(STOLEN)),
+        (6, 1, "UPDATED", int(LOST)),
+    ]
+    assert change_log(path) == expected_log
+    # A record's history shows the status it was created with, whatever it is now.
+    _, history = store.get_record("NZL", DocumentKey("NZL", "A1", PASSPORT))
+    assert [(c.sequence, c.operation, c.status, c.upload_id) for c in history] == [
+        (1, "CREATED", STOLEN, "u1"),
+        (6, "UPDATED", LOST, "u2"),
+    ]
+    store.close()
+    reopened = RegisterStore(path)  # the last sequence is found in the ranges too
+    try:
+        assert reopened.last_sequence == 6
+        columns_since, last = reopened.key_columns(since=4)
+        assert (sorted(columns_since.number), last) == (["A1", "D4"], 6)
+        outcome, _ = bulk(reopened, "NZL", "u3", [rec("E5")])
+        assert outcome.register_sequence == 7
+        assert change_log(path)[-1] == (7, 5, "CREATED", int(STOLEN))
+    finally:
+        reopened.close()
 
 
 def test_chunked_writes_and_matching_cross_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from idcheck.icao import DocumentClass
+from idcheck.records import DocumentKey, RecordStatus, validate_record
+from idcheck.register.columns import accepted_from_records, in_key_order
 from idcheck.store import RegisterStore
 from idcheck.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, current_version, migrate
+from idcheck.uploads import UploadColumns, UploadMode
 
 
 def stored_version(path: Path) -> str:
@@ -65,3 +69,44 @@ def test_version_2_database_gains_the_audit_subject_column_and_keeps_its_rows() 
     assert migrate(conn) == 2
     row = conn.execute("SELECT query_id, verdict, subject_id FROM audit_log").fetchone()
     assert row == ("u", "CLEAR", "")
+
+
+def test_version_6_database_keeps_its_change_log_and_numbers_on_from_it(tmp_path: Path) -> None:
+    path = tmp_path / "register.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version, script in enumerate(MIGRATIONS[:6]):
+        conn.executescript(
+            "BEGIN;\nCREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+            + script
+            + f"\nINSERT OR REPLACE INTO meta VALUES ('schema_version', '{version + 1}');\nCOMMIT;"
+        )
+    at = "2026-01-01T00:00:00.000Z"
+    conn.execute(  # a record created and then cancelled before version 7: two `changes` rows
+        "INSERT INTO records (record_id, issuing_state, number_canonical, doc_class, number_printed, owner, status,"
+        " event_date, recorded_at, seq) VALUES (1, 'NZL', 'OLD1', 1, 'OLD1', 'NZL', 6, '2025-01-01', ?, 2)",
+        (at,),
+    )
+    conn.execute("INSERT INTO changes VALUES (1, 1, 'CREATED', 2, 'NZL', 'u0', '', ?)", (at,))
+    conn.execute("INSERT INTO changes VALUES (2, 1, 'CANCELLED', 6, 'NZL', '', 'found', ?)", (at,))
+    conn.close()
+    store = RegisterStore(path)
+    try:
+        assert stored_version(path) == str(SCHEMA_VERSION)
+        assert store.last_sequence == 2
+        _, history = store.get_record("NZL", DocumentKey("NZL", "OLD1", DocumentClass.PASSPORT))
+        assert [(c.sequence, c.operation, c.status) for c in history] == [
+            (1, "CREATED", RecordStatus.STOLEN),
+            (2, "CANCELLED", RecordStatus.CANCELLED),
+        ]
+        new = validate_record(
+            issuing_state="NZL", document_number="NEW1", document_class=1, status=1, event_date="2025-01-01"
+        )
+        ordered, _ = in_key_order(accepted_from_records([(0, new)]))
+        outcome, _ = store.commit_upload("NZL", "u1", UploadMode.INCREMENTAL, "", UploadColumns(ordered), [], [], 1)
+        assert outcome.register_sequence == 3
+        _, history = store.get_record("NZL", DocumentKey("NZL", "NEW1", DocumentClass.PASSPORT))
+        assert [(c.sequence, c.operation, c.status, c.upload_id) for c in history] == [
+            (3, "CREATED", RecordStatus.LOST, "u1")
+        ]
+    finally:
+        store.close()

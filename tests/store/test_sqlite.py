@@ -82,7 +82,7 @@ def state_of(store: RegisterStore) -> dict[tuple[str, str, int], tuple[str, Reco
 
 def change_seqs(path: Path) -> list[int]:
     with sqlite3.connect(path) as conn:
-        return [s for (s,) in conn.execute("SELECT seq FROM changes ORDER BY seq")]
+        return [s for (s,) in conn.execute("SELECT seq FROM change_log ORDER BY seq")]
 
 
 @pytest.fixture

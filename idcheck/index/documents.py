@@ -153,6 +153,25 @@ def number_keys(canonicals: Sequence[str] | np.ndarray, *, fold: bool = False) -
     return keys
 
 
+def exact_number_keys(chars: np.ndarray) -> np.ndarray | None:
+    """`number_key` of numbers given as an (n, PACKED_LENGTH) uint8 matrix of their bytes, each right-padded with
+    zero bytes, when every one is packed exactly (1 to PACKED_LENGTH characters, all A-Z or 0-9); else None.
+
+    Exact keys order as the numbers do (byte order: a shorter number before its extensions) and differ exactly
+    when the numbers do, so sorting or comparing them sorts or compares the numbers."""
+    if chars.ndim != 2 or chars.shape[1] != PACKED_LENGTH:
+        raise ValueError(f"expected an (n, {PACKED_LENGTH}) byte matrix")
+    n = len(chars)
+    padding = chars == 0
+    codes = _CODES[chars]
+    if n and (padding[:, 0].any() or ((codes == 0) & ~padding).any() or (padding[:, :-1] & ~padding[:, 1:]).any()):
+        return None  # an empty number, a byte outside A-Z and 0-9, or a zero byte inside a number
+    keys = np.empty(n, np.uint64)
+    for start in range(0, n, _CHUNK):  # bounded temporaries (96 bytes a row)
+        keys[start : start + _CHUNK] = codes[start : start + _CHUNK].astype(np.uint64) @ _POWERS
+    return keys
+
+
 def folded_number_key(canonical: str) -> int:
     """Key of the confusion-folded form of a canonical number."""
     return number_key(folded_key(canonical))

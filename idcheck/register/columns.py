@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from idcheck.icao import DocumentClass, StateCodeError, canonical_state
+from idcheck.index.documents import PACKED_LENGTH, exact_number_keys
 from idcheck.records import (
     EARLIEST_EVENT,
     MAX_INSTRUCTIONS_LENGTH,
@@ -399,6 +400,37 @@ def accepted_from_records(rows: Sequence[tuple[int, RecordData]]) -> pa.Table:
     return pa.table({name: pa.array(cols[name], ACCEPTED_SCHEMA.field(name).type) for name in cols})
 
 
+def _integer_key_order(accepted: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
+    """The order of `in_key_order` and, in that order, whether each row repeats the key of the row before, found
+    with integers: the rank of the state code, the exact 64-bit key of the number, the class (a numpy sort of
+    integers instead of Arrow's sort of strings: 4.3 s instead of 6.9 at 10M rows). None when a number is too
+    long to be packed exactly (the string sort then decides)."""
+    try:
+        padded = pc.cast(pc.utf8_rpad(accepted.column("number"), PACKED_LENGTH, "\0"), pa.binary(PACKED_LENGTH))
+    except pa.ArrowInvalid:  # a number longer than PACKED_LENGTH
+        return None
+    width = PACKED_LENGTH
+    chars = np.concatenate(
+        [np.frombuffer(c.buffers()[1], np.uint8, len(c) * width, c.offset * width) for c in padded.chunks]
+    ).reshape(-1, width)
+    numbers = exact_number_keys(chars)
+    if numbers is None:
+        return None
+    states = accepted.column("issuing_state").combine_chunks().dictionary_encode()
+    rank = np.argsort(np.argsort(np.array(states.dictionary.to_pylist(), dtype=object), kind="stable"))
+    state_ranks = rank[states.indices.to_numpy(zero_copy_only=False)]
+    classes = accepted.column("document_class").to_numpy()
+    row_index = accepted.column("row_index").to_numpy()
+    sort_keys = [classes, numbers, state_ranks]  # np.lexsort: the last key is the primary one
+    if len(row_index) > 1 and not (row_index[1:] > row_index[:-1]).all():
+        sort_keys.insert(0, row_index)  # rows out of row order (a mixed upload): the earliest row of a key first
+    order = np.lexsort(sort_keys)  # stable
+    same = np.zeros(len(order), bool)
+    s, k, c = state_ranks[order], numbers[order], classes[order]
+    same[1:] = (s[1:] == s[:-1]) & (k[1:] == k[:-1]) & (c[1:] == c[:-1])
+    return order, same
+
+
 def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
     """Sort accepted rows by document key and reject every repeat of a key after its first row.
 
@@ -409,29 +441,34 @@ def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
     n = accepted.num_rows
     if n == 0:
         return accepted, []
-    # Sorting a table of many chunks (one per uploaded batch) merges chunk by chunk and was ~3 times slower at
-    # 10M rows: sort the four key columns made contiguous, then take the whole rows in that order.
-    keys = accepted.select(["issuing_state", "number", "document_class", "row_index"]).combine_chunks()
-    order = pc.sort_indices(
-        keys,
-        sort_keys=[
-            ("issuing_state", "ascending"),
-            ("number", "ascending"),
-            ("document_class", "ascending"),
-            ("row_index", "ascending"),
-        ],
-    )
-    del keys
-    table = accepted.take(order)
-    state, number = table.column("issuing_state"), table.column("number")
-    cls = table.column("document_class").to_numpy()
-    same = np.zeros(n, bool)
-    if n > 1:
-        same[1:] = (
-            pc.equal(state.slice(1), state.slice(0, n - 1)).to_numpy()
-            & pc.equal(number.slice(1), number.slice(0, n - 1)).to_numpy()
-            & (cls[1:] == cls[:-1])
+    found = _integer_key_order(accepted)
+    if found is not None:
+        order, same = found
+        table = accepted.take(order)
+    else:
+        # Sorting a table of many chunks (one per uploaded batch) merges chunk by chunk and was ~3 times slower
+        # at 10M rows: sort the four key columns made contiguous, then take the whole rows in that order.
+        keys = accepted.select(["issuing_state", "number", "document_class", "row_index"]).combine_chunks()
+        order = pc.sort_indices(
+            keys,
+            sort_keys=[
+                ("issuing_state", "ascending"),
+                ("number", "ascending"),
+                ("document_class", "ascending"),
+                ("row_index", "ascending"),
+            ],
         )
+        del keys
+        table = accepted.take(order)
+        state, number = table.column("issuing_state"), table.column("number")
+        cls = table.column("document_class").to_numpy()
+        same = np.zeros(n, bool)
+        if n > 1:
+            same[1:] = (
+                pc.equal(state.slice(1), state.slice(0, n - 1)).to_numpy()
+                & pc.equal(number.slice(1), number.slice(0, n - 1)).to_numpy()
+                & (cls[1:] == cls[:-1])
+            )
     if not same.any():
         return table, []
     positions = np.arange(n)

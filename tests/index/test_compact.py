@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from idcheck.icao import DocumentClass, folded_key
 from idcheck.index import DocumentIndex, DocumentIndexSettings, Lookup, MatchKind, classify, number_key, number_keys
-from idcheck.index.documents import PACKED_LENGTH, folded_number_key
+from idcheck.index.documents import PACKED_LENGTH, exact_number_keys, folded_number_key
 from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, StoredRecord
 
 PASSPORT, ID_CARD = DocumentClass.PASSPORT, DocumentClass.ID_CARD
@@ -272,3 +272,28 @@ def test_numpy_columns_load_like_python_lists() -> None:
     queries = [Lookup(s, n) for s in ("NZL", "D", "FJI", "GBD", "") for n in numbers]
     assert from_arrays.lookup_many(queries) == from_lists.lookup_many(queries)
     assert found(from_arrays, Lookup("GBD", "D4")) == [(MatchKind.EXACT, 4)]
+
+
+def _byte_matrix(numbers: list[str]) -> np.ndarray:
+    return np.array(numbers, dtype=f"S{PACKED_LENGTH}").view(np.uint8).reshape(-1, PACKED_LENGTH)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=PACKED_LENGTH)))
+def test_exact_number_keys_are_the_number_keys_and_sort_as_the_numbers(numbers: list[str]) -> None:
+    keys = exact_number_keys(_byte_matrix(numbers))
+    assert keys is not None
+    assert keys.tolist() == [number_key(n) for n in numbers]
+    assert [numbers[i] for i in np.argsort(keys, kind="stable")] == sorted(numbers)
+
+
+@pytest.mark.parametrize("bad", ["", "AB-1", "ab1", "É1"])
+def test_exact_number_keys_refuse_what_they_cannot_pack(bad: str) -> None:
+    matrix = _byte_matrix(["A1", "B2"])
+    raw = bad.encode()
+    matrix[1] = 0
+    matrix[1, : len(raw)] = np.frombuffer(raw, np.uint8)
+    assert exact_number_keys(matrix) is None
+    gap = _byte_matrix(["A1C", "B2"])
+    gap[0, 1] = 0  # "A", a zero byte, "C"
+    assert exact_number_keys(gap) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import pyarrow as pa
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from idcheck.records import RecordError, validate_record
+from idcheck.register import columns as columns_module
 from idcheck.register.columns import decode_arrow_ipc, in_key_order, validate_columns
 from idcheck.register.errors import InvalidRequest
 
@@ -259,6 +261,49 @@ def test_repeated_keys_keep_the_first_row_and_reject_the_others_like_the_row_pat
         ("NZL", "B2"),
     ]
     assert ordered.column("row_index").to_pylist() == [3, 1, 0]
+
+
+def _by_strings(accepted: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """in_key_order with its string sort (what it does when a number is too long for an exact integer key)."""
+    original = columns_module._integer_key_order
+    columns_module._integer_key_order = lambda table: None
+    try:
+        ordered, duplicates = in_key_order(accepted)
+    finally:
+        columns_module._integer_key_order = original
+    return ordered, sorted((r.row_index, r.reason) for r in duplicates)
+
+
+_key_numbers = st.text(alphabet="0129ABYZ", min_size=1, max_size=14)  # prefixes of each other, and some too long
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    keys=st.lists(
+        st.tuples(st.sampled_from(["NZL", "FJI", "AUS", "D", "WSM", "UNO"]), _key_numbers, st.sampled_from([1, 2])),
+        max_size=60,
+    ),
+    shuffle=st.randoms(use_true_random=False),
+)
+def test_integer_key_order_is_the_string_order(keys: list[tuple[str, str, int]], shuffle: random.Random) -> None:
+    rows = [_good(number, state) | {"document_class": cls} for state, number, cls in keys]
+    accepted = validate_columns(table_of(rows), 0, TODAY).accepted
+    order = list(range(accepted.num_rows))
+    shuffle.shuffle(order)  # rows out of row order too, as a mixed upload (Arrow and protobuf batches) has them
+    for table in (accepted, accepted.take(pa.array(order, pa.int64()))):
+        expected, expected_duplicates = _by_strings(table)
+        ordered, duplicates = in_key_order(table)
+        assert ordered.equals(expected)
+        assert sorted((r.row_index, r.reason) for r in duplicates) == expected_duplicates
+
+
+def test_integer_key_order_is_used_for_exact_numbers_and_not_beyond() -> None:
+    short = validate_columns(table_of([_good("B2"), _good("A1" * 6)]), 0, TODAY).accepted
+    found = columns_module._integer_key_order(short)
+    assert found is not None and found[0].tolist() == [1, 0]
+    long = validate_columns(table_of([_good("B2"), _good("A" * 13)]), 0, TODAY).accepted
+    assert columns_module._integer_key_order(long) is None
+    assert in_key_order(long)[0].column("number").to_pylist() == ["A" * 13, "B2"]
 
 
 def _ipc(table: pa.Table) -> bytes:

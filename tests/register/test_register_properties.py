@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from idcheck.icao import CONFUSION_TABLE, MRZFormat, compose_mrz, folded_key
 from idcheck.index import MatchKind
-from idcheck.records import StoredRecord
+from idcheck.records import MAX_PRINTED_NUMBER_LENGTH, StoredRecord
 from idcheck.register import Caller, InvalidRequest, Query, RawRecord, Register, Verdict
 from idcheck.store import AmbiguousKey, NotOwner, RecordNotFound
 from idcheck.uploads import UploadMode, UploadOutcome
@@ -73,7 +73,9 @@ def printed(draw: st.DrawFn, canonical: str) -> str:
     for c in canonical:
         out.append(c.lower() if c.isalpha() and draw(st.booleans()) else c)
         out.append(draw(st.sampled_from(["", "", "", " ", "-", "  "])))
-    return draw(st.sampled_from(["", " "])) + "".join(out)
+    text = draw(st.sampled_from(["", " "])) + "".join(out)
+    # A number is refused beyond MAX_PRINTED_NUMBER_LENGTH characters as printed: a long one loses its separators.
+    return text if len(text) <= MAX_PRINTED_NUMBER_LENGTH else text.replace(" ", "").replace("-", "")
 
 
 def spelled(draw: st.DrawFn, state: str) -> str:

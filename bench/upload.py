@@ -199,7 +199,6 @@ def breakdown(path: Path, rows: int, chunk_rows: int) -> dict[str, dict[str, flo
     """The pipeline in this process, stage by stage (wall and CPU seconds)."""
     from idcheck.register import Caller, Limits, Register
     from idcheck.register import columns as columnar
-    from idcheck.uploads import UploadColumns
 
     stage = _Stages()
     with stage("client_read_encode"):
@@ -213,10 +212,9 @@ def breakdown(path: Path, rows: int, chunk_rows: int) -> dict[str, dict[str, flo
                     session.add_arrow(payload)
             del payloads
             with stage("server_key_sort"):
-                ordered, duplicates = columnar.in_key_order(pa.concat_tables(session._chunks))
+                session.columns, duplicates = columnar.key_order(pa.concat_tables(session._chunks))
             session._chunks = []
             session.rejections.extend(duplicates)
-            session.columns = UploadColumns(ordered)
             store_commit = register.store.commit_upload
 
             def timed_commit(*args: object, **kwargs: object) -> object:

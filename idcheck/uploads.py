@@ -6,6 +6,7 @@ import enum
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 #: Columns of a record file (idcheck.client.files) and of an Arrow upload payload (`RecordBatch.arrow_ipc` in
@@ -99,14 +100,37 @@ ACCEPTED_SCHEMA = pa.schema(
 
 @dataclass(frozen=True, slots=True)
 class UploadColumns:
-    """The accepted rows of an upload as one Arrow table (ACCEPTED_SCHEMA), for the store's bulk path.
+    """The accepted rows of an upload as one Arrow table (ACCEPTED_SCHEMA), for the store's bulk path, and their
+    order by key (issuing state, number, class): the order in which the store inserts them, so that its unique
+    index and record ids grow at their ends.
 
-    Invariants the producer (idcheck.register.columns.in_key_order) guarantees: every row is valid, no two rows
-    share a document key, and rows are sorted by key (issuing state, number, class), the order in which the
-    store inserts them so that its unique index and record ids grow at their ends.
+    `order` holds the positions in `table` of the rows in key order; None when `table` is in key order already.
+    Gathering every row of a big upload into key order costs seconds (6.6 s at 10M rows), so the store takes
+    the rows it writes chunk by chunk, in a thread, while SQLite writes the previous chunk.
+
+    Invariants the producer (idcheck.register.columns.key_order) guarantees: every row in the order is valid
+    and no two of them share a document key (rows of `table` left out of `order` are repeats, already rejected).
     """
 
     table: pa.Table
+    order: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return self.table.num_rows if self.order is None else len(self.order)
+
+    def positions(self, idx: np.ndarray | None = None) -> np.ndarray | None:
+        """Positions in `table` of the rows at key-order positions `idx` (every row when None); None means all
+        of `table`, in its own order."""
+        if self.order is None:
+            return idx
+        return self.order if idx is None else self.order[idx]
+
+    def column(self, name: str, idx: np.ndarray | None = None) -> pa.ChunkedArray:
+        """One column's values at key-order positions `idx` (every row when None), in that order."""
+        column = self.table.column(name)
+        rows = self.positions(idx)
+        return column if rows is None else column.take(pa.array(rows, pa.int64()))
+
+    def in_key_order(self) -> pa.Table:
+        """Every row in key order, as one table."""
+        return self.table if self.order is None else self.table.take(pa.array(self.order, pa.int64()))

@@ -51,6 +51,7 @@ from idcheck.uploads import (
     RECORD_TEXT_COLUMNS,
     REQUIRED_RECORD_COLUMNS,
     Rejection,
+    UploadColumns,
 )
 
 FIELD = "batch.arrow_ipc"
@@ -431,23 +432,20 @@ def _integer_key_order(accepted: pa.Table) -> tuple[np.ndarray, np.ndarray] | No
     return order, same
 
 
-def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
-    """Sort accepted rows by document key and reject every repeat of a key after its first row.
-
-    Returns the rows in key order, one per key (the earliest row of each key), and the rejections of the
-    repeats with the row path's reason. Key order is the order the store inserts in (its unique index and
-    record ids then grow at their ends).
-    """
+def key_order(accepted: pa.Table) -> tuple[UploadColumns, list[Rejection]]:
+    """The accepted rows with their order by document key, one row per key (the earliest row of each key), and
+    the rejections of the repeats with the row path's reason. Key order is the order the store inserts in (its
+    unique index and record ids then grow at their ends); the rows themselves are not gathered into that order
+    here (see UploadColumns)."""
     n = accepted.num_rows
     if n == 0:
-        return accepted, []
+        return UploadColumns(accepted), []
     found = _integer_key_order(accepted)
     if found is not None:
         order, same = found
-        table = accepted.take(order)
     else:
         # Sorting a table of many chunks (one per uploaded batch) merges chunk by chunk and was ~3 times slower
-        # at 10M rows: sort the four key columns made contiguous, then take the whole rows in that order.
+        # at 10M rows: sort the four key columns made contiguous.
         keys = accepted.select(["issuing_state", "number", "document_class", "row_index"]).combine_chunks()
         order = pc.sort_indices(
             keys,
@@ -457,26 +455,30 @@ def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
                 ("document_class", "ascending"),
                 ("row_index", "ascending"),
             ],
-        )
+        ).to_numpy()
+        take = pa.array(order, pa.int64())
+        state, number = keys.column("issuing_state").take(take), keys.column("number").take(take)
+        cls = keys.column("document_class").to_numpy()[order]
         del keys
-        table = accepted.take(order)
-        state, number = table.column("issuing_state"), table.column("number")
-        cls = table.column("document_class").to_numpy()
         same = np.zeros(n, bool)
         if n > 1:
             same[1:] = (
-                pc.equal(state.slice(1), state.slice(0, n - 1)).to_numpy()
-                & pc.equal(number.slice(1), number.slice(0, n - 1)).to_numpy()
+                pc.equal(state.slice(1), state.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+                & pc.equal(number.slice(1), number.slice(0, n - 1)).to_numpy(zero_copy_only=False)
                 & (cls[1:] == cls[:-1])
             )
     if not same.any():
-        return table, []
-    positions = np.arange(n)
-    first = np.maximum.accumulate(np.where(same, 0, positions))
-    row_index = table.column("row_index").to_numpy()
-    dup = np.flatnonzero(same)
+        return UploadColumns(accepted, order), []
+    first = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
+    row_index = accepted.column("row_index").to_numpy()[order]
     rejections = [
         Rejection(int(row_index[i]), "key", f"duplicate of row {int(row_index[first[i]])} in this upload")
-        for i in dup.tolist()
+        for i in np.flatnonzero(same).tolist()
     ]
-    return table.filter(pa.array(~same)), rejections
+    return UploadColumns(accepted, order[~same]), rejections
+
+
+def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:
+    """`key_order`, with the rows gathered into key order in one table."""
+    columns, rejections = key_order(accepted)
+    return columns.in_key_order(), rejections

@@ -611,12 +611,11 @@ class UploadSession:
         if self._chunks:
             # Row batches of a mixed upload join the Arrow rows; repeated keys are found across both at once.
             tables = [*self._chunks, columns.accepted_from_records(self.rows)] if self.rows else self._chunks
-            ordered, duplicates = columns.in_key_order(pa.concat_tables(tables))
+            # The rows stay where they are; the store gathers them in key order chunk by chunk as it writes.
+            self.columns, duplicates = columns.key_order(pa.concat_tables(tables))
             del tables
             self._chunks, self.rows = [], []
-            pa.default_memory_pool().release_unused()  # the unsorted copy: give it back before the store runs
             self.rejections.extend(duplicates)
-            self.columns = UploadColumns(ordered)
             try:
                 return self.register._commit_upload(self)
             finally:

@@ -702,26 +702,27 @@ class RegisterStore:
         unique key index refuses the batch at the first key the register already holds, and then (only then)
         the keys are matched against the records to sort rows into created, updated, unchanged and rejected.
         """
-        t = columns.table
-        n = t.num_rows
+        n = len(columns)
         base = self._query_last_seq(conn)
         max_id = self._max_record_id(conn)
-        status = t.column("status").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+        status = columns.column("status").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
         op: np.ndarray | None = None  # per row: 0 unchanged, 1 create, 2 update, 3 other owner, 4 cancels nothing
         matched_ids = np.zeros(n, np.int64)
         if n and not (status == CANCELLED).any():
             conn.execute("SAVEPOINT bulk_all_new")
             try:
-                self._insert_created(conn, t, None, member, now, max_id, base)
+                self._insert_created(conn, columns.table, columns.positions(), member, now, max_id, base)
                 op = np.ones(n, np.int8)
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK TO bulk_all_new")
             conn.execute("RELEASE bulk_all_new")
         if op is None:
-            op, matched_ids = self._match_keys(conn, t, member, status)
+            # Some rows name records already held: every row is matched, in key order, gathered once.
+            columns = UploadColumns(columns.in_key_order())
+            op, matched_ids = self._match_keys(conn, columns.table, member, status)
             created_idx = np.flatnonzero(op == 1)
             if len(created_idx):
-                self._insert_created(conn, t, created_idx, member, now, max_id, base)
+                self._insert_created(conn, columns.table, created_idx, member, now, max_id, base)
         created_idx = np.flatnonzero(op == 1)
         updated_idx = np.flatnonzero(op == 2)
         n_created, n_updated = len(created_idx), len(updated_idx)
@@ -736,7 +737,9 @@ class RegisterStore:
                 (base + 1, base + n_created, max_id + 1, member, upload_id, description, now),
             )
         if n_updated:
-            self._update_existing(conn, t, updated_idx, updated_ids, updated_seqs, member, upload_id, description, now)
+            self._update_existing(
+                conn, columns.table, updated_idx, updated_ids, updated_seqs, member, upload_id, description, now
+            )
         next_seq = base + n_created + n_updated
         cancelled = 0
         cancelled_cols: tuple[list[Any], ...] = ([], [], [], [], [])
@@ -782,7 +785,7 @@ class RegisterStore:
                     "JOIN records AS r ON r.record_id = x.record_id ORDER BY x.seq"
                 ).fetchall()
                 cancelled_cols = tuple(map(list, zip(*rows, strict=True)))  # type: ignore[assignment]
-        row_index = t.column("row_index").to_numpy() if n else np.zeros(0, np.int64)
+        row_index = columns.column("row_index").to_numpy() if n else np.zeros(0, np.int64)
         store_rejections = [Rejection(int(row_index[i]), "key", _STORE_OTHER_OWNER) for i in np.flatnonzero(op == 3)]
         store_rejections += [Rejection(int(row_index[i]), "status", _STORE_NO_RECORD) for i in np.flatnonzero(op == 4)]
         n_unchanged = int((op == 0).sum())
@@ -790,7 +793,8 @@ class RegisterStore:
             upload_id, received, n_created, n_updated, n_unchanged, cancelled, next_seq, rejections, store_rejections
         )
         changed_idx = np.concatenate([created_idx, updated_idx])
-        take = pa.array(changed_idx, pa.int64())
+        t = columns.table
+        take = pa.array(columns.positions(changed_idx), pa.int64())
         c_ids, c_states, c_numbers, c_classes, c_seqs = cancelled_cols
         key_columns = KeyColumns(
             record_id=np.concatenate([created_ids, updated_ids, np.asarray(c_ids, np.int64)]),
@@ -814,17 +818,22 @@ class RegisterStore:
         max_id: int,
         base: int,
     ) -> None:
-        """Insert rows `idx` of `t` (all rows when None), in order, as new records numbered from max_id and
+        """Insert rows `idx` of `t` (all rows when None), in that order, as new records numbered from max_id and
         base. Raises sqlite3.IntegrityError when a key is already held."""
-        if idx is not None:
-            t = t.take(pa.array(idx, pa.int64()))
+        n = t.num_rows if idx is None else len(idx)
+
+        def rows(start: int) -> pa.Table:  # the next chunk (a gather when idx is given: done in the JSON thread)
+            if idx is None:
+                return t.slice(start, _BULK_CHUNK)
+            return t.take(pa.array(idx[start : start + _BULK_CHUNK], pa.int64()))
+
         names = ["issuing_state", "number"]
         sql_cols = ["issuing_state", "number_canonical", "doc_class"]
         for column, sql in _BULK_DATA_COLUMNS:
             if column in _OPTIONAL_TEXT and (
                 t.num_rows == 0 or pc.max(pc.binary_length(t.column(column))).as_py() == 0
             ):
-                continue  # empty throughout: the column default ('') is what would be written
+                continue  # empty throughout `t`: the column default ('') is what would be written
             names.append(column)
             sql_cols.append(sql)
         # Each chunk travels as ONE parameter: a JSON array of row arrays built by Arrow string kernels, which
@@ -836,18 +845,18 @@ class RegisterStore:
             f"INSERT INTO records (record_id, seq, owner, recorded_at, created_status, {', '.join(sql_cols)}) "
             f"SELECT ? + key, ? + key, ?, ?, {status_field}, {fields} FROM json_each(?)"
         )
-        if t.num_rows <= _BULK_CHUNK:
-            if t.num_rows:
-                conn.execute(statement, (max_id + 1, base + 1, member, now, _json_rows(t, names)))
+        if n <= _BULK_CHUNK:
+            if n:
+                conn.execute(statement, (max_id + 1, base + 1, member, now, _json_rows(rows(0), names)))
             return
-        # SQLite runs a chunk's INSERT without the GIL, and Arrow's kernels build the next chunk's JSON without it
-        # too: overlapped on two cores, the JSON (about a fifth of the insert) costs no wall time.
+        # SQLite runs a chunk's INSERT without the GIL, and Arrow's kernels gather the next chunk's rows and build
+        # its JSON without it too: overlapped on two cores, they cost little wall time.
         with ThreadPoolExecutor(1, thread_name_prefix="bulk-json") as pool:
-            ahead = pool.submit(_json_rows, t.slice(0, _BULK_CHUNK), names)
-            for start in range(0, t.num_rows, _BULK_CHUNK):
+            ahead = pool.submit(lambda: _json_rows(rows(0), names))
+            for start in range(0, n, _BULK_CHUNK):
                 payload = ahead.result()
-                if start + _BULK_CHUNK < t.num_rows:
-                    ahead = pool.submit(_json_rows, t.slice(start + _BULK_CHUNK, _BULK_CHUNK), names)
+                if start + _BULK_CHUNK < n:
+                    ahead = pool.submit(lambda after=start + _BULK_CHUNK: _json_rows(rows(after), names))
                 conn.execute(statement, (max_id + 1 + start, base + 1 + start, member, now, payload))
 
     @staticmethod

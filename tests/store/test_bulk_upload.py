@@ -12,7 +12,7 @@ import pytest
 
 from idcheck.icao import DocumentClass
 from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, validate_record
-from idcheck.register.columns import accepted_from_records, in_key_order
+from idcheck.register.columns import accepted_from_records, key_order
 from idcheck.store import RegisterStore
 from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
 
@@ -35,9 +35,10 @@ def rec(number: str, status: RecordStatus = STOLEN, *, state: str = "NZL", surna
 
 
 def columns(records: Sequence[RecordData], first_row: int = 0) -> UploadColumns:
-    ordered, duplicates = in_key_order(accepted_from_records(list(enumerate(records, start=first_row))))
+    """The rows as the register hands them to the store: where they came, with their key order."""
+    found, duplicates = key_order(accepted_from_records(list(enumerate(records, start=first_row))))
     assert duplicates == []
-    return UploadColumns(ordered)
+    return found
 
 
 def bulk(
@@ -292,3 +293,28 @@ def test_chunked_writes_and_matching_cross_chunk_boundaries(tmp_path: Path, monk
         store.close()
     assert results[0] == results[1]
     assert results[0][0] == (5, 13, 27, 10)  # 13 of K010..K049 turned LOST; K000..K009 cancelled
+
+
+def test_rows_gathered_in_key_order_or_given_with_their_order_make_the_same_register(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BULK_CHUNK", 5)  # several chunks, each gathered in the JSON thread
+    first = [rec(f"K{(i * 7) % 23:03d}", surname="S" if i % 4 == 0 else "") for i in range(23)]
+    second = [rec(f"K{i:03d}", LOST if i % 2 else STOLEN) for i in range(5, 30, 2)]
+    results = []
+    for gathered in (False, True):
+        store = RegisterStore(tmp_path / f"{gathered}.db")
+        for upload_id, rows, mode in (("a", first, INCREMENTAL), ("b", second, REPLACE_ALL)):
+            given = columns(rows)
+            assert given.order is not None
+            if gathered:
+                given = UploadColumns(given.in_key_order())
+            store.commit_upload("NZL", upload_id, mode, "", given, [], [], len(rows))
+        results.append((state_of(store), change_log(store.path)))
+        store.close()
+    assert results[0] == results[1]
+    final = results[0][0]
+    assert final[("NZL", "K000")] == ("NZL", CANCELLED, "S")  # not in the REPLACE_ALL upload
+    assert (final[("NZL", "K005")], final[("NZL", "K029")]) == (("NZL", LOST, ""), ("NZL", LOST, ""))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,8 @@ from idcheck.records import DocumentKey, Holder, KeyColumns, RecordChange, Recor
 from idcheck.store.errors import AmbiguousKey, NotOwner, RecordNotFound
 from idcheck.store.schema import migrate
 from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
+
+log = logging.getLogger(__name__)
 
 CANCELLED = int(RecordStatus.CANCELLED)
 
@@ -97,6 +100,8 @@ _OPTIONAL_TEXT = frozenset(("surname", "given_names", "birth_date", "nationality
 _LAST_SEQ_SQL = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM changes), 0), COALESCE((SELECT MAX(last_seq) FROM created_ranges), 0))"
 )
+_BACKGROUND_CHECKPOINT_ROWS = 100_000  # bulk uploads of this many rows leave their checkpoint to a thread
+_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 _BULK_CHUNK = 65_536  # rows per INSERT statement (one JSON parameter each) and per key-matching batch
 _BULK_CACHE_KIB = 256 * 1024  # SQLite page cache while a large upload is written
 _CHANGE_OP = {False: "UPDATED", True: "CANCELLED"}  # change-log operation of an update, by "status is CANCELLED"
@@ -231,6 +236,53 @@ class ReaderConnections:
             self._all.clear()
 
 
+class Checkpointer:
+    """Copies a big commit's pages from the WAL into the database file in a thread of its own.
+
+    SQLite does this (an automatic checkpoint) inside the COMMIT that takes the WAL past 1,000 pages, so the
+    writer pays it before it can acknowledge: 2.5 s of the 41 s a 10,000,000-row upload spent in the store. A
+    commit is durable once its WAL frames are fsynced, so a bulk upload commits without the automatic
+    checkpoint and leaves it to this thread (PASSIVE: readers and writers carry on meanwhile; what it cannot
+    copy yet, the next automatic checkpoint does)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.done = 0  # background checkpoints finished since start, and how many of them failed
+        self.failed = 0
+
+    def start(self) -> None:
+        """Checkpoint in the background now (unless one is running: the next commit's automatic one follows)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        """Until the running checkpoint, if any, is over."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            try:
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            self.failed += 1
+            log.warning(
+                "background WAL checkpoint of %s failed (the next commit checkpoints)", self._path, exc_info=True
+            )
+        self.done += 1
+
+
 class RegisterStore:
     """Durable records, change log, uploads and audit log in one SQLite file."""
 
@@ -241,6 +293,7 @@ class RegisterStore:
         migrate(self._conn)
         self._conn.executescript(_STAGING)
         self._lock = threading.Lock()
+        self._checkpointer = Checkpointer(self.path)
         self._readers = ReaderConnections(self.path)
         self._last_seq = self._query_last_seq(self._conn)
         self._status_counts: tuple[int | None, dict[str, int]] | None = None  # (newest record seq, counts)
@@ -619,7 +672,16 @@ class RegisterStore:
                     self._insert_upload_row(
                         conn, member, upload_id, mode, description, received, outcome, now, first_seq, last_seq
                     )
-                    conn.execute("COMMIT")
+                    big = len(rows) >= _BACKGROUND_CHECKPOINT_ROWS
+                    if big:  # durable at COMMIT (the WAL is fsynced); its pages reach the file in the background
+                        conn.execute("PRAGMA wal_autocheckpoint=0")
+                    try:
+                        conn.execute("COMMIT")
+                    finally:
+                        if big:
+                            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+                    if big:
+                        self._checkpointer.start()
                     self._last_seq = outcome.register_sequence
                     return outcome, key_columns
                 outcome, changed = self._apply_upload(
@@ -1195,7 +1257,9 @@ class RegisterStore:
         return renumbered, next_id
 
     def close(self) -> None:
-        """Close every connection this store opened (the write connection and each thread's reader)."""
+        """Close every connection this store opened (the write connection, each thread's reader, a running
+        background checkpoint's)."""
+        self._checkpointer.wait()
         with self._lock:
             self._readers.close()
             self._conn.close()

@@ -318,3 +318,45 @@ def test_rows_gathered_in_key_order_or_given_with_their_order_make_the_same_regi
     final = results[0][0]
     assert final[("NZL", "K000")] == ("NZL", CANCELLED, "S")  # not in the REPLACE_ALL upload
     assert (final[("NZL", "K005")], final[("NZL", "K029")]) == (("NZL", LOST, ""), ("NZL", LOST, ""))
+
+
+def _records_in_copy(files: dict[str, Path], tmp: Path) -> int:
+    """Records in a copy of the given database files (as a crash would leave them), opened afresh."""
+    tmp.mkdir()
+    for suffix, source in files.items():
+        (tmp / f"copy.db{suffix}").write_bytes(source.read_bytes())
+    with sqlite3.connect(tmp / "copy.db") as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+
+def test_a_big_upload_is_durable_in_the_wal_and_reaches_the_file_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BACKGROUND_CHECKPOINT_ROWS", 20)
+    monkeypatch.setattr(sqlite_store, "_AUTOCHECKPOINT_PAGES", 1)  # any commit would checkpoint, as a big one does
+    path = tmp_path / "register.db"
+    store = RegisterStore(path)
+    store._conn.execute("PRAGMA wal_autocheckpoint=1")
+    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema into the file: only the upload in the WAL
+    try:
+        started: list[bool] = []
+        monkeypatch.setattr(store._checkpointer, "start", lambda: started.append(True))  # held back, as if slow
+        bulk(store, "NZL", "big", [rec(f"B{i:04d}") for i in range(1000)])
+        assert started == [True]
+        assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1  # restored for small ones
+        wal = path.with_name(path.name + "-wal")
+        # Acknowledged: a crash now (the file and its WAL as they are) loses nothing ...
+        assert _records_in_copy({"": path, "-wal": wal}, tmp_path / "crash") == 1000
+        # ... though the database file alone does not hold the upload yet.
+        assert _records_in_copy({"": path}, tmp_path / "file-only") == 0
+        monkeypatch.undo()
+        store._checkpointer.start()
+        store._checkpointer.wait()
+        assert (store._checkpointer.done, store._checkpointer.failed) == (1, 0)
+        assert _records_in_copy({"": path}, tmp_path / "checkpointed") == 1000
+        outcome, _ = bulk(store, "NZL", "small", [rec("S1")])  # below the threshold: SQLite's own checkpoint
+        assert outcome.created == 1 and store._checkpointer.done == 1
+    finally:
+        store.close()

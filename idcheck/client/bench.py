@@ -69,7 +69,7 @@ from idcheck.client.files import ipc_bytes
 from idcheck.icao import folded_key
 from idcheck.synthetic import distinct_numbers, synthetic_numbers
 from idcheck.v1 import biometrics_pb2 as bpb
-from idcheck.v1 import biometrics_pb2_grpc, register_pb2_grpc
+from idcheck.v1 import biometrics_pb2_grpc, operations_pb2, operations_pb2_grpc, register_pb2_grpc
 from idcheck.v1 import register_pb2 as pb
 
 # manifest: CheckManifest (an Arrow table in, a verdict byte per row out); documents: CheckDocuments (a protobuf
@@ -313,6 +313,32 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def settle(conn: Connection, channel: grpc.Channel, *, timeout: float = 1800.0) -> float | None:
+    """Wait until the server reports no background work (GetStatistics.background_tasks: the index merge and
+    snapshot, the WAL checkpoint and the template index rebuild that seeding set off), so that the scenarios
+    measure the server answering, not the server digesting the seed. Returns the seconds waited; None when the
+    server does not say (GetStatistics needs the operator role: a development server takes it from metadata,
+    a TLS one from the certificate)."""
+    stub = operations_pb2_grpc.OperationsStub(channel)
+    metadata = (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
+    started = time.monotonic()
+    log("waiting for the server's background work after seeding (index merge and snapshot, WAL checkpoint) ...")
+    while True:
+        try:
+            stats = stub.GetStatistics(operations_pb2.GetStatisticsRequest(), metadata=metadata, timeout=120)
+        except grpc.RpcError as err:
+            log(f"not waiting: GetStatistics answered {_error_code(err)} (it needs the operator role)")
+            return None
+        waited = time.monotonic() - started
+        if stats.background_tasks == 0:
+            log(f"the server is idle after {waited:.1f}s")
+            return round(waited, 1)
+        if waited > timeout:
+            log(f"the server still has background work after {waited:.0f}s: measuring anyway")
+            return round(waited, 1)
+        time.sleep(0.2)
 
 
 def server_has_flag(flag: str) -> bool:
@@ -1756,6 +1782,8 @@ class Bench:
             if self.server is not None and self.templates > EXACT_UP_TO:
                 log("waiting for the server's background rebuilds of the template index ...")
                 server_info["template_index_rebuilds"] = self.server.wait_for_rebuilds()
+        if (self.records or self.templates) and not args.no_seed:
+            server_info["settle_seconds"] = settle(conn, channel)
         if self.server is not None:
             server_info["rss_bytes_after_seeding"] = rss_bytes(self.server.pid)
         # baselines

@@ -1231,6 +1231,8 @@ def _describe_stats(s: Any) -> str:
         f"{s.calls_in_work:,} in work, {s.calls_waiting:,} waiting; {s.streams_open:,} of {s.streams_max:,} "
         "streams open",
         f"rpcs        {s.rpcs_in_flight:,} in flight (this one included), {s.rpcs_started:,} started since start",
+        f"background  {s.background_tasks:,} tasks running (index merge or snapshot, WAL checkpoint, template "
+        "index rebuild)",
     ]
     return "\n".join(lines)
 

@@ -261,6 +261,7 @@ class DocumentIndex:
         self._lock = threading.Lock()  # serialises writers (readers never take it)
         self._pending: list[_Changes] | None = None  # changes recorded while a background merge runs
         self._merger: threading.Thread | None = None
+        self._snapshotter: threading.Thread | None = None  # the last snapshot written after a bulk rebuild
         self._generation = 0  # bumped whenever new base columns are installed
         self._rebuilt: _Base | None = None
         self._snapshot_lock = threading.Lock()
@@ -381,7 +382,11 @@ class DocumentIndex:
                 self._start_merge()
             rebuilt, self._rebuilt = self._rebuilt, None
         if rebuilt is not None and self._snapshot_due(rebuilt):
-            threading.Thread(target=self._maybe_snapshot, args=(rebuilt,), name="index-snapshot", daemon=True).start()
+            snapshotter = threading.Thread(
+                target=self._maybe_snapshot, args=(rebuilt,), name="index-snapshot", daemon=True
+            )
+            self._snapshotter = snapshotter
+            snapshotter.start()
 
     def _encode(self, changes: KeyColumns) -> _Changes:
         codes = self._state_code
@@ -524,6 +529,10 @@ class DocumentIndex:
             for ch in pending:  # changes applied while merging, replayed onto the merged columns
                 self._apply_encoded(ch, rebuild_at=None)
         self._maybe_snapshot(base)
+
+    def background_tasks(self) -> int:
+        """Merges and snapshot writes running now (0 or 1 of each; a merge writes its snapshot itself)."""
+        return sum(t is not None and t.is_alive() for t in (self._merger, self._snapshotter))
 
     def wait_idle(self) -> None:
         """Block until no background merge or snapshot is running (tests, shutdown)."""

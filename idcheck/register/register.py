@@ -144,6 +144,10 @@ class Register:
     def sequence(self) -> int:
         return self.index.sequence
 
+    def background_tasks(self) -> int:
+        """Background work running now: the index's merge and snapshot, the store's WAL checkpoint."""
+        return self.index.background_tasks() + self.store.background_tasks()
+
     # -- checks -------------------------------------------------------------------------------------
 
     def check(

@@ -170,6 +170,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             rate_limited_calls=self.rate_limiter.refusals.value if self.rate_limiter is not None else 0,
             rpcs_in_flight=self.calls.in_flight,
             rpcs_started=self.calls.started.value,
+            background_tasks=self.register.background_tasks() + int(index.rebuilding),
         )
         if self.shedder is not None:
             running, waiting, streams = self.shedder.load()

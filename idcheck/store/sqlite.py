@@ -260,6 +260,11 @@ class Checkpointer:
             self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
             self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def wait(self) -> None:
         """Until the running checkpoint, if any, is over."""
         with self._lock:
@@ -308,6 +313,10 @@ class RegisterStore:
     @staticmethod
     def _query_last_seq(conn: sqlite3.Connection) -> int:
         return int(conn.execute(_LAST_SEQ_SQL).fetchone()[0])
+
+    def background_tasks(self) -> int:
+        """WAL checkpoints running in the background now (0 or 1)."""
+        return int(self._checkpointer.running)
 
     def _reader(self) -> sqlite3.Connection:
         return self._readers.get()
@@ -1259,8 +1268,8 @@ class RegisterStore:
     def close(self) -> None:
         """Close every connection this store opened (the write connection, each thread's reader, a running
         background checkpoint's)."""
-        self._checkpointer.wait()
-        with self._lock:
+        with self._lock:  # commits start background checkpoints holding this lock: none starts after the wait
+            self._checkpointer.wait()
             self._readers.close()
             self._conn.close()
 

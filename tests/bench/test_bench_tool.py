@@ -98,6 +98,7 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
+    assert result["server"]["settle_seconds"] >= 0  # waited until the seeded server had no background work
     assert result["interrupted"] is False
     assert result["server"]["started"] is True
     assert result["server"]["seed_records"]["rows"] == RECORDS
@@ -268,6 +269,7 @@ def test_bench_targets_a_running_tls_server_and_seeds_it_once(server_factory, pk
     # the single checks above found the records of every part.
     first = bench("first", "--role", "member", "--seed-upload-rows", "1000")
     assert first["server"]["seed_records"]["replayed"] is False
+    assert first["server"]["settle_seconds"] is None  # a member's certificate may not read GetStatistics
     assert first["server"]["seed_records"]["uploads"] == 3 and first["server"]["seed_records"]["rows"] == RECORDS
     assert first["server"]["seed_templates"]["templates"] == 300
     # The same register again: the upload is replayed (nothing changes), the gallery is not enrolled twice.

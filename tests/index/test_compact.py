@@ -247,6 +247,28 @@ def test_background_merge_writes_a_snapshot_when_due(tmp_path: Path) -> None:
     assert loaded.record_ids().tolist() == list(range(1, seq + 1))
 
 
+def test_a_running_merge_counts_as_background_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import idcheck.index.documents as documents
+
+    release = threading.Event()
+    real_merge = documents._merge
+
+    def held_merge(*args: object) -> object:
+        release.wait(10)
+        return real_merge(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(documents, "_merge", held_merge)
+    index = snapshot_index(tmp_path)
+    assert index.background_tasks() == 0
+    for i in range(1, 12):  # past merge_threshold (10): a merge starts in the background
+        index.apply([stored(i, "NZL", f"B{i}", seq=i)])
+    assert index.background_tasks() == 1
+    release.set()
+    index.wait_idle()
+    assert index.background_tasks() == 0
+    assert sorted(tmp_path.glob("documents-*")), "the merge wrote its snapshot"
+
+
 def test_snapshot_needs_a_directory() -> None:
     with pytest.raises(ValueError):
         DocumentIndex().write_snapshot()

@@ -74,6 +74,7 @@ def test_statistics_count_what_the_server_did(server: ServerProcess) -> None:
         assert stats.audit_rows_written + stats.audit_rows_pending == 8  # 5 documents, 2 verifies, 1 identify
         assert stats.rpcs_in_flight == 1  # this call
         assert stats.rate_limited_calls == 0 and stats.overload_refusals == 0
+        assert stats.background_tasks == 0  # small changes: no merge, snapshot or checkpoint of their own
         assert stats.uptime_seconds > 0 and stats.started_at.endswith("Z")
         # once the audit log is read (which commits what is pending), everything is written
         with AuditClient(server.address, member="AUS", role="operator") as audit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -318,6 +319,25 @@ def test_rows_gathered_in_key_order_or_given_with_their_order_make_the_same_regi
     final = results[0][0]
     assert final[("NZL", "K000")] == ("NZL", CANCELLED, "S")  # not in the REPLACE_ALL upload
     assert (final[("NZL", "K005")], final[("NZL", "K029")]) == (("NZL", LOST, ""), ("NZL", LOST, ""))
+
+
+def test_a_background_checkpoint_counts_as_background_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BACKGROUND_CHECKPOINT_ROWS", 20)
+    store = RegisterStore(tmp_path / "register.db")
+    try:
+        release = threading.Event()
+        real_run = store._checkpointer._run
+        monkeypatch.setattr(store._checkpointer, "_run", lambda: (release.wait(10), real_run()))
+        assert store.background_tasks() == 0
+        bulk(store, "NZL", "big", [rec(f"B{i:04d}") for i in range(100)])
+        assert store.background_tasks() == 1
+        release.set()
+        store._checkpointer.wait()
+        assert store.background_tasks() == 0 and store._checkpointer.done == 1
+    finally:
+        store.close()
 
 
 def _records_in_copy(files: dict[str, Path], tmp: Path) -> int:

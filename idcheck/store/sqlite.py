@@ -189,11 +189,13 @@ class CancelOutcome:
     changed: tuple[StoredRecord, ...]
 
 
-# Page size of a new database file. Against SQLite's default 4 KiB, 16 KiB pages make the store commit of a
-# 1-million-row upload about 25 % faster (6.6-7.7 s -> 5.0-5.4 s on 2 cores) and a one-row upload or cancel about
-# 0.1 ms slower (p50 0.45 -> 0.60 ms: more bytes per changed page go to the WAL). An existing file keeps the page
-# size it was created with (SQLite changes it only on VACUUM, and never in WAL mode).
-PAGE_SIZE = 16384
+# Page size of a new database file: SQLite's default, 4 KiB, chosen against 16 KiB on 2026-12-06 (2 cores). With
+# 16 KiB pages a 10,000,000-row upload ran at 212,000 rows/s instead of 177,000 (one pair of runs; 1,000,000 rows:
+# 222,000 against 218,000) and a one-row upload or cancel took 0.1 ms more (p50 0.45 -> 0.60 ms), but the server
+# answered manifests of 1,000 about 13 % slower (8 of 9 alternating `idcheck bench --records 1e6` runs; the same
+# manifests in one process showed no difference, so where it comes from is not known yet): checks come first. An
+# existing file keeps the page size it was created with (SQLite changes it only on VACUUM, never in WAL mode).
+PAGE_SIZE = 4096
 
 
 def connect(path: Path, *, synchronous: str = "FULL", cache_mib: int = 64) -> sqlite3.Connection:

@@ -239,14 +239,15 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to SCHEMA_VERSION; returns the version it was at before."""
+def migrate(conn: sqlite3.Connection, up_to: int = SCHEMA_VERSION) -> int:
+    """Bring the database to SCHEMA_VERSION (or to the older version `up_to`, as an older idcheck left it: tests
+    of upgrades); returns the version it was at before."""
     before = current_version(conn)
     if before > SCHEMA_VERSION:
         raise SchemaError(
             f"database schema version {before} is newer than this idcheck ({SCHEMA_VERSION}); upgrade idcheck"
         )
-    for version in range(before, SCHEMA_VERSION):
+    for version in range(before, up_to):
         # executescript() commits any open transaction first; wrap each step in its own.
         conn.executescript(
             "BEGIN IMMEDIATE;\n"

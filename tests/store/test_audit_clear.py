@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from idcheck.store import AuditCall, AuditClear, AuditDocument, AuditRow, AuditWriter, RegisterStore, utc_now
-from idcheck.store.schema import MIGRATIONS, SCHEMA_VERSION
+from idcheck.store.schema import SCHEMA_VERSION, migrate
 from idcheck.store.sqlite import _pack_clear
 
 MEMBERS = ("NZL", "AUS", "GBR")
@@ -368,12 +368,7 @@ def test_writer_counts_packed_documents_as_clear_rows(tmp_path: Path) -> None:
 def test_version_5_database_keeps_its_audit_rows_readable(tmp_path: Path) -> None:
     path = tmp_path / "register.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    for version, script in enumerate(MIGRATIONS[:5]):
-        conn.executescript(
-            "BEGIN;\nCREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
-            + script
-            + f"\nINSERT OR REPLACE INTO meta VALUES ('schema_version', '{version + 1}');\nCOMMIT;"
-        )
+    migrate(conn, up_to=5)  # the database as a version-5 idcheck left it
     conn.execute("INSERT INTO audit_calls VALUES (1, 'm', '2026-01-01T00:00:00.000Z', 'NZL', 'border', '', 3, 2, 0)")
     conn.execute("INSERT INTO audit_calls VALUES (2, 's', '2026-01-02T00:00:00.000Z', 'AUS', 'border', '', 3, 1, 1)")
     conn.execute("INSERT INTO audit VALUES (1, 0, 'typed', 'NZL', 'LA1', 'CLEAR', '', '')")

@@ -536,9 +536,9 @@ class DocumentIndex:
 
     def wait_idle(self) -> None:
         """Block until no background merge or snapshot is running (tests, shutdown)."""
-        merger = self._merger
-        if merger is not None:
-            merger.join()
+        for thread in (self._merger, self._snapshotter):
+            if thread is not None:
+                thread.join()
         with self._snapshot_lock:
             pass
 

@@ -198,17 +198,27 @@ def test_ctrl_c_prints_and_writes_what_was_measured(tmp_path: Path) -> None:
             if re.search(r"single@1 idcheck: \d+/120s, [\d,]+ calls", line):
                 measuring.set()
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    stdout_parts: list[str] = []
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        stdout_parts.append(proc.stdout.read())
+
+    # Both pipes are read by threads to their end (communicate() would close stderr under its reader).
+    readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
         assert measuring.wait(120), "".join(stderr)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
-    reader.join(5)
+    for reader in readers:
+        reader.join(10)
+    stdout = "".join(stdout_parts)
     assert proc.returncode == 130, stdout + "".join(stderr)
     assert "INTERRUPTED" in stdout
     result = json.loads(out.read_text())

@@ -210,6 +210,14 @@ def connect(path: Path, *, synchronous: str = "FULL", cache_mib: int = 64) -> sq
     return conn
 
 
+def side_connection(path: Path) -> sqlite3.Connection:
+    """A further connection to a database `connect` has set up (WAL mode is kept in the file): a reader, a feed
+    view, a checkpointer. It waits for locks as the writer does and changes no other setting."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
 class ReaderConnections:
     """One read connection per thread to a database file (WAL readers never wait for the writer), all closed
     together with the store."""
@@ -224,8 +232,7 @@ class ReaderConnections:
         """This thread's reader, opened on first use."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = side_connection(self.path)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -276,9 +283,8 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn = side_connection(self._path)
             try:
-                conn.execute("PRAGMA busy_timeout=30000")
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             finally:
                 conn.close()
@@ -1324,9 +1330,7 @@ class RegisterStore:
         """A consistent read-only view for the change feed: one read transaction on a connection of its own, so
         that every page a subscriber gets from it shows the register at the same sequence (`FeedView.head`),
         whatever commits meanwhile. Use it as a context manager; it is closed on exit."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        conn.execute("PRAGMA busy_timeout=30000")
-        return FeedView(conn)
+        return FeedView(side_connection(self.path))
 
     def replica_state(self) -> ReplicaState | None:
         """This database's position in the change feed of the upstream it mirrors, or None when it mirrors

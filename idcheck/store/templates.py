@@ -25,7 +25,7 @@ import numpy as np
 
 from idcheck.store.errors import NotOwner, StoreError
 from idcheck.store.schema import migrate
-from idcheck.store.sqlite import ReaderConnections, connect, utc_now
+from idcheck.store.sqlite import ReaderConnections, connect, side_connection, utc_now
 
 _CHUNK = 500  # bound parameters per IN (...) query
 WRITER_CACHE_KIB = 8192  # page cache of the template writer connection
@@ -100,8 +100,7 @@ class TemplateSnapshot:
     def __init__(self, path: Path, dimension: int, batch_size: int = 65_536) -> None:
         self.dimension = dimension
         self._batch_size = batch_size
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn = side_connection(path)
         self._conn.execute("BEGIN")
         self._sequence = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM template_changes").fetchone()[0])
         self._count = int(self._conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0])

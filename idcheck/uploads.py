@@ -125,11 +125,10 @@ class UploadColumns:
             return idx
         return self.order if idx is None else self.order[idx]
 
-    def column(self, name: str, idx: np.ndarray | None = None) -> pa.ChunkedArray:
-        """One column's values at key-order positions `idx` (every row when None), in that order."""
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column's values in key order."""
         column = self.table.column(name)
-        rows = self.positions(idx)
-        return column if rows is None else column.take(pa.array(rows, pa.int64()))
+        return column if self.order is None else column.take(pa.array(self.order, pa.int64()))
 
     def in_key_order(self) -> pa.Table:
         """Every row in key order, as one table."""

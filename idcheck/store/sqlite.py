@@ -689,16 +689,10 @@ class RegisterStore:
                     self._insert_upload_row(
                         conn, member, upload_id, mode, description, received, outcome, now, first_seq, last_seq
                     )
-                    big = len(rows) >= _BACKGROUND_CHECKPOINT_ROWS
-                    if big:  # durable at COMMIT (the WAL is fsynced); its pages reach the file in the background
-                        conn.execute("PRAGMA wal_autocheckpoint=0")
-                    try:
+                    if len(rows) >= _BACKGROUND_CHECKPOINT_ROWS:
+                        self._commit_checkpointing_later(conn)
+                    else:
                         conn.execute("COMMIT")
-                    finally:
-                        if big:
-                            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
-                    if big:
-                        self._checkpointer.start()
                     self._last_seq = outcome.register_sequence
                     return outcome, key_columns
                 outcome, changed = self._apply_upload(
@@ -730,6 +724,16 @@ class RegisterStore:
                 conn.execute("DELETE FROM bulk_keep")
             self._last_seq = outcome.register_sequence
             return outcome, changed
+
+    def _commit_checkpointing_later(self, conn: sqlite3.Connection) -> None:
+        """COMMIT without SQLite's automatic checkpoint (durable once the WAL is fsynced), then copy the pages into
+        the database file in the background (Checkpointer)."""
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            conn.execute("COMMIT")
+        finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+        self._checkpointer.start()
 
     @staticmethod
     def _insert_upload_row(

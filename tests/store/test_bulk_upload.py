@@ -380,3 +380,53 @@ def test_a_big_upload_is_durable_in_the_wal_and_reaches_the_file_in_the_backgrou
         assert outcome.created == 1 and store._checkpointer.done == 1
     finally:
         store.close()
+
+
+def test_lean_rows_and_json_rows_store_the_same_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads without optional text go through the lean encoding (substr() of one string per row, the state a
+    parameter per run); every column of every record must be what the general JSON rows store."""
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BULK_CHUNK", 7)  # state runs and printed-number forms change inside chunks
+
+    def one(i: int) -> RecordData:
+        printed = f"AB-{i:03d} 7" if i % 5 == 0 else f"AB{i:03d}7"  # some chunks print numbers with fillers
+        return validate_record(
+            issuing_state=("D", "NZL", "FJI", "UTO")[i % 4] if i < 30 else "NZL",
+            document_number=printed,
+            document_class=int((DocumentClass.PASSPORT, DocumentClass.ID_CARD, DocumentClass.VISA)[i % 3]),
+            status=int((STOLEN, LOST, RecordStatus.REVOKED)[i % 3]),
+            event_date=f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}",
+            today=TODAY,
+        )
+
+    first = [one(i) for i in range(60)]
+    second = [one(i) for i in range(40, 90)]  # 20 held, 30 new
+    real = sqlite_store._lean_batches
+    calls: list[bool] = []
+
+    def counted(part: object) -> object:
+        calls.append(True)
+        return real(part)
+
+    dumps = []
+    for lean in (True, False):
+        calls.clear()
+        monkeypatch.setattr(sqlite_store, "_lean_batches", counted if lean else (lambda part: None))
+        store = RegisterStore(tmp_path / f"{lean}.db")
+        bulk(store, "NZL", "a", first)
+        bulk(store, "NZL", "b", second)
+        store.close()
+        assert bool(calls) == lean
+        with sqlite3.connect(tmp_path / f"{lean}.db") as conn:
+            rows = conn.execute(
+                "SELECT record_id, issuing_state, number_canonical, doc_class, number_printed, owner, status, "
+                "created_status, event_date, surname, seq, typeof(doc_class), typeof(status), typeof(created_status) "
+                "FROM records ORDER BY record_id"
+            ).fetchall()
+        dumps.append([row[:5] + row[6:] for row in rows])  # owner column aside (same member)
+    lean_rows, json_rows = dumps
+    assert lean_rows == json_rows
+    assert len(lean_rows) == 90
+    assert lean_rows[0][1:5] == ("D", "AB0007", 1, "AB-000 7")  # printed form kept, state of one letter
+    assert {row[-3:] for row in lean_rows} == {("integer", "integer", "integer")}

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from idcheck.icao import (
     DocumentClass,
@@ -106,8 +107,8 @@ class KeyColumns:
     """
 
     record_id: np.ndarray  # int64
-    issuing_state: Sequence[str] | np.ndarray  # canonical state codes
-    number: Sequence[str] | np.ndarray  # canonical document numbers (str, or a numpy bytes array)
+    issuing_state: Sequence[str] | np.ndarray | pa.Array  # canonical state codes (Arrow: a bulk upload's)
+    number: Sequence[str] | np.ndarray | pa.Array  # canonical document numbers (str, numpy bytes or Arrow strings)
     document_class: np.ndarray  # int8, DocumentClass values
     status: np.ndarray  # int8, RecordStatus values
     sequence: np.ndarray  # int64, sequence of each record's latest change

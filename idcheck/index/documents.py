@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from idcheck.icao import CONFUSION_TABLE, DocumentClass, folded_key
 from idcheck.records import KeyColumns, RecordStatus, StoredRecord
@@ -391,7 +393,10 @@ class DocumentIndex:
     def _encode(self, changes: KeyColumns) -> _Changes:
         codes = self._state_code
         given = changes.issuing_state
-        if isinstance(given, np.ndarray):  # many rows: map the few distinct codes, not every row
+        if isinstance(given, pa.Array):  # a bulk upload's: Arrow finds the few distinct codes
+            encoded = given if pa.types.is_dictionary(given.type) else given.dictionary_encode()
+            distinct, inverse = encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
+        elif isinstance(given, np.ndarray):  # many rows: map the few distinct codes, not every row
             distinct, inverse = _distinct(given)
         else:
             distinct, inverse = list(set(given)), None
@@ -405,7 +410,7 @@ class DocumentIndex:
             states = np.array([codes[v] for v in distinct], np.uint16)[inverse.reshape(-1)]
         else:
             states = np.fromiter((codes[s] for s in given), np.uint16, len(changes))
-        numbers = np.asarray(changes.number, dtype=f"S{_MAX_WIDTH}")
+        numbers = _number_bytes(changes.number)
         active = ~np.isin(changes.status, (RecordStatus.CANCELLED, RecordStatus.UNSPECIFIED))
         return _Changes(
             np.asarray(changes.record_id, np.int64),
@@ -473,7 +478,10 @@ class DocumentIndex:
             _, first = np.unique(ch.record_id[order], return_index=True)
             latest = np.sort(order[first])
         latest = latest[ch.active[latest]]
-        extra = {c: getattr(ch, c)[latest] for c in COLUMNS}
+        if len(latest) == len(ch):  # every change is a new active record (a first big upload): no gather
+            extra = {c: getattr(ch, c) for c in COLUMNS}
+        else:
+            extra = {c: getattr(ch, c)[latest] for c in COLUMNS}
         view = self._view
         if view.overlay:  # overlay rows of records this batch changes are superseded by the batch
             changed = set(ch.record_id[new].tolist())
@@ -627,6 +635,19 @@ class DocumentIndex:
             log.info("index snapshot %s mapped (%d records)", path.name, len(base))
             return base.sequence
         return 0
+
+
+def _number_bytes(numbers: Sequence[str] | np.ndarray | pa.Array) -> np.ndarray:
+    """Numbers as a numpy bytes array of _MAX_WIDTH characters (what number_keys reads); an Arrow array of
+    numbers that fit becomes one without a Python string per number."""
+    if isinstance(numbers, pa.Array):
+        try:  # padded to the width in characters: a longer or non-ASCII number does not fit the bytes
+            fixed = pc.cast(pc.utf8_rpad(numbers, _MAX_WIDTH, "\0"), pa.binary(_MAX_WIDTH))
+        except pa.ArrowInvalid:
+            numbers = numbers.to_pylist()
+        else:
+            return np.frombuffer(fixed.buffers()[1], f"S{_MAX_WIDTH}", len(fixed), fixed.offset * _MAX_WIDTH)
+    return np.asarray(numbers, dtype=f"S{_MAX_WIDTH}")
 
 
 def _distinct(values: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -792,6 +792,12 @@ class RegisterStore:
         the keys are matched against the records to sort rows into created, updated, unchanged and rejected.
         """
         n = len(columns)
+        if n > _BULK_CHUNK and columns.table.column(0).num_chunks > 1:
+            # One array per column (the upload arrived in batches of a few thousand rows): every take() below
+            # (the writer's chunks, the changes for the index) costs about a third of a take() from many
+            # chunks (10M rows: 13 s less in the thread gathering rows for SQLite, whose memory traffic also
+            # slowed the inserts on the other core).
+            columns = UploadColumns(columns.table.combine_chunks(), columns.order)
         base = self._query_last_seq(conn)
         max_id = self._max_record_id(conn)
         status = columns.column("status").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
@@ -887,8 +893,8 @@ class RegisterStore:
         c_ids, c_states, c_numbers, c_classes, c_seqs = cancelled_cols
         key_columns = KeyColumns(
             record_id=np.concatenate([created_ids, updated_ids, np.asarray(c_ids, np.int64)]),
-            issuing_state=_repeated_strings(t.column("issuing_state"), take) + list(c_states),
-            number=_strings(t.column("number"), take) + list(c_numbers),
+            issuing_state=_with_strings(t.column("issuing_state").take(take), c_states),
+            number=_with_strings(t.column("number").take(take), c_numbers),
             document_class=np.concatenate(
                 [t.column("document_class").take(take).to_numpy(), np.asarray(c_classes, np.int8)]
             ).astype(np.int8),
@@ -925,11 +931,6 @@ class RegisterStore:
                 continue  # empty throughout `t`: the column default ('') is what would be written
             names.append(column)
             sql_cols.append(sql)
-        if idx is not None and t.num_rows > _BULK_CHUNK:
-            # The columns written, each made one array first: a take() from a table of many chunks (one per
-            # uploaded batch) cost about 3 times as much (10M rows: 13 s of the gathering thread's time, and
-            # the memory traffic slowed SQLite's inserts on the other core).
-            t = t.select(["document_class", *names]).combine_chunks()
         # Each chunk travels as ONE parameter: a JSON array built by Arrow string kernels, which SQLite unpacks
         # with json_each. No Python object per row or per value (executemany bound ~15 values per row from
         # Python objects and cost about a third more CPU per row).
@@ -1578,19 +1579,9 @@ def _lean_batches(part: pa.Table) -> list[tuple[int, str, tuple[str, ...]]] | No
     return batches
 
 
-def _repeated_strings(column: pa.ChunkedArray, take: pa.Array) -> list[str]:
-    """`_strings` for a column of few distinct values (state codes): one Python string per distinct value,
-    shared by every row that has it."""
-    if not len(take):
-        return []
-    encoded = column.take(take).combine_chunks().dictionary_encode()
-    distinct = np.array(encoded.dictionary.to_pylist(), dtype=object)
-    return distinct[encoded.indices.to_numpy(zero_copy_only=False)].tolist()
-
-
-def _strings(column: pa.ChunkedArray, take: pa.Array) -> list[str]:
-    """Values of a text column at the positions `take`, as Python strings."""
-    return column.take(take).to_pylist() if len(take) else []
+def _with_strings(taken: pa.ChunkedArray, more: Sequence[str]) -> pa.Array:
+    """A text column's values taken for the index, then `more` of them: one Arrow array."""
+    return pa.chunked_array([*taken.chunks, pa.array(list(more), taken.type)], taken.type).combine_chunks()
 
 
 def _no_key_columns() -> KeyColumns:

@@ -113,6 +113,35 @@ def test_index_agrees_with_the_rules_whatever_merges_happen(
         assert [(c.kind, c.record_id) for c in index.lookup_many([q])[0]] == expected
 
 
+def test_columns_given_as_arrow_arrays_index_as_python_lists_do() -> None:
+    """A bulk upload hands the index its states and numbers as Arrow arrays (no Python string per record)."""
+    import pyarrow as pa
+
+    records = [stored(i, ("NZL", "FJI", "D")[i % 3], f"N{i}O" if i % 5 else "X" * 30) for i in range(1, 61)]
+    records.append(stored(7, "FJI", "N7O", status=RecordStatus.CANCELLED, seq=61))
+    as_lists = columns(records)
+    states, numbers = pa.array(list(as_lists.issuing_state)), pa.array(list(as_lists.number))
+    indexes = []
+    for given_states in (None, states, states.dictionary_encode()):
+        given = as_lists
+        if given_states is not None:
+            given = KeyColumns(
+                as_lists.record_id,
+                given_states,
+                numbers,
+                as_lists.document_class,
+                as_lists.status,
+                as_lists.sequence,
+            )
+        index = DocumentIndex(DocumentIndexSettings(merge_threshold=10))
+        index.apply_columns(given)
+        indexes.append(index)
+    queries = [Lookup(state, number) for state in ("NZL", "FJI", "D", "") for number in ("N10", "N1O", "N7O", "X" * 30)]
+    answers = [[index.lookup(q) for q in queries] for index in indexes]
+    assert answers[0] == answers[1] == answers[2]
+    assert any(answers[0]) and len(indexes[1]) == 59
+
+
 def test_bulk_change_rebuilds_columns_and_keeps_the_last_change_of_a_record() -> None:
     index = DocumentIndex(DocumentIndexSettings(merge_threshold=10))
     records = [stored(i, "NZL", f"N{i}") for i in range(1, 101)]

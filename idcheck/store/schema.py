@@ -222,8 +222,8 @@ MIGRATIONS: list[str] = [
         WHERE r.created_status IS NOT NULL AND r.record_id <= g.first_record_id + (g.last_seq - g.first_seq);
     """,
     # 7 -> 8: records by owner alone. An index on (owner, status) took a bulk upload's new records at one place
-    # per status, each in the middle of the index, which SQLite fills by splitting and rebalancing pages: about
-    # 5 s of a 10-million-row upload (of about 25 s of inserts). (owner) takes them in record id order at one
+    # per status, each in the middle of the index, which SQLite fills by splitting and rebalancing pages: 7 to
+    # 9 s of a 10-million-row upload (of 21 to 24 s of inserts without it). (owner) takes them in record id order at one
     # place. Finding an owner's records (REPLACE_ALL) reads the same index; counting records by status, which
     # read the covering (owner, status) index, now reads the table (GetStatistics keeps its counts until the
     # register changes).

@@ -1527,7 +1527,8 @@ def _json_rows(part: pa.Table, names: Sequence[str]) -> str:
 # chunk, the printed number's length in 3 digits and the printed number before the canonical one. The issuing
 # state is a parameter of each run of rows that share it (rows come in key order: a few runs per chunk).
 # SQLite 3.40's `->>` parses a row's whole JSON array again for every field it reads: six fields cost about
-# 2 µs a row, the substr() reads about a third of that (1,000,000 rows in key order, all indexes: 3.3 -> 2.1 s).
+# 2 µs a row, the substr() reads about half of that (1,000,000 rows in key order, all indexes: 2.8-3.3 s of
+# inserts -> 2.1-2.3 s).
 _LEAN_NAMES = ("issuing_state", "number", "number_printed", "status", "event_date")
 _LEAN_PREFIX = (
     "INSERT INTO records (record_id, seq, owner, recorded_at, issuing_state, created_status, doc_class, status, "

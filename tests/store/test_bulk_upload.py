@@ -434,3 +434,33 @@ def test_lean_rows_and_json_rows_store_the_same_records(tmp_path: Path, monkeypa
     assert len(lean_rows) == 90
     assert lean_rows[0][1:5] == ("D", "AB0007", 1, "AB-000 7")  # printed form kept, state of one letter
     assert {row[-3:] for row in lean_rows} == {("integer", "integer", "integer")}
+
+
+def test_an_upload_that_arrived_in_many_batches_is_written_as_one_that_arrived_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store makes a many-chunk upload table one array per column before taking rows from it."""
+    import pyarrow as pa
+
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BULK_CHUNK", 5)
+    first = [rec(f"K{(i * 7) % 23:03d}", LOST if i % 3 else STOLEN) for i in range(23)]
+    second = [rec(f"K{i:03d}", LOST if i % 2 else STOLEN) for i in range(5, 30, 2)]
+    results = []
+    for batches in (1, 4):
+        store = RegisterStore(tmp_path / f"{batches}.db")
+        for upload_id, rows, mode in (("a", first, INCREMENTAL), ("b", second, REPLACE_ALL)):
+            given = columns(rows)
+            step = -(-given.table.num_rows // batches)
+            table = pa.concat_tables([given.table.slice(s, step) for s in range(0, given.table.num_rows, step)])
+            assert table.column(0).num_chunks == batches
+            outcome, changed = store.commit_upload(
+                "NZL", upload_id, mode, "", UploadColumns(table, given.order), [], [], len(rows)
+            )
+            results.append((outcome.created, outcome.updated, outcome.cancelled, changed.number.to_pylist()))
+        results.append((state_of(store), change_log(store.path)))
+        store.close()
+    assert results[:3] == results[3:]
+    # K000..K004 and the even numbers K006..K022 are cancelled: 14 of the 23
+    assert results[0][:3] == (23, 0, 0) and results[1][2] == 14

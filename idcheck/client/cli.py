@@ -52,7 +52,6 @@ from idcheck.icao import (
     parse_mrz,
     state_name,
 )
-from idcheck.memory import use_system_allocator
 from idcheck.v1 import register_pb2 as pb
 
 EXIT_OK = 0
@@ -113,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    use_system_allocator()  # before any Arrow buffer: a server's and an uploader's memory (idcheck.memory)
     try:
         status = int(args.func(args))
         sys.stdout.flush()

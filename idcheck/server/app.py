@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from idcheck.biometrics import Gallery, GallerySettings
 from idcheck.index import DocumentIndexSettings
 from idcheck.index.templates import IndexSettings
+from idcheck.memory import arrow_allocator
 from idcheck.register import Limits, Register
 from idcheck.register.demo import seed_demo
 from idcheck.register.replication import ChangeFeed
@@ -296,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config)
     print("idcheck serve: configuration", flush=True)
     print(config.describe(), flush=True)
+    print(f"  {'arrow_allocator':<22} {arrow_allocator()} (ARROW_DEFAULT_MEMORY_POOL)", flush=True)
     if config.workers != 1:
         try:
             return supervise(config, prepare=prepare_workers, serve=serve)

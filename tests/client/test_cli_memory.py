@@ -5,53 +5,40 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
-from idcheck.memory import use_system_allocator
-
-TD3 = "P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<\nL898902C36UTO7408122F1204159ZE184226B<<<<<10"
-_SNIPPET = (
-    "import sys, pyarrow as pa\n"
-    "from idcheck.client.cli import main\n"
-    "before = pa.default_memory_pool().backend_name\n"
-    "status = main(['mrz', '--json', sys.argv[1]])\n"
-    "print('POOL', before, pa.default_memory_pool().backend_name, status)\n"
-)
+_SNIPPET = "import idcheck, pyarrow as pa; print('POOL', pa.default_memory_pool().backend_name)"
 
 
-def _pools_of_a_command(env_pool: str | None) -> list[str]:
+def _pool(env_pool: str | None, snippet: str = _SNIPPET) -> str:
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     if env_pool is not None:
         env["ARROW_DEFAULT_MEMORY_POOL"] = env_pool
-    done = subprocess.run(
-        [sys.executable, "-c", _SNIPPET, TD3], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    line = next(line for line in done.stdout.splitlines() if line.startswith("POOL "))
-    return line.split()[1:]
+    done = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return next(line for line in done.stdout.splitlines() if line.startswith("POOL ")).split()[1]
 
 
-def test_every_idcheck_command_allocates_arrow_memory_with_malloc() -> None:
-    before, after, status = _pools_of_a_command(None)
-    assert before != "system"  # the wheel's default (mimalloc or jemalloc) ...
-    assert (after, status) == ("system", "0")  # ... replaced before the command runs
+def test_a_process_that_loads_idcheck_first_allocates_arrow_memory_with_malloc() -> None:
+    assert _pool(None, "import pyarrow as pa; print('POOL', pa.default_memory_pool().backend_name)") != "system"
+    assert _pool(None) == "system"
 
 
 def test_a_pool_the_operator_chose_is_kept() -> None:
-    assert _pools_of_a_command("jemalloc" if "jemalloc" in pa.supported_memory_backends() else "mimalloc")[:2] in (
-        ["jemalloc", "jemalloc"],
-        ["mimalloc", "mimalloc"],
+    chosen = "jemalloc" if "jemalloc" in pa.supported_memory_backends() else "mimalloc"
+    assert _pool(chosen) == chosen
+
+
+def test_the_server_states_its_allocator_at_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "idcheck.server", "--listen", "bad-address", "--data", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-
-
-def test_use_system_allocator_reports_the_backend_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    previous = pa.default_memory_pool()
-    try:
-        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
-        pa.set_memory_pool(pa.mimalloc_memory_pool())
-        assert use_system_allocator() == "mimalloc"
-        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
-        assert use_system_allocator() == "system"
-    finally:
-        pa.set_memory_pool(previous)
+    assert done.returncode == 2  # a configuration error: the allocator line comes before the server starts
+    assert any(line.split()[:2] == ["arrow_allocator", "system"] for line in done.stdout.splitlines()), done.stdout

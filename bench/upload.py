@@ -34,6 +34,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import idcheck  # noqa: F401  (before Arrow loads: the breakdown then uses the server's allocator, idcheck.memory)
+
+# isort: split
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -31,7 +31,7 @@ from idcheck.biometrics.errors import TemplateError
 from idcheck.icao import DocumentNumberError, StateCodeError, canonical_number, canonical_state
 from idcheck.index.templates import IndexSettings, SnapshotError, TemplateIndex, normalise
 from idcheck.register import Caller
-from idcheck.register.peers import SequenceChannel
+from idcheck.register.peers import PeerFollower, SequenceChannel
 from idcheck.register.queryids import new_query_id
 from idcheck.store import AuditCall, AuditDocument, AuditWriter, utc_now
 from idcheck.store.templates import NewTemplate, TemplateNotFound, TemplateStore
@@ -189,6 +189,7 @@ class Gallery:
         self.snapshot_path = Path(snapshot_path)
         self._write_lock = threading.Lock()
         self._peers: SequenceChannel | None = None  # other worker processes sharing the store, if any
+        self._follower: PeerFollower | None = None  # catches up with them in the background
         self.writes_snapshots = True
         started = time.perf_counter()
         self.saved_sequence = -1  # template sequence of the last snapshot written or loaded (-1: none)
@@ -249,6 +250,8 @@ class Gallery:
 
     def close(self) -> None:
         """Let a running rebuild finish, stop background snapshots, save the index snapshot, close the store."""
+        if self._follower is not None:
+            self._follower.stop()
         self.index.wait_rebuild()
         self._closing = True
         self._snapshot_wake.set()
@@ -427,6 +430,10 @@ class Gallery:
         self._peers = peers
         self.writes_snapshots = writes_snapshots
         peers.publish(self.index.sequence)
+        self._follower = PeerFollower(
+            peers, lambda: self.index.sequence, self._catch_up_with_peers, name="gallery-peer-follower"
+        )
+        self._follower.start()
 
     def _catch_up_with_peers(self) -> None:
         peers = self._peers

@@ -11,12 +11,17 @@ writes only its own slot, so no lock is needed between processes; readers take t
 
 from __future__ import annotations
 
+import logging
 import mmap
 import struct
+import threading
+from collections.abc import Callable
 
 REGISTER = 0  # kinds of sequence: the register's change log ...
 TEMPLATES = 1  # ... and the template change log
 _KINDS = 2
+
+log = logging.getLogger(__name__)
 
 
 class SequenceBoard:
@@ -56,3 +61,50 @@ class SequenceChannel:
 
     def latest(self) -> int:
         return self._board.latest(self._kind)
+
+
+class PeerFollower:
+    """Keeps one process's index in step with the other workers' commits in the background.
+
+    A thread looks at the board every `interval` seconds and runs `catch_up` when another worker has published a
+    sequence beyond `current()`. The look before answering stays (a check just after another worker's commit must
+    see it); with the follower it usually finds nothing left to do, so no request waits for a big catch-up
+    (seconds after another worker took an upload of millions of rows)."""
+
+    def __init__(
+        self,
+        channel: SequenceChannel,
+        current: Callable[[], int],
+        catch_up: Callable[[], None],
+        *,
+        interval: float = 0.05,
+        name: str = "peer-follower",
+    ) -> None:
+        self._channel = channel
+        self._current = current
+        self._catch_up = catch_up
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop looking (waits for a catch-up in progress to finish)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if self._channel.latest() > self._current():
+                    self._catch_up()
+            except Exception:  # the next request catches up in its own thread, and reports what fails
+                log.exception("catching up with the other workers in the background failed; retrying")
+                self._stop.wait(1.0)

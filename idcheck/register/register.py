@@ -43,7 +43,7 @@ from idcheck.register.checks import (
     verdict_of,
 )
 from idcheck.register.errors import InvalidRequest, LimitExceeded
-from idcheck.register.peers import SequenceChannel
+from idcheck.register.peers import PeerFollower, SequenceChannel
 from idcheck.register.queryids import new_query_id
 from idcheck.store import AuditCall, AuditClear, AuditDocument, AuditWriter, CancelOutcome, RegisterStore, utc_now
 from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
@@ -107,6 +107,7 @@ class Register:
         self.index = DocumentIndex(index_settings)
         self._write_lock = threading.Lock()
         self._peers: SequenceChannel | None = None  # other worker processes sharing the store, if any
+        self._follower: PeerFollower | None = None  # catches up with them in the background
         self._changed = threading.Condition()  # notified after each commit (the change feed waits on it)
         started = time.perf_counter()
         # A snapshot of the index (if a valid one exists) plus the records changed after it; else every
@@ -136,6 +137,8 @@ class Register:
         )
 
     def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
         self.index.wait_idle()
         self.audit.close()
         self.store.close()
@@ -424,6 +427,10 @@ class Register:
         """Share the store with other processes: catch up with their commits before answering, publish ours."""
         self._peers = peers
         peers.publish(self.index.sequence)
+        self._follower = PeerFollower(
+            peers, lambda: self.index.sequence, self._catch_up_with_peers, name="register-peer-follower"
+        )
+        self._follower.start()
 
     def _catch_up_with_peers(self) -> None:
         peers = self._peers

@@ -219,3 +219,22 @@ def test_background_snapshot_after_quiet_time_and_none_without_changes(tmp_path:
         assert again.load_report == "snapshot at sequence 10 plus 0 enrolled and 0 removed since"
     finally:
         again.close()
+
+
+def test_a_worker_catches_up_with_another_workers_enrolment_without_a_request(tmp_path: Path) -> None:
+    from idcheck.register.peers import TEMPLATES, SequenceBoard
+
+    board = SequenceBoard(2)
+    writer = Gallery.open(tmp_path, GallerySettings())
+    reader = Gallery.open(tmp_path, GallerySettings())  # a second worker on the same data directory
+    try:
+        writer.follow(board.channel(TEMPLATES), writes_snapshots=True)
+        reader.follow(board.channel(TEMPLATES), writes_snapshots=False)
+        writer.enrol("UTO", [tpl(i) for i in range(10)])
+        deadline = time.monotonic() + 10
+        while reader.index.sequence < writer.index.sequence and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reader.index.sequence == writer.index.sequence > 0  # no request reached `reader`
+    finally:
+        writer.close()
+        reader.close()

@@ -1,0 +1,63 @@
+"""Worker processes sharing one store: each catches up with the others' commits in the background."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from idcheck.register import Register
+from idcheck.register.peers import REGISTER, PeerFollower, SequenceBoard
+from tests.register.conftest import NZL, raw, upload
+
+
+def _wait_for(condition: object, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_worker_catches_up_with_another_workers_upload_without_a_request(tmp_path: Path) -> None:
+    board = SequenceBoard(2)
+    writer, reader = Register.open(tmp_path), Register.open(tmp_path)  # two workers on one data directory
+    try:
+        writer.follow(board.channel(REGISTER))
+        reader.follow(board.channel(REGISTER))
+        upload(writer, NZL, "u1", [raw(f"LA{i:06d}") for i in range(500)])
+        assert writer.sequence == 500
+        # No request reaches `reader`: its follower applies the change from the store on its own.
+        assert _wait_for(lambda: reader.index.sequence == 500)
+        assert len(reader.index) == 500
+    finally:
+        writer.close()
+        reader.close()
+    assert not reader._follower.running and not writer._follower.running  # type: ignore[union-attr]
+
+
+def test_a_failing_catch_up_is_logged_and_retried(caplog: object) -> None:
+    board = SequenceBoard(1)
+    channel = board.channel(REGISTER)
+    current = [0]
+    calls: list[int] = []
+    caught_up = threading.Event()
+
+    def catch_up() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("database is locked")
+        current[0] = channel.latest()
+        caught_up.set()
+
+    follower = PeerFollower(channel, lambda: current[0], catch_up, interval=0.01)
+    follower.start()
+    try:
+        channel.publish(7)
+        assert caught_up.wait(10)
+        assert current[0] == 7 and len(calls) == 2
+        assert "catching up with the other workers in the background failed" in caplog.text  # type: ignore[attr-defined]
+    finally:
+        follower.stop()
+    assert not follower.running

@@ -637,16 +637,29 @@ class DocumentIndex:
         return 0
 
 
+def padded_bytes(values: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray | None:
+    """The bytes of Arrow strings as an (n, width) uint8 matrix, each value right-padded with zero bytes, read
+    out of Arrow's buffers (no Python object per value); None when a value does not fit: longer than `width`
+    characters, or of more bytes than characters (padding counts characters)."""
+    try:
+        fixed = pc.cast(pc.utf8_rpad(values, width, "\0"), pa.binary(width))
+    except pa.ArrowInvalid:
+        return None
+    chunks = fixed.chunks if isinstance(fixed, pa.ChunkedArray) else [fixed]
+    parts = [np.frombuffer(c.buffers()[1], np.uint8, len(c) * width, c.offset * width) for c in chunks if len(c)]
+    if not parts:
+        return np.zeros((0, width), np.uint8)
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(-1, width)
+
+
 def _number_bytes(numbers: Sequence[str] | np.ndarray | pa.Array) -> np.ndarray:
     """Numbers as a numpy bytes array of _MAX_WIDTH characters (what number_keys reads); an Arrow array of
     numbers that fit becomes one without a Python string per number."""
     if isinstance(numbers, pa.Array):
-        try:  # padded to the width in characters: a longer or non-ASCII number does not fit the bytes
-            fixed = pc.cast(pc.utf8_rpad(numbers, _MAX_WIDTH, "\0"), pa.binary(_MAX_WIDTH))
-        except pa.ArrowInvalid:
-            numbers = numbers.to_pylist()
-        else:
-            return np.frombuffer(fixed.buffers()[1], f"S{_MAX_WIDTH}", len(fixed), fixed.offset * _MAX_WIDTH)
+        chars = padded_bytes(numbers, _MAX_WIDTH)
+        if chars is not None:
+            return chars.view(f"S{_MAX_WIDTH}").reshape(-1)
+        numbers = numbers.to_pylist()
     return np.asarray(numbers, dtype=f"S{_MAX_WIDTH}")
 
 

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from idcheck.icao import DocumentClass, StateCodeError, canonical_state
-from idcheck.index.documents import PACKED_LENGTH, exact_number_keys
+from idcheck.index.documents import PACKED_LENGTH, exact_number_keys, padded_bytes
 from idcheck.records import (
     EARLIEST_EVENT,
     MAX_INSTRUCTIONS_LENGTH,
@@ -406,16 +406,9 @@ def _integer_key_order(accepted: pa.Table) -> tuple[np.ndarray, np.ndarray] | No
     with integers: the rank of the state code, the exact 64-bit key of the number, the class (a numpy sort of
     integers instead of Arrow's sort of strings: 4.3 s instead of 6.9 at 10M rows). None when a number is too
     long to be packed exactly (the string sort then decides)."""
-    try:
-        padded = pc.cast(pc.utf8_rpad(accepted.column("number"), PACKED_LENGTH, "\0"), pa.binary(PACKED_LENGTH))
-    except pa.ArrowInvalid:  # a number longer than PACKED_LENGTH
-        return None
-    width = PACKED_LENGTH
-    chars = np.concatenate(
-        [np.frombuffer(c.buffers()[1], np.uint8, len(c) * width, c.offset * width) for c in padded.chunks]
-    ).reshape(-1, width)
-    numbers = exact_number_keys(chars)
-    if numbers is None:
+    chars = padded_bytes(accepted.column("number"), PACKED_LENGTH)
+    numbers = exact_number_keys(chars) if chars is not None else None
+    if numbers is None:  # a number longer than PACKED_LENGTH, or one that does not pack exactly
         return None
     states = accepted.column("issuing_state").combine_chunks().dictionary_encode()
     rank = np.argsort(np.argsort(np.array(states.dictionary.to_pylist(), dtype=object), kind="stable"))

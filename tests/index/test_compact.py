@@ -113,6 +113,22 @@ def test_index_agrees_with_the_rules_whatever_merges_happen(
         assert [(c.kind, c.record_id) for c in index.lookup_many([q])[0]] == expected
 
 
+def test_padded_bytes_reads_chunks_and_slices_and_refuses_what_does_not_fit() -> None:
+    import pyarrow as pa
+
+    from idcheck.index.documents import padded_bytes
+
+    values = pa.array(["AB1", "", "XYZ9"])
+    chunked = pa.chunked_array([values.slice(0, 1), values.slice(1, 0), values.slice(1)])
+    expected = np.array([[65, 66, 49, 0], [0, 0, 0, 0], [88, 89, 90, 57]], np.uint8)
+    assert np.array_equal(padded_bytes(values, 4), expected)
+    assert np.array_equal(padded_bytes(chunked, 4), expected)
+    assert np.array_equal(padded_bytes(values.slice(2), 4), expected[2:])
+    assert padded_bytes(values, 3) is None  # "XYZ9" is longer than 3
+    assert padded_bytes(pa.array(["é"]), 4) is None  # 2 bytes for 1 character: padding counts characters
+    assert padded_bytes(pa.chunked_array([], pa.string()), 4).shape == (0, 4)
+
+
 def test_columns_given_as_arrow_arrays_index_as_python_lists_do() -> None:
     """A bulk upload hands the index its states and numbers as Arrow arrays (no Python string per record)."""
     import pyarrow as pa

@@ -1515,10 +1515,17 @@ def _json_rows(part: pa.Table, names: Sequence[str]) -> str:
     for name in names[2:]:
         col = part.column(name)
         values.append(pc.cast(col, pa.string()).combine_chunks() if name == "status" else _json_text(col))
-    rows = pc.binary_join_element_wise("[", pc.binary_join_element_wise(*values, ","), "],", "")
-    offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4)
-    data = rows.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
-    return "[" + data[:-1].decode() + "]"
+    rows = pc.binary_join_element_wise("[", pc.binary_join_element_wise(*values, ","), "]", "")
+    return _json_arrays(rows, [0, len(rows)])[0]
+
+
+def _json_arrays(items: pa.Array, starts: Sequence[int]) -> list[str]:
+    """For each run [a, b) between successive `starts`, the JSON array of the JSON texts `items[a:b]`, read out of
+    one Arrow data buffer (no Python object per item)."""
+    joined = pc.binary_join_element_wise(items, ",", "")  # each item followed by a comma
+    offsets = np.frombuffer(joined.buffers()[1], np.int32, len(joined) + 1, joined.offset * 4)
+    data = joined.buffers()[2].to_pybytes()
+    return [f"[{data[offsets[a] : offsets[b] - 1].decode()}]" for a, b in itertools.pairwise(starts)]
 
 
 # A lean row (uploads without names, dates of birth, nationality, expiry or instructions: the usual list of lost
@@ -1566,18 +1573,13 @@ def _lean_batches(part: pa.Table) -> list[tuple[int, str, tuple[str, ...]]] | No
             return None
         pieces += [pc.utf8_lpad(pc.cast(length, pa.string()), 3, "0"), printed]
         statement = _LEAN_PRINTED
-    rows = pc.binary_join_element_wise(_json_text(pc.binary_join_element_wise(*pieces, number, "")), ",", "")
-    offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4)
-    data = rows.buffers()[2].to_pybytes()
+    rows = _json_text(pc.binary_join_element_wise(*pieces, number, ""))
     states = part.column("issuing_state").combine_chunks().dictionary_encode()
     codes = states.indices.to_numpy(zero_copy_only=False)
     names = states.dictionary.to_pylist()
     starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1, [len(codes)]]).tolist()
-    batches = []
-    for a, b in itertools.pairwise(starts):
-        text = data[offsets[a] : offsets[b] - 1].decode()  # the rows' strings, each followed by a comma but the last
-        batches.append((a, statement, (names[codes[a]], f"[{text}]")))
-    return batches
+    payloads = _json_arrays(rows, starts)
+    return [(a, statement, (names[codes[a]], payload)) for a, payload in zip(starts[:-1], payloads, strict=True)]
 
 
 def _with_strings(taken: pa.ChunkedArray, more: Sequence[str]) -> pa.Array:

@@ -50,6 +50,16 @@ class ServerProcess:
         return "".join(self.output)
 
 
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0, step: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
 def start_server(data_dir: Path, *args: str, timeout: float = 60.0, module: str = "idcheck.server") -> ServerProcess:
     """Start `python -m <module>` (the server, or `idcheck.server.mirror`) on 127.0.0.1:0 and wait until it says
     where it serves."""

@@ -431,15 +431,13 @@ class Gallery:
         self.writes_snapshots = writes_snapshots
         peers.publish(self.index.sequence)
         self._follower = PeerFollower(
-            peers, lambda: self.index.sequence, self._catch_up_with_peers, name="gallery-peer-follower"
+            peers, lambda: self.index.sequence, self._catch_up, self._write_lock, name="gallery-peer-follower"
         )
         self._follower.start()
 
     def _catch_up_with_peers(self) -> None:
-        peers = self._peers
-        if peers is not None and peers.latest() > self.index.sequence:
-            with self._write_lock:
-                self._catch_up()
+        if self._follower is not None:
+            self._follower.catch_up_if_behind()
 
     def _catch_up(self) -> None:
         """Apply every template change committed after the index's sequence (write lock held)."""

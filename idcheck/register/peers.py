@@ -64,18 +64,20 @@ class SequenceChannel:
 
 
 class PeerFollower:
-    """Keeps one process's index in step with the other workers' commits in the background.
+    """Keeps one process's index in step with the other workers' commits.
 
-    A thread looks at the board every `interval` seconds and runs `catch_up` when another worker has published a
-    sequence beyond `current()`. The look before answering stays (a check just after another worker's commit must
-    see it); with the follower it usually finds nothing left to do, so no request waits for a big catch-up
-    (seconds after another worker took an upload of millions of rows)."""
+    `catch_up_if_behind` runs `catch_up` (under `lock`, the writers' lock of the register or gallery) when another
+    worker has published a sequence beyond `current()`: before answering, since a check just after another
+    worker's commit must see it. A thread also does so every `interval` seconds, so that the look before answering
+    usually finds nothing left to do and no request waits for a big catch-up (seconds after another worker took
+    an upload of millions of rows)."""
 
     def __init__(
         self,
         channel: SequenceChannel,
         current: Callable[[], int],
         catch_up: Callable[[], None],
+        lock: threading.Lock,
         *,
         interval: float = 0.05,
         name: str = "peer-follower",
@@ -83,6 +85,7 @@ class PeerFollower:
         self._channel = channel
         self._current = current
         self._catch_up = catch_up
+        self._lock = lock
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -100,11 +103,16 @@ class PeerFollower:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def catch_up_if_behind(self) -> None:
+        """Apply what the other workers committed beyond this process's sequence, if anything."""
+        if self._channel.latest() > self._current():
+            with self._lock:
+                self._catch_up()
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                if self._channel.latest() > self._current():
-                    self._catch_up()
+                self.catch_up_if_behind()
             except Exception:  # the next request catches up in its own thread, and reports what fails
                 log.exception("catching up with the other workers in the background failed; retrying")
                 self._stop.wait(1.0)

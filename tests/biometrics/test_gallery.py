@@ -223,6 +223,7 @@ def test_background_snapshot_after_quiet_time_and_none_without_changes(tmp_path:
 
 def test_a_worker_catches_up_with_another_workers_enrolment_without_a_request(tmp_path: Path) -> None:
     from idcheck.register.peers import TEMPLATES, SequenceBoard
+    from tests.conftest import wait_until
 
     board = SequenceBoard(2)
     writer = Gallery.open(tmp_path, GallerySettings())
@@ -231,10 +232,8 @@ def test_a_worker_catches_up_with_another_workers_enrolment_without_a_request(tm
         writer.follow(board.channel(TEMPLATES), writes_snapshots=True)
         reader.follow(board.channel(TEMPLATES), writes_snapshots=False)
         writer.enrol("UTO", [tpl(i) for i in range(10)])
-        deadline = time.monotonic() + 10
-        while reader.index.sequence < writer.index.sequence and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert reader.index.sequence == writer.index.sequence > 0  # no request reached `reader`
+        assert wait_until(lambda: reader.index.sequence == writer.index.sequence)  # no request reached `reader`
+        assert writer.index.sequence > 0
     finally:
         writer.close()
         reader.close()

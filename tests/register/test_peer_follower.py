@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from idcheck.register import Register
 from idcheck.register.peers import REGISTER, PeerFollower, SequenceBoard
+from tests.conftest import wait_until
 from tests.register.conftest import NZL, raw, upload
-
-
-def _wait_for(condition: object, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_a_worker_catches_up_with_another_workers_upload_without_a_request(tmp_path: Path) -> None:
@@ -29,7 +20,7 @@ def test_a_worker_catches_up_with_another_workers_upload_without_a_request(tmp_p
         upload(writer, NZL, "u1", [raw(f"LA{i:06d}") for i in range(500)])
         assert writer.sequence == 500
         # No request reaches `reader`: its follower applies the change from the store on its own.
-        assert _wait_for(lambda: reader.index.sequence == 500)
+        assert wait_until(lambda: reader.index.sequence == 500)
         assert len(reader.index) == 500
     finally:
         writer.close()
@@ -51,7 +42,7 @@ def test_a_failing_catch_up_is_logged_and_retried(caplog: object) -> None:
         current[0] = channel.latest()
         caught_up.set()
 
-    follower = PeerFollower(channel, lambda: current[0], catch_up, interval=0.01)
+    follower = PeerFollower(channel, lambda: current[0], catch_up, threading.Lock(), interval=0.01)
     follower.start()
     try:
         channel.publish(7)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from idcheck.client.audit import AuditClient, HitWatch
 from idcheck.client.operations import OperationsClient
 from idcheck.v1 import audit_pb2
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_until
 
 NEVER = "600"  # seconds: longer than any test here waits
 
@@ -54,15 +53,6 @@ def follow(server: ServerProcess) -> tuple[HitWatch, queue.Queue[audit_pb2.HitNo
 def statistics(server: ServerProcess) -> object:
     with OperationsClient(server.address, member="AUS", role="operator") as op:
         return op.statistics()
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_a_caught_up_watch_is_woken_by_the_commit_of_a_hit(server_factory: Callable[..., ServerProcess]) -> None:

@@ -18,7 +18,7 @@ from idcheck.client.biometrics import BiometricsClient
 from idcheck.client.errors import FailedPrecondition, PermissionDenied
 from idcheck.client.register import CheckAnswer
 from idcheck.store import RegisterStore
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, start_server, wait_until
 
 STOLEN, LOST, REVOKED = 2, 1, 4
 SPECIMEN_MRZ = "P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<\nL898902C36UTO7408122F1204159ZE184226B<<<<<10"
@@ -50,15 +50,6 @@ def mirror_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def rec(state: str, number: str, status: int = STOLEN, **extra: str) -> dict[str, object]:
     return {"issuing_state": state, "document_number": number, "document_class": 1, "status": status,
             "event_date": "2025-01-15", **extra}  # fmt: skip
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 30.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 def health_status(address: str) -> int:

@@ -34,6 +34,7 @@ Several server processes that map the same snapshot share one copy of it in the 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -238,6 +239,16 @@ class _Changes:
 
 
 @dataclass(frozen=True)
+class PreparedChanges:
+    """Changes made ready for the index ahead of their commit (DocumentIndex.prepare_columns)."""
+
+    changes: KeyColumns
+    encoded: _Changes | None  # None: no changes, or `rebuilt` was computed from them
+    version: int  # the index's version they were prepared against
+    rebuilt: _Base | None  # the new base columns, when the changes are many new records
+
+
+@dataclass(frozen=True)
 class DocumentIndexSettings:
     """When the overlay is merged and snapshots are written."""
 
@@ -265,6 +276,7 @@ class DocumentIndex:
         self._merger: threading.Thread | None = None
         self._snapshotter: threading.Thread | None = None  # the last snapshot written after a bulk rebuild
         self._generation = 0  # bumped whenever new base columns are installed
+        self._version = 0  # bumped by every change to the view (what a PreparedChanges was computed against)
         self._rebuilt: _Base | None = None
         self._snapshot_lock = threading.Lock()
 
@@ -368,15 +380,40 @@ class DocumentIndex:
 
     def apply_columns(self, changes: KeyColumns, sequence: int | None = None) -> None:
         """`apply` for changes in column form (a bulk upload, a start-up load, a replicated batch)."""
+        if sequence is None:
+            sequence = int(changes.sequence.max()) if len(changes) else self.sequence
+        self.apply_prepared(self.prepare_columns(changes), sequence)
+
+    def prepare_columns(self, changes: KeyColumns) -> PreparedChanges:
+        """The costly part of `apply_columns`, done ahead while the changes are still being committed (a bulk
+        upload's SQLite inserts run on one core; this runs on the other): the changes encoded and, when they are
+        many new records, the index's new base columns. Readers see nothing of it until `apply_prepared`; a
+        change to the index in between (a background merge installing its columns, another writer) makes
+        `apply_prepared` apply the encoded changes to the index as it then is."""
         with self._lock:
-            if sequence is None:
-                sequence = int(changes.sequence.max()) if len(changes) else self.sequence
+            encoded = self._encode(changes) if len(changes) else None
+            rebuilt = None
+            if encoded is not None:
+                positions = self._positions(self._view.base, encoded)
+                new = np.flatnonzero(positions < 0)
+                if len(new) == len(encoded) and len(new) >= self.settings.merge_threshold:
+                    rebuilt = self._rebuilt_base(encoded, new, 0)  # its sequence is set when it is installed
+                    encoded = None  # not kept beside the new columns (as many bytes again): encoded again if needed
+            return PreparedChanges(changes, encoded, self._version, rebuilt)
+
+    def apply_prepared(self, prepared: PreparedChanges, sequence: int) -> None:
+        """Make changes from `prepare_columns` visible, the index then covering `sequence`."""
+        with self._lock:
             sequence = max(self.sequence, sequence)
-            if len(changes):
-                encoded = self._encode(changes)
-                self._apply_encoded(encoded, rebuild_at=sequence)
-                if self._pending is not None:
-                    self._pending.append(encoded)
+            if len(prepared.changes):
+                if prepared.rebuilt is not None and prepared.version == self._version:
+                    self._install(dataclasses.replace(prepared.rebuilt, sequence=sequence))
+                    self._rebuilt = self._view.base
+                else:
+                    encoded = prepared.encoded if prepared.encoded is not None else self._encode(prepared.changes)
+                    self._apply_encoded(encoded, rebuild_at=sequence)
+                    if self._pending is not None:
+                        self._pending.append(encoded)
             self.sequence = sequence
             if self._overlay_count >= self.settings.merge_threshold or (
                 self._dead_count >= max(self.settings.merge_threshold, len(self._view.base) // 10)
@@ -424,19 +461,9 @@ class DocumentIndex:
     def _apply_encoded(self, ch: _Changes, *, rebuild_at: int | None) -> None:
         """Apply encoded changes to the current view (writer lock held). Many new records at once rebuild the
         base columns, which then cover `rebuild_at`; None: never rebuild (replaying onto a merge)."""
+        self._version += 1
         view = self._view
-        base = view.base
-        positions = np.full(len(ch), -1, np.int64)
-        if len(base):
-            lo = base.folded.searchsorted(ch.folded, "left")
-            hi = base.folded.searchsorted(ch.folded, "right")
-            one = np.flatnonzero(hi - lo == 1)
-            hit = one[base.record_id[lo[one]] == ch.record_id[one]]
-            positions[hit] = lo[hit]
-            for i in np.flatnonzero(hi - lo > 1).tolist():
-                at = np.flatnonzero(base.record_id[lo[i] : hi[i]] == ch.record_id[i])
-                if len(at):
-                    positions[i] = lo[i] + at[0]
+        positions = self._positions(view.base, ch)
         in_base = positions >= 0
         if in_base.any():
             rows = positions[in_base]
@@ -466,8 +493,31 @@ class DocumentIndex:
             else:
                 overlay.pop(folded, None)
 
+    @staticmethod
+    def _positions(base: _Base, ch: _Changes) -> np.ndarray:
+        """Row of each change's record in `base`, -1 where it is not there."""
+        positions = np.full(len(ch), -1, np.int64)
+        if len(base):
+            lo = base.folded.searchsorted(ch.folded, "left")
+            hi = base.folded.searchsorted(ch.folded, "right")
+            one = np.flatnonzero(hi - lo == 1)
+            hit = one[base.record_id[lo[one]] == ch.record_id[one]]
+            positions[hit] = lo[hit]
+            for i in np.flatnonzero(hi - lo > 1).tolist():
+                at = np.flatnonzero(base.record_id[lo[i] : hi[i]] == ch.record_id[i])
+                if len(at):
+                    positions[i] = lo[i] + at[0]
+        return positions
+
     def _rebuild(self, ch: _Changes, new: np.ndarray, sequence: int) -> None:
         """Merge the overlay and many new records into fresh base columns now (writer lock held)."""
+        base = self._rebuilt_base(ch, new, sequence)
+        self._install(base)
+        self._rebuilt = base
+
+    def _rebuilt_base(self, ch: _Changes, new: np.ndarray, sequence: int) -> _Base:
+        """Fresh base columns: the current view with the new records `new` of `ch` (writer lock held; the view
+        is not changed)."""
         # Within one batch a record may appear more than once: keep its last change only. (A load from the
         # store lists each record once, in record id order: nothing to sort out then.)
         ids = ch.record_id[new]
@@ -487,13 +537,12 @@ class DocumentIndex:
             changed = set(ch.record_id[new].tolist())
             overlay = {f: tuple(e for e in rows if e.record_id not in changed) for f, rows in view.overlay.items()}
             view = _View(view.base, view.dead, overlay)
-        base = _merge(view, extra, sequence)
-        self._install(base)
-        self._rebuilt = base
+        return _merge(view, extra, sequence)
 
     def _install(self, base: _Base) -> None:
         """Make `base` the current columns; any background merge in flight is now outdated (lock held)."""
         self._view = _View(base, np.zeros(len(base), bool), {})
+        self._version += 1
         self._dead_count = 0
         self._overlay_count = 0
         self._generation += 1
@@ -718,10 +767,15 @@ def _merge(view: _View, extra: dict[str, np.ndarray] | None, sequence: int) -> _
     if extra:
         for c in COLUMNS:
             parts[c].append(extra[c].astype(_DTYPES[c], copy=False))
-    columns = {c: np.concatenate(parts[c]) if len(parts[c]) > 1 else np.array(parts[c][0]) for c in COLUMNS}
+    # No copy of a lone non-empty part (sorting below makes the new arrays; a first big upload's columns are then
+    # not copied twice).
+    kept = {c: [p for p in parts[c] if len(p)] or parts[c][:1] for c in COLUMNS}
+    columns = {c: np.concatenate(kept[c]) if len(kept[c]) > 1 else kept[c][0] for c in COLUMNS}
     # The live base rows are already sorted: a stable sort of sorted runs is close to a linear merge.
     order = np.argsort(columns["folded"], kind="stable")
-    return _Base(**{c: np.ascontiguousarray(columns[c][order]) for c in COLUMNS}, sequence=sequence)
+    del parts, kept, extra
+    # Column by column, each unsorted copy dropped once sorted (when nothing else holds it): less at the peak.
+    return _Base(**{c: np.ascontiguousarray(columns.pop(c)[order]) for c in COLUMNS}, sequence=sequence)
 
 
 def _crc32(path: Path) -> int:

@@ -19,7 +19,15 @@ import numpy as np
 import pyarrow as pa
 
 from idcheck.icao import DocumentClass
-from idcheck.index import Candidate, DocumentIndex, DocumentIndexSettings, Lookup, Match, classify
+from idcheck.index import (
+    Candidate,
+    DocumentIndex,
+    DocumentIndexSettings,
+    Lookup,
+    Match,
+    PreparedChanges,
+    classify,
+)
 from idcheck.records import (
     DocumentKey,
     KeyColumns,
@@ -356,6 +364,17 @@ class Register:
     def _commit_upload(self, session: UploadSession) -> UploadOutcome:
         # Arrow uploads (session.columns) take the store's bulk path, which returns the changes as KeyColumns
         # (no Python object per record) for the index's apply_columns; row uploads return StoredRecords.
+        # A big upload of new records gets the index ready while SQLite inserts its rows (prepare_columns, on the
+        # other core); the index shows it once the commit is durable. Not with peers: their commits in between
+        # are read from the store.
+        prepared: list[tuple[KeyColumns, PreparedChanges]] = []
+
+        def prepare(changes: KeyColumns) -> None:
+            try:
+                prepared.append((changes, self.index.prepare_columns(changes)))
+            except Exception:
+                log.exception("preparing the index ahead of an upload's commit failed; it is updated after it")
+
         with self._write_lock:
             outcome, changed = self.store.commit_upload(
                 session.caller.member,
@@ -366,10 +385,14 @@ class Register:
                 session.rejections,
                 session.protected,
                 session.received,
+                prepare=prepare if self._peers is None else None,
             )
-            session.columns = None  # written: free the upload's rows (GBs at 10M rows) before the index grows
-            if len(changed):
+            session.columns = None  # written: free the upload's rows (GBs at 10M rows)
+            if prepared and prepared[0][0] is changed:
+                self.index.apply_prepared(prepared[0][1], outcome.register_sequence)
+            elif len(changed):
                 self._index_commit(changed, outcome.register_sequence)
+            prepared.clear()
         if len(changed):
             self._notify_changed()
         return outcome

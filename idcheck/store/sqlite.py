@@ -19,7 +19,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -650,6 +650,7 @@ class RegisterStore:
         rejections: Sequence[Rejection],
         protected_keys: Sequence[tuple[int, DocumentKey]],
         received: int,
+        prepare: Callable[[KeyColumns], None] | None = None,
     ) -> tuple[UploadOutcome, list[StoredRecord] | KeyColumns]:
         """Apply one upload atomically and durably.
 
@@ -664,6 +665,11 @@ class RegisterStore:
         rows in key order, written with executemany from the columns without a Python object per row; sequence
         numbers follow key order, created records first, then updated ones, then REPLACE_ALL cancellations;
         the changes come back as `KeyColumns`, empty when nothing changed).
+
+        `prepare` (bulk path): called, in another thread while the rows are being inserted, with the changes the
+        upload will return if every row creates a record, so that the caller can get the index ready meanwhile
+        (the very same object is returned then; otherwise different changes are). Its exceptions are the
+        caller's: it must not raise.
         """
         bulk = isinstance(rows, UploadColumns)
         now = utc_now()
@@ -686,7 +692,17 @@ class RegisterStore:
                         conn.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
                     try:
                         outcome, key_columns = self._apply_bulk(
-                            conn, member, upload_id, mode, description, rows, rejections, protected_keys, received, now
+                            conn,
+                            member,
+                            upload_id,
+                            mode,
+                            description,
+                            rows,
+                            rejections,
+                            protected_keys,
+                            received,
+                            now,
+                            prepare,
                         )
                     finally:
                         conn.execute(f"PRAGMA cache_size={int(cache)}")
@@ -784,6 +800,7 @@ class RegisterStore:
         protected_keys: Sequence[tuple[int, DocumentKey]],
         received: int,
         now: str,
+        prepare: Callable[[KeyColumns], None] | None = None,
     ) -> tuple[UploadOutcome, KeyColumns]:
         """The bulk path of commit_upload (inside its transaction): rows in key order, set-based change log.
 
@@ -803,13 +820,27 @@ class RegisterStore:
         status = columns.column("status").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
         op: np.ndarray | None = None  # per row: 0 unchanged, 1 create, 2 update, 3 other owner, 4 cancels nothing
         matched_ids = np.zeros(n, np.int64)
+        all_new: KeyColumns | None = None  # the changes if every row creates a record
         if n and not (status == CANCELLED).any():
+            ahead = _Ahead()
+            if prepare is not None and n > _BULK_CHUNK:
+
+                def changes_if_all_new() -> KeyColumns:
+                    changes = _changed_key_columns(columns, status, np.arange(n), max_id + 1, base + 1)
+                    if not ahead.failed.is_set():  # the inserts have not already found a held key
+                        prepare(changes)
+                    return changes
+
+                ahead.start(changes_if_all_new)
             conn.execute("SAVEPOINT bulk_all_new")
             try:
                 self._insert_created(conn, columns.table, columns.positions(), member, now, max_id, base)
                 op = np.ones(n, np.int8)
             except sqlite3.IntegrityError:
+                ahead.failed.set()
                 conn.execute("ROLLBACK TO bulk_all_new")
+            finally:
+                all_new = ahead.result() if op is not None else ahead.discard()
             conn.execute("RELEASE bulk_all_new")
         if op is None:
             # Some rows name records already held: every row is matched, in key order, gathered once.
@@ -887,21 +918,12 @@ class RegisterStore:
         outcome = _upload_outcome(
             upload_id, received, n_created, n_updated, n_unchanged, cancelled, next_seq, rejections, store_rejections
         )
+        if all_new is not None and not cancelled:
+            return outcome, all_new  # what `prepare` was given
         changed_idx = np.concatenate([created_idx, updated_idx])
-        t = columns.table
-        take = pa.array(columns.positions(changed_idx), pa.int64())
-        c_ids, c_states, c_numbers, c_classes, c_seqs = cancelled_cols
-        key_columns = KeyColumns(
-            record_id=np.concatenate([created_ids, updated_ids, np.asarray(c_ids, np.int64)]),
-            issuing_state=_with_strings(t.column("issuing_state").take(take), c_states),
-            number=_with_strings(t.column("number").take(take), c_numbers),
-            document_class=np.concatenate(
-                [t.column("document_class").take(take).to_numpy(), np.asarray(c_classes, np.int8)]
-            ).astype(np.int8),
-            status=np.concatenate([status[changed_idx], np.full(len(c_ids), CANCELLED, np.int64)]).astype(np.int8),
-            sequence=np.concatenate([created_seqs, updated_seqs, np.asarray(c_seqs, np.int64)]),
-        )
-        return outcome, key_columns
+        ids = np.concatenate([created_ids, updated_ids])
+        seqs = np.concatenate([created_seqs, updated_seqs])
+        return outcome, _changed_key_columns(columns, status, changed_idx, ids, seqs, cancelled_cols)
 
     @staticmethod
     def _insert_created(
@@ -1580,6 +1602,69 @@ def _lean_batches(part: pa.Table) -> list[tuple[int, str, tuple[str, ...]]] | No
     starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1, [len(codes)]]).tolist()
     payloads = _json_arrays(rows, starts)
     return [(a, statement, (names[codes[a]], payload)) for a, payload in zip(starts[:-1], payloads, strict=True)]
+
+
+def _changed_key_columns(
+    columns: UploadColumns,
+    status: np.ndarray,
+    changed_idx: np.ndarray,
+    record_ids: np.ndarray | int,
+    sequences: np.ndarray | int,
+    cancelled: tuple[list[Any], ...] = ([], [], [], [], []),
+) -> KeyColumns:
+    """The changes of a bulk upload for the index: rows `changed_idx` (positions in key order) with their record
+    ids and sequences (or the first of consecutive ones), then the records a REPLACE_ALL `cancelled` (columns:
+    ids, states, numbers, classes, sequences)."""
+    n = len(changed_idx)
+    if not isinstance(record_ids, np.ndarray):
+        record_ids = record_ids + np.arange(n, dtype=np.int64)
+    if not isinstance(sequences, np.ndarray):
+        sequences = sequences + np.arange(n, dtype=np.int64)
+    t = columns.table
+    take = pa.array(columns.positions(changed_idx), pa.int64())
+    c_ids, c_states, c_numbers, c_classes, c_seqs = cancelled
+    return KeyColumns(
+        record_id=np.concatenate([record_ids, np.asarray(c_ids, np.int64)]),
+        issuing_state=_with_strings(t.column("issuing_state").take(take), c_states),
+        number=_with_strings(t.column("number").take(take), c_numbers),
+        document_class=np.concatenate(
+            [t.column("document_class").take(take).to_numpy(), np.asarray(c_classes, np.int8)]
+        ).astype(np.int8),
+        status=np.concatenate([status[changed_idx], np.full(len(c_ids), CANCELLED, np.int64)]).astype(np.int8),
+        sequence=np.concatenate([sequences, np.asarray(c_seqs, np.int64)]),
+    )
+
+
+class _Ahead:
+    """Work started in a thread of its own beside a bulk upload's inserts (nothing when never started)."""
+
+    def __init__(self) -> None:
+        self.failed = threading.Event()  # set when the inserts fail: the work may stop early
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Any = None
+
+    def start(self, work: Callable[[], KeyColumns]) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bulk-ahead")
+        self._future = self._pool.submit(work)
+
+    def result(self) -> KeyColumns | None:
+        """Wait for the work; its result (None when never started or when it failed: logged, and the caller
+        then does the work itself)."""
+        if self._pool is None:
+            return None
+        try:
+            return self._future.result()
+        except Exception:
+            log.exception("preparing a bulk upload's changes ahead failed; they are worked out after the inserts")
+            return None
+        finally:
+            self._pool.shutdown()
+            self._pool = None
+
+    def discard(self) -> None:
+        """Wait for the work (it stops early once `failed` is set) and drop its result."""
+        self.failed.set()
+        self.result()
 
 
 def _with_strings(taken: pa.ChunkedArray, more: Sequence[str]) -> pa.Array:

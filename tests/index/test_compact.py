@@ -364,3 +364,64 @@ def test_exact_number_keys_refuse_what_they_cannot_pack(bad: str) -> None:
     gap = _byte_matrix(["A1C", "B2"])
     gap[0, 1] = 0  # "A", a zero byte, "C"
     assert exact_number_keys(gap) is None
+
+
+# -- changes prepared ahead of their commit ----------------------------------------------------------
+
+
+def _answers(index: DocumentIndex, records: list[StoredRecord]) -> list[list[tuple[MatchKind, int]]]:
+    return [found(index, Lookup(r.data.key.issuing_state, r.data.key.number)) for r in records]
+
+
+def test_prepared_new_records_stay_invisible_until_applied_then_answer_as_apply_columns() -> None:
+    records = [stored(i, "NZL" if i % 3 else "FJI", f"P{i:05d}") for i in range(1, 41)]
+    direct = DocumentIndex(DocumentIndexSettings(merge_threshold=10))
+    direct.apply_columns(columns(records), 40)
+    ahead = DocumentIndex(DocumentIndexSettings(merge_threshold=10))
+    prepared = ahead.prepare_columns(columns(records))
+    assert prepared.rebuilt is not None and prepared.encoded is None  # new base columns made ahead, not both
+    assert len(ahead) == 0 and ahead.sequence == 0
+    assert all(a == [] for a in _answers(ahead, records))
+    ahead.apply_prepared(prepared, 40)
+    assert (len(ahead), ahead.sequence) == (40, 40)
+    assert _answers(ahead, records) == _answers(direct, records)
+    assert all(a for a in _answers(ahead, records))
+
+
+def test_prepared_changes_outdated_by_another_change_are_applied_to_the_index_as_it_is() -> None:
+    index = DocumentIndex(DocumentIndexSettings(merge_threshold=10))
+    first = [stored(i, "NZL", f"A{i:04d}") for i in range(1, 21)]
+    index.apply_columns(columns(first), 20)
+    batch = [stored(i, "NZL", f"B{i:04d}", seq=i) for i in range(21, 41)]
+    prepared = index.prepare_columns(columns(batch))
+    assert prepared.rebuilt is not None
+    # Another writer gets in first: one record cancelled, one added (a cancel, a small upload).
+    cancelled = stored(5, "NZL", "A0005", status=RecordStatus.CANCELLED, seq=41)
+    index.apply_columns(columns([cancelled, stored(41, "NZL", "C0041", seq=42)]), 42)
+    index.apply_prepared(prepared, 40)  # encoded again and applied to the columns as they are now
+    assert index.sequence == 42  # never goes back
+    assert found(index, Lookup("NZL", "A0005")) == []
+    assert found(index, Lookup("NZL", "C0041")) == [(MatchKind.EXACT, 41)]
+    assert [found(index, Lookup("NZL", r.data.key.number)) for r in batch] == [
+        [(MatchKind.EXACT, r.record_id)] for r in batch
+    ]
+    assert len(index) == 20 - 1 + 1 + 20
+
+
+def test_prepared_changes_to_records_already_indexed_keep_their_encoding_and_apply_as_apply_columns() -> None:
+    records = [stored(i, "NZL", f"A{i:04d}") for i in range(1, 31)]
+    changes = [stored(i, "NZL", f"A{i:04d}", status=RecordStatus.CANCELLED, seq=30 + i) for i in range(1, 11)]
+    changes += [stored(i, "NZL", f"N{i:04d}", seq=i + 10) for i in range(31, 36)]
+    results = []
+    for ahead in (False, True):
+        index = DocumentIndex(DocumentIndexSettings(merge_threshold=10))
+        index.apply_columns(columns(records), 30)
+        if ahead:
+            prepared = index.prepare_columns(columns(changes))
+            assert prepared.rebuilt is None and prepared.encoded is not None  # not all new: nothing rebuilt ahead
+            index.apply_prepared(prepared, 45)
+        else:
+            index.apply_columns(columns(changes), 45)
+        results.append((len(index), index.sequence, _answers(index, records + changes)))
+    assert results[0] == results[1]
+    assert results[1][0] == 30 - 10 + 5

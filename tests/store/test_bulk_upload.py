@@ -464,3 +464,81 @@ def test_an_upload_that_arrived_in_many_batches_is_written_as_one_that_arrived_w
     assert results[:3] == results[3:]
     # K000..K004 and the even numbers K006..K022 are cancelled: 14 of the 23
     assert results[0][:3] == (23, 0, 0) and results[1][2] == 14
+
+
+def _key_rows(changed: KeyColumns) -> list[tuple[int, str, str, int, int]]:
+    return [
+        (int(i), str(s), str(n), int(st), int(q))
+        for i, s, n, st, q in zip(
+            changed.record_id,
+            list(changed.issuing_state),
+            list(changed.number),
+            changed.status,
+            changed.sequence,
+            strict=True,
+        )
+    ]
+
+
+def test_prepare_gets_an_all_new_uploads_changes_while_its_rows_are_inserted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BULK_CHUNK", 7)  # a "big" upload: several chunks
+    store = RegisterStore(tmp_path / "register.db")
+    given: list[tuple[KeyColumns, str, int]] = []
+
+    def prepare(changes: KeyColumns) -> None:
+        # Called beside the inserts, before the commit: a reader sees no record yet.
+        with sqlite3.connect(store.path) as reader:
+            (held,) = reader.execute("SELECT COUNT(*) FROM records").fetchone()
+        given.append((changes, threading.current_thread().name, held))
+
+    try:
+        first = [rec(f"K{i:03d}", LOST if i % 4 == 0 else STOLEN) for i in range(30)]
+        outcome, changed = store.commit_upload(
+            "NZL", "a", INCREMENTAL, "", columns(first), [], [], len(first), prepare=prepare
+        )
+        assert outcome.created == 30
+        assert len(given) == 1 and given[0][0] is changed  # the very object prepared is the one returned
+        assert given[0][1].startswith("bulk-ahead") and given[0][2] == 0
+        assert _key_rows(changed) == [
+            (i + 1, "NZL", f"K{i:03d}", int(LOST if i % 4 == 0 else STOLEN), i + 1) for i in range(30)
+        ]
+        # Some keys already held: the rows are matched instead, and the changes returned are not what prepare
+        # may have been given (whether it was depends on how far the inserts got first).
+        given.clear()
+        second = [rec(f"K{i:03d}", LOST) for i in range(25, 30)] + [rec(f"M{i:03d}") for i in range(10)]
+        outcome, changed = store.commit_upload(
+            "NZL", "b", INCREMENTAL, "", columns(second), [], [], len(second), prepare=prepare
+        )
+        assert (outcome.created, outcome.updated, outcome.unchanged) == (10, 4, 1)  # K028 was LOST already
+        assert all(changes is not changed for changes, _, _ in given)
+        assert [r[2] for r in _key_rows(changed)] == [f"M{i:03d}" for i in range(10)] + ["K025", "K026", "K027", "K029"]
+    finally:
+        store.close()
+
+
+def test_a_failing_prepare_does_not_fail_the_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import idcheck.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BULK_CHUNK", 7)
+
+    def prepare(changes: KeyColumns) -> None:
+        raise RuntimeError("index trouble")
+
+    store = RegisterStore(tmp_path / "register.db")
+    try:
+        records = [rec(f"K{i:03d}") for i in range(20)]
+        outcome, changed = store.commit_upload(
+            "NZL", "a", INCREMENTAL, "", columns(records), [], [], len(records), prepare=prepare
+        )
+        assert outcome.created == 20 and len(changed) == 20
+        assert [r[2] for r in _key_rows(changed)] == [f"K{i:03d}" for i in range(20)]
+        assert "preparing a bulk upload's changes ahead failed" in caplog.text
+        assert len(list(store.iter_records())) == 20
+    finally:
+        store.close()

@@ -827,14 +827,18 @@ class RegisterStore:
 
                 def changes_if_all_new() -> KeyColumns:
                     changes = _changed_key_columns(columns, status, np.arange(n), max_id + 1, base + 1)
-                    if not ahead.failed.is_set():  # the inserts have not already found a held key
+                    # Not before a first chunk went in: an upload of keys already held (sent again, a monthly
+                    # REPLACE_ALL) usually fails there, and then nothing is prepared for nothing.
+                    if ahead.going():
                         prepare(changes)
                     return changes
 
                 ahead.start(changes_if_all_new)
             conn.execute("SAVEPOINT bulk_all_new")
             try:
-                self._insert_created(conn, columns.table, columns.positions(), member, now, max_id, base)
+                self._insert_created(
+                    conn, columns.table, columns.positions(), member, now, max_id, base, ahead.started.set
+                )
                 op = np.ones(n, np.int8)
             except sqlite3.IntegrityError:
                 ahead.failed.set()
@@ -934,9 +938,11 @@ class RegisterStore:
         now: str,
         max_id: int,
         base: int,
+        after_chunk: Callable[[], None] | None = None,
     ) -> None:
         """Insert rows `idx` of `t` (all rows when None), in that order, as new records numbered from max_id and
-        base. Raises sqlite3.IntegrityError when a key is already held."""
+        base (`after_chunk` is called after each chunk's INSERT). Raises sqlite3.IntegrityError when a key is
+        already held."""
         n = t.num_rows if idx is None else len(idx)
 
         def rows(start: int) -> pa.Table:  # the next chunk (a gather when idx is given: done in the JSON thread)
@@ -975,6 +981,8 @@ class RegisterStore:
             for offset, statement, parameters in batches:
                 first = start + offset
                 conn.execute(statement, (max_id + 1 + first, base + 1 + first, member, now, *parameters))
+            if after_chunk is not None:
+                after_chunk()
 
         if n <= _BULK_CHUNK:
             if n:
@@ -1639,9 +1647,17 @@ class _Ahead:
     """Work started in a thread of its own beside a bulk upload's inserts (nothing when never started)."""
 
     def __init__(self) -> None:
+        self.started = threading.Event()  # set once the inserts are under way (a first chunk went in)
         self.failed = threading.Event()  # set when the inserts fail: the work may stop early
         self._pool: ThreadPoolExecutor | None = None
         self._future: Any = None
+
+    def going(self) -> bool:
+        """Wait until the inserts are under way or have failed; True in the first case."""
+        while not self.started.wait(0.01):
+            if self.failed.is_set():
+                return False
+        return not self.failed.is_set()
 
     def start(self, work: Callable[[], KeyColumns]) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="bulk-ahead")

@@ -516,6 +516,14 @@ def test_prepare_gets_an_all_new_uploads_changes_while_its_rows_are_inserted(
         assert (outcome.created, outcome.updated, outcome.unchanged) == (10, 4, 1)  # K028 was LOST already
         assert all(changes is not changed for changes, _, _ in given)
         assert [r[2] for r in _key_rows(changed)] == [f"M{i:03d}" for i in range(10)] + ["K025", "K026", "K027", "K029"]
+        # Every key held (the first upload sent again as REPLACE_ALL): the first chunk fails, nothing is prepared.
+        given.clear()
+        outcome, changed = store.commit_upload(
+            "NZL", "c", REPLACE_ALL, "", columns(first), [], [], len(first), prepare=prepare
+        )
+        assert given == []
+        assert (outcome.unchanged, outcome.updated, outcome.cancelled) == (26, 4, 10)  # K025..K029 back but K028
+        assert len(changed) == 4 + 10
     finally:
         store.close()
 

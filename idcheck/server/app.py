@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from types import FrameType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +31,7 @@ from idcheck.server.limits import ConcurrencyLimiter, RateLimiter, SharedBuckets
 from idcheck.server.operations import CallCounter, CountingRateLimiter, OperationsServicer
 from idcheck.server.register import DocumentRegisterServicer
 from idcheck.server.replication import ReplicationServicer
+from idcheck.server.signals import StopSignals
 from idcheck.server.tls import TlsFiles, certificate_identity
 from idcheck.server.workers import Peers, supervise
 from idcheck.v1 import (
@@ -354,19 +352,12 @@ def serve(config: ServerConfig, peers: Peers | None = None) -> int:
         flush=True,
     )
     security = "mutual TLS, identity from client certificates" if running.tls else "insecure, loopback only"
+    stops = StopSignals()  # before "serving on": a SIGTERM sent as soon as that is seen stops gracefully
     print(
         f"{who}: serving on {running.address} ({security}) in {time.perf_counter() - started:.2f}s; Ctrl-C to stop",
         flush=True,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop.wait(3600):
-        pass
+    stops.wait()
     print(f"{who}: stopping (grace {config.grace_seconds:g}s)", flush=True)
     running.stop(config.grace_seconds)
     print(f"{who}: stopped", flush=True)

@@ -23,7 +23,6 @@ import importlib
 import logging
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -32,7 +31,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -49,6 +47,7 @@ from idcheck.server.auth import metadata_identity
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
 from idcheck.server.register import DocumentRegisterServicer
+from idcheck.server.signals import StopSignals
 from idcheck.v1 import register_pb2, register_pb2_grpc, replication_pb2, replication_pb2_grpc
 
 log = logging.getLogger("idcheck.mirror")
@@ -518,16 +517,9 @@ def run(args: argparse.Namespace) -> int:
         f"(last contact {fresh.contact_at or 'never'})",
         flush=True,
     )
+    stops = StopSignals()  # before "serving on": a SIGTERM sent as soon as that is seen stops gracefully
     print(f"idcheck mirror: serving on {running.address} ({security}); following {mirror.upstream}", flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop.wait(3600):
-        pass
+    stops.wait()
     print(f"idcheck mirror: stopping (grace {config.grace_seconds:g}s)", flush=True)
     running.stop(config.grace_seconds)
     print("idcheck mirror: stopped", flush=True)

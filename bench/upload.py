@@ -17,6 +17,7 @@ server side). Results are printed and written as JSON to bench/results/upload-<r
     python bench/upload.py --rows 1000000 --breakdown
     python bench/upload.py --rows 10000000
     python bench/upload.py --rows 50000          # a quick smoke run
+    python bench/upload.py --rows 10000000 --workers 2   # through `idcheck serve --workers 2`
 """
 
 from __future__ import annotations
@@ -121,16 +122,31 @@ class PeakRss:
         return self.peak
 
 
-def end_to_end(path: Path, rows: int, chunk_rows: int, *, replace_again: bool = False) -> dict[str, object]:
+def server_processes(pid: int) -> list[int]:
+    """The server's process and, under `serve --workers`, its workers (the supervisor's children)."""
+    found = [pid]
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as fh:
+        found += [int(child) for child in fh.read().split()]
+    return found
+
+
+def end_to_end(
+    path: Path, rows: int, chunk_rows: int, *, replace_again: bool = False, workers: int = 1
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="idcheck-upload-bench-") as tmp:
-        server = LocalServer(Path(tmp) / "data", ["--max-rows-per-upload", str(max(rows, 5_000_000))])
+        extra = ["--max-rows-per-upload", str(max(rows, 5_000_000))]
+        server = LocalServer(Path(tmp) / "data", [*extra, *(["--workers", str(workers)] if workers != 1 else [])])
         proc, address = server.proc, server.address
         try:
-            server_before = rss_bytes(proc.pid)
+            deadline = time.monotonic() + 60
+            while len(pids := server_processes(proc.pid)) < (1 if workers == 1 else workers + 1):
+                assert time.monotonic() < deadline, "the workers did not start"
+                time.sleep(0.1)
+            server_before = sum(rss_bytes(p) for p in pids)
             with RegisterClient(address, member=MEMBER, role="member") as client:
-                sampler = PeakRss([proc.pid, "self"])
+                sampler = PeakRss([*pids, "self"])
                 sent = [0]
-                server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
+                server_cpu, client_cpu = sum(cpu_seconds(p) for p in pids), time.process_time()
                 t0 = time.perf_counter()
                 result = client.upload(
                     path,
@@ -139,7 +155,8 @@ def end_to_end(path: Path, rows: int, chunk_rows: int, *, replace_again: bool = 
                     on_batch=lambda n: sent.__setitem__(0, sent[0] + n),
                 )
                 elapsed = time.perf_counter() - t0
-                server_cpu, client_cpu = cpu_seconds(proc.pid) - server_cpu, time.process_time() - client_cpu
+                server_cpu = sum(cpu_seconds(p) for p in pids) - server_cpu
+                client_cpu = time.process_time() - client_cpu
                 peaks = sampler.stop()
                 # the register answers from the new records at once
                 check = client.check(
@@ -149,13 +166,13 @@ def end_to_end(path: Path, rows: int, chunk_rows: int, *, replace_again: bool = 
                 again: dict[str, float] = {}
                 if replace_again:
                     # the daily full list: the same rows again as REPLACE_ALL under a new id, every key already held
-                    server_cpu2 = cpu_seconds(proc.pid)
+                    server_cpu2 = sum(cpu_seconds(p) for p in pids)
                     t1 = time.perf_counter()
                     second = client.upload(path, upload_id=f"again-{time.time_ns()}", mode="replace-all")
                     again = {
                         "seconds": round(time.perf_counter() - t1, 3),
                         "rows_per_s": round(rows / (time.perf_counter() - t1)),
-                        "server_cpu_seconds": round(cpu_seconds(proc.pid) - server_cpu2, 3),
+                        "server_cpu_seconds": round(sum(cpu_seconds(p) for p in pids) - server_cpu2, 3),
                     }
                     assert (second.unchanged, second.cancelled, second.created) == (rows, 0, 0), second
             db = Path(tmp) / "data" / "register.db"
@@ -172,7 +189,9 @@ def end_to_end(path: Path, rows: int, chunk_rows: int, *, replace_again: bool = 
         "server_cpu_seconds": round(server_cpu, 3),
         "client_cpu_seconds": round(client_cpu, 3),
         "server_rss_before_bytes": server_before,
-        "server_rss_peak_bytes": peaks[proc.pid],
+        # under --workers: the sum of each process's own peak (an upper bound of their peak together)
+        "server_rss_peak_bytes": sum(peaks[p] for p in pids),
+        "server_processes": len(pids),
         "client_rss_peak_bytes": peaks["self"],
         **sizes,
         **({"replace_all_same_rows_again": again} if again else {}),
@@ -246,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replace-again", action="store_true", help="then send the same rows again as REPLACE_ALL (all unchanged)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="run the server as `idcheck serve --workers N` (default 1)"
+    )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "idcheck-bench-files")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -266,13 +288,17 @@ def main(argv: list[str] | None = None) -> int:
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     if not args.no_end_to_end:
-        report["end_to_end"] = e2e = end_to_end(path, args.rows, args.chunk_rows, replace_again=args.replace_again)
+        report["end_to_end"] = e2e = end_to_end(
+            path, args.rows, args.chunk_rows, replace_again=args.replace_again, workers=args.workers
+        )
         print_end_to_end(args.rows, e2e)
     if args.breakdown:
         report["breakdown_seconds"] = breakdown(path, args.rows, args.chunk_rows)
         print("breakdown (s):", json.dumps(report["breakdown_seconds"]))
     report["machine"]["load_avg_after"] = os.getloadavg()  # type: ignore[index]
-    out = args.out or RESULTS / f"upload-{args.rows}{'-holder' if args.holder else ''}.json"
+    workers = f"-workers{args.workers}" if args.workers != 1 else ""
+    stem = f"upload-{args.rows}{'-holder' if args.holder else ''}{workers}"
+    out = args.out or RESULTS / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {out}")
@@ -282,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_end_to_end(rows: int, e2e: dict[str, object]) -> None:
     mib = {k: v / 2**20 for k, v in e2e.items() if k.endswith("rss_before_bytes") or k.endswith("peak_bytes")}
     print(
-        f"upload {rows:,} rows: {e2e['seconds']}s, {e2e['rows_per_s']:,} rows/s; server RSS "
+        f"upload {rows:,} rows: {e2e['seconds']}s, {e2e['rows_per_s']:,} rows/s; server "
+        f"({e2e['server_processes']} process{'es' if e2e['server_processes'] != 1 else ''}) RSS "
         f"{mib['server_rss_before_bytes']:.0f} MiB before, peak {mib['server_rss_peak_bytes']:.0f} MiB; "
         f"client peak {mib['client_rss_peak_bytes']:.0f} MiB; CPU server {e2e['server_cpu_seconds']}s, "
         f"client {e2e['client_cpu_seconds']}s"

@@ -365,8 +365,7 @@ class Register:
         # Arrow uploads (session.columns) take the store's bulk path, which returns the changes as KeyColumns
         # (no Python object per record) for the index's apply_columns; row uploads return StoredRecords.
         # A big upload of new records gets the index ready while SQLite inserts its rows (prepare_columns, on the
-        # other core); the index shows it once the commit is durable. Not with peers: their commits in between
-        # are read from the store.
+        # other core); the index shows it once the commit is durable.
         prepared: list[tuple[KeyColumns, PreparedChanges]] = []
 
         def prepare(changes: KeyColumns) -> None:
@@ -385,13 +384,12 @@ class Register:
                 session.rejections,
                 session.protected,
                 session.received,
-                prepare=prepare if self._peers is None else None,
+                prepare=prepare,
             )
             session.columns = None  # written: free the upload's rows (GBs at 10M rows)
-            if prepared and prepared[0][0] is changed:
-                self.index.apply_prepared(prepared[0][1], outcome.register_sequence)
-            elif len(changed):
-                self._index_commit(changed, outcome.register_sequence)
+            if len(changed):
+                ready = prepared[0][1] if prepared and prepared[0][0] is changed else None
+                self._index_commit(changed, outcome.register_sequence, ready)
             prepared.clear()
         if len(changed):
             self._notify_changed()
@@ -467,15 +465,25 @@ class Register:
         if self._peers is not None:
             self._peers.publish(last)
 
-    def _index_commit(self, changed: KeyColumns | Sequence[StoredRecord], sequence: int) -> None:
-        """Bring the index up to a commit of this process (write lock held). With peers, another worker may
-        have committed just before: read everything after the index's sequence from the store instead."""
-        if self._peers is not None:
+    def _index_commit(
+        self, changed: KeyColumns | Sequence[StoredRecord], sequence: int, prepared: PreparedChanges | None = None
+    ) -> None:
+        """Bring the index up to a commit of this process (write lock held), from the changes `prepared` for it
+        when given. With peers, another worker may have committed since the index's sequence: everything after
+        it is then read from the store instead (commits are numbered in the order the store serialises them, so
+        there was none when this commit's first sequence follows the index's)."""
+        first = int(changed.sequence.min()) if isinstance(changed, KeyColumns) else changed[0].sequence
+        if self._peers is not None and first != self.index.sequence + 1:
             self._catch_up()  # publishes the new sequence for the other workers
+            return
+        if prepared is not None:
+            self.index.apply_prepared(prepared, sequence)
         elif isinstance(changed, KeyColumns):
             self.index.apply_columns(changed, sequence)
         else:
             self.index.apply(changed, sequence)
+        if self._peers is not None:
+            self._peers.publish(self.index.sequence)
 
     def get(self, caller: Caller, state: str, number: str, cls: int) -> tuple[StoredRecord, list[RecordChange]]:
         """One record the caller owns, with its history."""

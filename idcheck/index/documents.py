@@ -393,10 +393,9 @@ class DocumentIndex:
         with self._lock:
             encoded = self._encode(changes) if len(changes) else None
             rebuilt = None
-            if encoded is not None:
-                positions = self._positions(self._view.base, encoded)
-                new = np.flatnonzero(positions < 0)
-                if len(new) == len(encoded) and len(new) >= self.settings.merge_threshold:
+            if encoded is not None and len(encoded) >= self.settings.merge_threshold:  # fewer never rebuild
+                new = np.flatnonzero(self._positions(self._view.base, encoded) < 0)
+                if len(new) == len(encoded):
                     rebuilt = self._rebuilt_base(encoded, new, 0)  # its sequence is set when it is installed
                     encoded = None  # not kept beside the new columns (as many bytes again): encoded again if needed
             return PreparedChanges(changes, encoded, self._version, rebuilt)

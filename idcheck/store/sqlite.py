@@ -844,7 +844,10 @@ class RegisterStore:
                 ahead.failed.set()
                 conn.execute("ROLLBACK TO bulk_all_new")
             finally:
-                all_new = ahead.result() if op is not None else ahead.discard()
+                if op is not None:
+                    all_new = ahead.result()
+                else:
+                    ahead.discard()
             conn.execute("RELEASE bulk_all_new")
         if op is None:
             # Some rows name records already held: every row is matched, in key order, gathered once.

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from idcheck.client.bench import LocalServer
+from idcheck.client.bench import LocalServer, cpu_seconds
 from idcheck.client.files import read_arrow_payloads
 from idcheck.client.register import RegisterClient
 from idcheck.synthetic import distinct_numbers
@@ -94,13 +94,6 @@ def rss_bytes(pid: int | str) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class PeakRss:
     """Samples the resident memory of some processes every `interval` seconds; `peak` per pid."""
 
@@ -146,7 +139,8 @@ def end_to_end(
             with RegisterClient(address, member=MEMBER, role="member") as client:
                 sampler = PeakRss([*pids, "self"])
                 sent = [0]
-                server_cpu, client_cpu = sum(cpu_seconds(p) for p in pids), time.process_time()
+                # the server's process and its workers (cpu_seconds counts descendants)
+                server_cpu, client_cpu = cpu_seconds([proc.pid]), time.process_time()
                 t0 = time.perf_counter()
                 result = client.upload(
                     path,
@@ -155,7 +149,7 @@ def end_to_end(
                     on_batch=lambda n: sent.__setitem__(0, sent[0] + n),
                 )
                 elapsed = time.perf_counter() - t0
-                server_cpu = sum(cpu_seconds(p) for p in pids) - server_cpu
+                server_cpu = cpu_seconds([proc.pid]) - server_cpu
                 client_cpu = time.process_time() - client_cpu
                 peaks = sampler.stop()
                 # the register answers from the new records at once
@@ -166,13 +160,13 @@ def end_to_end(
                 again: dict[str, float] = {}
                 if replace_again:
                     # the daily full list: the same rows again as REPLACE_ALL under a new id, every key already held
-                    server_cpu2 = sum(cpu_seconds(p) for p in pids)
+                    server_cpu2 = cpu_seconds([proc.pid])
                     t1 = time.perf_counter()
                     second = client.upload(path, upload_id=f"again-{time.time_ns()}", mode="replace-all")
                     again = {
                         "seconds": round(time.perf_counter() - t1, 3),
                         "rows_per_s": round(rows / (time.perf_counter() - t1)),
-                        "server_cpu_seconds": round(sum(cpu_seconds(p) for p in pids) - server_cpu2, 3),
+                        "server_cpu_seconds": round(cpu_seconds([proc.pid]) - server_cpu2, 3),
                     }
                     assert (second.unchanged, second.cancelled, second.created) == (rows, 0, 0), second
             db = Path(tmp) / "data" / "register.db"

@@ -837,11 +837,11 @@ class RegisterStore:
             conn.execute("SAVEPOINT bulk_all_new")
             try:
                 self._insert_created(
-                    conn, columns.table, columns.positions(), member, now, max_id, base, ahead.started.set
+                    conn, columns.table, columns.positions(), member, now, max_id, base, ahead.settled.set
                 )
                 op = np.ones(n, np.int8)
             except sqlite3.IntegrityError:
-                ahead.failed.set()
+                ahead.fail()
                 conn.execute("ROLLBACK TO bulk_all_new")
             finally:
                 if op is not None:
@@ -1650,17 +1650,20 @@ class _Ahead:
     """Work started in a thread of its own beside a bulk upload's inserts (nothing when never started)."""
 
     def __init__(self) -> None:
-        self.started = threading.Event()  # set once the inserts are under way (a first chunk went in)
-        self.failed = threading.Event()  # set when the inserts fail: the work may stop early
+        self.settled = threading.Event()  # set once the inserts are under way (a first chunk went in) or failed
+        self._failed = False
         self._pool: ThreadPoolExecutor | None = None
         self._future: Any = None
 
+    def fail(self) -> None:
+        """The inserts failed: the work may stop early."""
+        self._failed = True
+        self.settled.set()
+
     def going(self) -> bool:
         """Wait until the inserts are under way or have failed; True in the first case."""
-        while not self.started.wait(0.01):
-            if self.failed.is_set():
-                return False
-        return not self.failed.is_set()
+        self.settled.wait()
+        return not self._failed
 
     def start(self, work: Callable[[], KeyColumns]) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="bulk-ahead")
@@ -1681,8 +1684,8 @@ class _Ahead:
             self._pool = None
 
     def discard(self) -> None:
-        """Wait for the work (it stops early once `failed` is set) and drop its result."""
-        self.failed.set()
+        """Wait for the work (it stops early once told the inserts failed) and drop its result."""
+        self.fail()
         self.result()
 
 

@@ -110,6 +110,20 @@ _TOP = 1 << 63
 _GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
+def _packed(codes: np.ndarray) -> np.ndarray:
+    """Base-37 value of each row of an (n, PACKED_LENGTH) matrix of character codes; uint64."""
+    if len(codes) < 4096:  # numpy's integer matmul costs least for a few rows
+        return codes.astype(np.uint64) @ _POWERS
+    # Horner's rule column by column: about 3 times faster than the integer matmul on large batches (1M rows:
+    # 13 instead of 39 ms), which numpy runs without BLAS.
+    keys = codes[:, 0].astype(np.uint64)
+    base = np.uint64(37)
+    for i in range(1, codes.shape[1]):
+        keys *= base
+        keys += codes[:, i]
+    return keys
+
+
 def _pack(text: str) -> int:
     key = 0
     for ch in text:
@@ -144,11 +158,11 @@ def number_keys(canonicals: Sequence[str] | np.ndarray, *, fold: bool = False) -
         raw = raw.astype(f"S{_MAX_WIDTH}")
     chars = raw.view(np.uint8).reshape(n, -1)[:, :_MAX_WIDTH]
     lut = _FOLDED_CODES if fold else _CODES
-    keys = lut[chars[:, :PACKED_LENGTH]].astype(np.uint64) @ _POWERS
+    keys = _packed(lut[chars[:, :PACKED_LENGTH]])
     long_rows = np.flatnonzero(chars[:, PACKED_LENGTH])
     if len(long_rows):
         head = keys[long_rows]
-        tail = lut[chars[long_rows, PACKED_LENGTH:]].astype(np.uint64) @ _POWERS
+        tail = _packed(lut[chars[long_rows, PACKED_LENGTH:]])
         x = (head * np.uint64(_GOLDEN)) ^ tail
         x = (x ^ (x >> np.uint64(30))) * np.uint64(_MIX1)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(_MIX2)
@@ -164,14 +178,15 @@ def exact_number_keys(chars: np.ndarray) -> np.ndarray | None:
     when the numbers do, so sorting or comparing them sorts or compares the numbers."""
     if chars.ndim != 2 or chars.shape[1] != PACKED_LENGTH:
         raise ValueError(f"expected an (n, {PACKED_LENGTH}) byte matrix")
-    n = len(chars)
-    padding = chars == 0
-    codes = _CODES[chars]
-    if n and (padding[:, 0].any() or ((codes == 0) & ~padding).any() or (padding[:, :-1] & ~padding[:, 1:]).any()):
-        return None  # an empty number, a byte outside A-Z and 0-9, or a zero byte inside a number
-    keys = np.empty(n, np.uint64)
-    for start in range(0, n, _CHUNK):  # bounded temporaries (96 bytes a row)
-        keys[start : start + _CHUNK] = codes[start : start + _CHUNK].astype(np.uint64) @ _POWERS
+    keys = np.empty(len(chars), np.uint64)
+    step = 1 << 18  # bounded temporaries that stay in the CPU cache (10M rows: 0.6 s instead of 2.1 in one piece)
+    for start in range(0, len(chars), step):
+        part = chars[start : start + step]
+        padding = part == 0
+        codes = _CODES[part]
+        if padding[:, 0].any() or ((codes == 0) & ~padding).any() or (padding[:, :-1] & ~padding[:, 1:]).any():
+            return None  # an empty number, a byte outside A-Z and 0-9, or a zero byte inside a number
+        keys[start : start + step] = _packed(codes)
     return keys
 
 

@@ -354,6 +354,22 @@ def test_exact_number_keys_are_the_number_keys_and_sort_as_the_numbers(numbers: 
     assert [numbers[i] for i in np.argsort(keys, kind="stable")] == sorted(numbers)
 
 
+def test_number_keys_of_large_batches_are_each_numbers_key() -> None:
+    # Large batches are packed column by column (Horner), small ones by a matrix product: both give number_key.
+    rng = np.random.default_rng(7)
+    alphabet = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    lengths = rng.integers(1, 25, 20_000)
+    numbers = ["".join(rng.choice(alphabet, n)) for n in lengths]
+    short = [n[:PACKED_LENGTH] for n in numbers]
+    assert number_keys(numbers).tolist() == [number_key(n) for n in numbers]
+    assert number_keys(numbers, fold=True).tolist() == [folded_number_key(n) for n in numbers]
+    keys = exact_number_keys(_byte_matrix(short))
+    assert keys is not None and keys.tolist() == [number_key(n) for n in short]
+    late = _byte_matrix(short * 15)  # past the first block of rows checked
+    late[-1, 0] = ord("-")
+    assert exact_number_keys(late) is None
+
+
 @pytest.mark.parametrize("bad", ["", "AB-1", "ab1", "É1"])
 def test_exact_number_keys_refuse_what_they_cannot_pack(bad: str) -> None:
     matrix = _byte_matrix(["A1", "B2"])

@@ -415,14 +415,38 @@ def _integer_key_order(accepted: pa.Table) -> tuple[np.ndarray, np.ndarray] | No
     state_ranks = rank[states.indices.to_numpy(zero_copy_only=False)]
     classes = accepted.column("document_class").to_numpy()
     row_index = accepted.column("row_index").to_numpy()
-    sort_keys = [classes, numbers, state_ranks]  # np.lexsort: the last key is the primary one
-    if len(row_index) > 1 and not (row_index[1:] > row_index[:-1]).all():
-        sort_keys.insert(0, row_index)  # rows out of row order (a mixed upload): the earliest row of a key first
-    order = np.lexsort(sort_keys)  # stable
+    # A member mostly lists documents of its own state and of one class: a key the same on every row orders
+    # nothing and is left out (of the sort and of the comparisons after it).
+    varying = [key for key in (classes, state_ranks) if len(key) and key.min() != key.max()]
+    in_row_order = len(row_index) < 2 or bool((row_index[1:] > row_index[:-1]).all())
+    if not varying and in_row_order:
+        order, k = _stable_number_order(numbers)
+    else:
+        sort_keys = [classes, numbers, state_ranks]  # np.lexsort: the last key is the primary one
+        if not in_row_order:
+            sort_keys.insert(0, row_index)  # rows out of row order (a mixed upload): the earliest row of a key first
+        order = np.lexsort(sort_keys)  # stable
+        k = numbers[order]
     same = np.zeros(len(order), bool)
-    s, k, c = state_ranks[order], numbers[order], classes[order]
-    same[1:] = (s[1:] == s[:-1]) & (k[1:] == k[:-1]) & (c[1:] == c[:-1])
+    same[1:] = k[1:] == k[:-1]
+    for key in varying:
+        v = key[order]
+        same[1:] &= v[1:] == v[:-1]
     return order, same
+
+
+def _stable_number_order(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.argsort(numbers, kind="stable") and the numbers in that order, from the faster unstable sort (10M keys:
+    0.9 instead of 1.5 s): rows of equal numbers, rare in an upload (repeats), are put back in row order after."""
+    order = np.argsort(numbers)
+    k = numbers[order]
+    tie = np.zeros(len(order), bool)
+    tie[1:] = k[1:] == k[:-1]
+    if tie.any():
+        tie[:-1] |= tie[1:]  # every member of a run of equal numbers, the first one too
+        members = order[tie]
+        order[tie] = members[np.lexsort((members, k[tie]))]
+    return order, k
 
 
 def key_order(accepted: pa.Table) -> tuple[UploadColumns, list[Rejection]]:

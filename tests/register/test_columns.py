@@ -297,6 +297,17 @@ def test_integer_key_order_is_the_string_order(keys: list[tuple[str, str, int]],
         assert sorted((r.row_index, r.reason) for r in duplicates) == expected_duplicates
 
 
+@settings(max_examples=150, deadline=None)
+@given(numbers=st.lists(st.text(alphabet="01AB", min_size=1, max_size=3), max_size=80))
+def test_one_state_and_class_orders_by_number_alone_and_keeps_the_first_of_repeats(numbers: list[str]) -> None:
+    # The common upload (a member's own passports): the sort by number alone, repeats many here.
+    accepted = validate_columns(table_of([_good(number) for number in numbers]), 0, TODAY).accepted
+    expected, expected_duplicates = _by_strings(accepted)
+    ordered, duplicates = in_key_order(accepted)
+    assert ordered.equals(expected)
+    assert sorted((r.row_index, r.reason) for r in duplicates) == expected_duplicates
+
+
 def test_integer_key_order_is_used_for_exact_numbers_and_not_beyond() -> None:
     short = validate_columns(table_of([_good("B2"), _good("A1" * 6)]), 0, TODAY).accepted
     found = columns_module._integer_key_order(short)

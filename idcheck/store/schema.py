@@ -231,6 +231,17 @@ MIGRATIONS: list[str] = [
     DROP INDEX records_owner_status;
     CREATE INDEX records_owner ON records (owner);
     """,
+    # 8 -> 9: the records created by bulk uploads (created_status set) left out of the seq and owner indexes.
+    # Their sequence and owner follow from their `created_ranges` row (owner = the range's actor, sequence = the
+    # range's first_seq + their place in it, until a later change, which is a `changes` row), so the store finds
+    # them through the ranges instead: keeping two index entries a record cost a 10-million-row upload 5 of its
+    # 24 s of inserts. Records created otherwise, and every record on a mirror, stay in both indexes.
+    """
+    DROP INDEX records_seq;
+    CREATE INDEX records_seq ON records (seq) WHERE created_status IS NULL;
+    DROP INDEX records_owner;
+    CREATE INDEX records_owner ON records (owner) WHERE created_status IS NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,6 +14,7 @@ table, which keeps a million-row upload in the order of seconds.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import itertools
 import json
 import logging
@@ -99,6 +100,26 @@ _OPTIONAL_TEXT = frozenset(("surname", "given_names", "birth_date", "nationality
 # The last sequence of the change log: its per-change rows and the ranges of records created by bulk uploads.
 _LAST_SEQ_SQL = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM changes), 0), COALESCE((SELECT MAX(last_seq) FROM created_ranges), 0))"
+)
+# The records created by bulk uploads are in neither the seq nor the owner index (schema.py, 8 -> 9): each read
+# that needs those indexes also reads them through their ranges. `_IN_RANGES` joins every range `g` to the records
+# `r` it created; a range's records are its actor's, and keep the range's sequence until a `changes` row.
+_IN_RANGES = (
+    "created_ranges AS g CROSS JOIN records AS r ON r.record_id BETWEEN g.first_record_id "
+    "AND g.first_record_id + (g.last_seq - g.first_seq)"
+)
+_RANGE_SEQ = "g.first_seq + (r.record_id - g.first_record_id)"  # sequence of a record `r` of range `g`
+# The records of the member `:member` (record_id, status and key): by the owner index, and by their ranges.
+_OWNED = (
+    "SELECT record_id, status, issuing_state, number_canonical, doc_class FROM records "
+    "WHERE owner = :member AND created_status IS NULL UNION ALL "
+    f"SELECT r.record_id, r.status, r.issuing_state, r.number_canonical, r.doc_class FROM {_IN_RANGES} "
+    "WHERE g.actor = :member AND r.created_status IS NOT NULL"
+)
+# The newest record change: the change log's, or on a mirror (no change log) the newest indexed record's.
+_NEWEST_RECORD_SEQ_SQL = (
+    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM records WHERE created_status IS NULL), 0), "
+    "COALESCE((SELECT MAX(seq) FROM changes), 0), COALESCE((SELECT MAX(last_seq) FROM created_ranges), 0))"
 )
 _BACKGROUND_CHECKPOINT_ROWS = 100_000  # bulk uploads of this many rows leave their checkpoint to a thread
 _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
@@ -354,7 +375,7 @@ class RegisterStore:
         conn = self._reader()
         conn.execute("BEGIN")
         try:
-            newest = conn.execute("SELECT MAX(seq) FROM records").fetchone()[0]
+            newest = conn.execute(_NEWEST_RECORD_SEQ_SQL).fetchone()[0]
             cached = self._status_counts
             if cached is not None and cached[0] == newest:
                 return dict(cached[1])
@@ -401,9 +422,13 @@ class RegisterStore:
     def key_columns(self, *, since: int = 0, batch_size: int = 100_000) -> tuple[KeyColumns, int]:
         """Key, status and sequence of the records changed after `since` (all active ones when 0), in columns,
         with the last sequence they cover: one consistent read, for loading or catching up the index."""
-        # A record's seq is its latest change's: the records changed after `since` are found by the records_seq index.
+        # A record's seq is its latest change's: the records changed after `since` come in three parts.
         active = f"status NOT IN ({CANCELLED}, {int(RecordStatus.UNSPECIFIED)})"
-        where = f"seq > {int(since)}" if since else active
+        columns = "r.record_id, r.issuing_state, r.number_canonical, r.doc_class, r.status, r.seq"
+        if since:
+            queries = [select for select, _ in _changed_after(columns)]
+        else:
+            queries = [f"SELECT {columns} FROM records AS r WHERE {active}"]
         conn = self._reader()
         ids: list[int] = []
         states: list[str] = []
@@ -414,19 +439,23 @@ class RegisterStore:
         conn.execute("BEGIN")  # the rows and the sequence they cover come from one snapshot of the file
         try:
             last = self._query_last_seq(conn)
-            cur = conn.execute(
-                f"SELECT record_id, issuing_state, number_canonical, doc_class, status, seq FROM records WHERE {where}"
-            )
-            while rows := cur.fetchmany(batch_size):
-                i, st, n, c, s, q = zip(*rows, strict=True)
-                ids += i
-                states += st
-                numbers += n
-                classes += c
-                statuses += s
-                seqs += q
+            for query in queries:
+                cur = conn.execute(query, {"after": int(since)})
+                while rows := cur.fetchmany(batch_size):
+                    i, st, n, c, s, q = zip(*rows, strict=True)
+                    ids += i
+                    states += st
+                    numbers += n
+                    classes += c
+                    statuses += s
+                    seqs += q
         finally:
             conn.execute("COMMIT")
+        if since:  # the parts one after the other: in sequence order
+            order = np.argsort(np.array(seqs, np.int64), kind="stable").tolist()
+            ids, states, numbers, classes, statuses, seqs = (
+                [v[k] for k in order] for v in (ids, states, numbers, classes, statuses, seqs)
+            )
         columns = KeyColumns(
             np.array(ids, np.int64),
             states,
@@ -894,11 +923,11 @@ class RegisterStore:
             conn.execute(
                 f"""
                 INSERT INTO replaced (record_id, seq)
-                SELECT record_id, ? + ROW_NUMBER() OVER (ORDER BY record_id) FROM records
-                WHERE owner = ? AND status <> {CANCELLED} AND record_id <= ?
-                  AND record_id NOT IN (SELECT record_id FROM bulk_keep)
+                SELECT record_id, :next + ROW_NUMBER() OVER (ORDER BY record_id) FROM ({_OWNED}) AS r
+                WHERE r.status <> {CANCELLED} AND r.record_id <= :max_id
+                  AND r.record_id NOT IN (SELECT record_id FROM bulk_keep)
                 """,
-                (next_seq, member, max_id),
+                {"next": next_seq, "member": member, "max_id": max_id},
             )
             conn.execute(
                 f"UPDATE records SET status = {CANCELLED}, seq = x.seq FROM replaced AS x "
@@ -1202,12 +1231,12 @@ class RegisterStore:
             conn.execute(
                 f"""
                 INSERT INTO replaced (record_id, seq)
-                SELECT record_id, ? + ROW_NUMBER() OVER (ORDER BY record_id) FROM records AS r
-                WHERE r.owner = ? AND r.status <> {CANCELLED} AND NOT EXISTS (
+                SELECT record_id, :next + ROW_NUMBER() OVER (ORDER BY record_id) FROM ({_OWNED}) AS r
+                WHERE r.status <> {CANCELLED} AND NOT EXISTS (
                     SELECT 1 FROM staging AS s WHERE s.kind IN (0, 1) AND s.issuing_state = r.issuing_state
                       AND s.number_canonical = r.number_canonical AND s.doc_class = r.doc_class)
                 """,
-                (next_seq, member),
+                {"next": next_seq, "member": member},
             )
             conn.execute(
                 f"UPDATE records SET status = {CANCELLED}, seq = x.seq FROM replaced AS x "
@@ -1889,6 +1918,34 @@ def _row_to_record(row: Sequence[Any]) -> StoredRecord:
 # The columns of a record row as the store reads and writes it (and as the change feed carries it).
 RECORD_FIELDS: tuple[str, ...] = tuple(name.strip() for name in _RECORD_COLUMNS.split(","))
 
+_RECORD_COLUMNS_OF_R = ", ".join(f"r.{name}" for name in RECORD_FIELDS)  # the same, of a table aliased `r`
+
+
+def _changed_after(columns: str) -> list[tuple[str, str]]:
+    """The records whose latest change is after the parameter `:after`, `columns` of each (a table aliased `r`):
+    (SELECT, the ORDER BY that gives it in sequence order) for each of three parts. The records in the seq index;
+    the records of bulk uploads changed since (their latest `changes` row); those unchanged since (by their ranges,
+    each read from its first record past `:after`, so that a feed page does not read a range from its start)."""
+    return [
+        (
+            f"SELECT {columns} FROM records AS r WHERE r.created_status IS NULL AND r.seq > :after",
+            "r.seq",
+        ),
+        (
+            f"SELECT {columns} FROM changes AS c JOIN records AS r ON r.record_id = c.record_id "
+            "WHERE c.seq > :after AND r.seq = c.seq AND r.created_status IS NOT NULL",
+            "c.seq",
+        ),
+        (
+            f"SELECT {columns} FROM created_ranges AS g CROSS JOIN records AS r ON r.record_id BETWEEN "
+            "MAX(g.first_record_id, g.first_record_id + (:after + 1 - g.first_seq)) "
+            "AND g.first_record_id + (g.last_seq - g.first_seq) "
+            f"WHERE g.last_seq > :after AND r.created_status IS NOT NULL AND r.seq = {_RANGE_SEQ}",
+            "g.first_seq, r.record_id",
+        ),
+    ]
+
+
 _UPSERT_RECORD = (
     f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES ({', '.join('?' * len(RECORD_FIELDS))}) "
     "ON CONFLICT (record_id) DO UPDATE SET "
@@ -1931,9 +1988,12 @@ class FeedView:
     def changed_rows(self, after: int, limit: int) -> list[tuple[Any, ...]]:
         """Up to `limit` records whose latest change is after `after`, in their current state, in sequence order
         (rows in `RECORD_FIELDS` order; the last field is the sequence)."""
-        return self._conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        ).fetchall()
+        seq_at = len(RECORD_FIELDS) - 1
+        parts = [
+            self._conn.execute(f"{select} ORDER BY {order} LIMIT :limit", {"after": after, "limit": limit}).fetchall()
+            for select, order in _changed_after(_RECORD_COLUMNS_OF_R)
+        ]
+        return list(itertools.islice(heapq.merge(*parts, key=lambda row: row[seq_at]), limit))
 
     def active_count(self) -> int:
         """Number of records that can hit."""

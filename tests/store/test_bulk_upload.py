@@ -550,3 +550,74 @@ def test_a_failing_prepare_does_not_fail_the_upload(
         assert len(list(store.iter_records())) == 20
     finally:
         store.close()
+
+
+def test_records_of_bulk_uploads_are_found_by_sequence_and_owner_without_their_indexes(tmp_path: Path) -> None:
+    """Records a bulk upload creates are in neither the seq nor the owner index (schema 8 -> 9): whatever mix of
+    bulk uploads, row uploads, updates and cancellations made the register, the records changed after any
+    sequence (feed pages of any size, index catch-up) and a member's records (REPLACE_ALL) are exactly those a
+    full read of the table finds."""
+    store = RegisterStore(tmp_path / "register.db")
+    try:
+        bulk(store, "NZL", "a", [rec(f"A{i:03d}") for i in range(40)])
+        bulk(store, "AUS", "b", [rec(f"B{i:03d}", state="AUS") for i in range(30)])
+        rows = list(enumerate([rec("A005", LOST), rec("R001"), rec("R002")]))
+        store.commit_upload("NZL", "c", INCREMENTAL, "", rows, [], [], len(rows))  # the row path: `changes` rows
+        bulk(store, "NZL", "d", [rec(f"A{i:03d}", LOST) for i in range(10, 15)] + [rec("D001")])
+        store.cancel("NZL", [DocumentKey("NZL", "A020", PASSPORT), DocumentKey("NZL", "R001", PASSPORT)], "found")
+        bulk(store, "AUS", "e", [rec(f"B{i:03d}", LOST, state="AUS") for i in range(25, 35)])
+        with sqlite3.connect(tmp_path / "register.db") as conn:
+            in_seq_index = conn.execute(
+                "SELECT COUNT(*) FROM records INDEXED BY records_seq WHERE created_status IS NULL AND seq > 0"
+            ).fetchone()[0]
+            everything = conn.execute("SELECT record_id, seq, owner FROM records").fetchall()
+        assert in_seq_index == 2  # R001, R002: the rest came by bulk upload
+        last = store.last_sequence
+        assert last == max(seq for _, seq, _ in everything)
+        for after in range(last + 1):
+            expected = sorted((seq, rid) for rid, seq, _ in everything if seq > after)
+            changed, covered = store.key_columns(since=after) if after else (None, last)
+            assert covered == last
+            if changed is not None:
+                assert list(zip(changed.sequence.tolist(), changed.record_id.tolist(), strict=True)) == expected
+            for limit in (1, 3, 1000):
+                with store.feed_view() as view:
+                    page = view.changed_rows(after, limit)
+                assert [(row[-1], row[0]) for row in page] == expected[:limit]
+
+        before = state_of(store)
+        outcome, _ = bulk(store, "NZL", "f", [rec(f"A{i:03d}") for i in range(0, 40, 2)], REPLACE_ALL)
+        after_replace = state_of(store)
+        nzl_active = [k for k, (owner, status, _) in before.items() if owner == "NZL" and status != CANCELLED]
+        kept = {("NZL", f"A{i:03d}") for i in range(0, 40, 2)}
+        assert outcome.cancelled == len([k for k in nzl_active if k not in kept])
+        for key, (owner, status, _) in after_replace.items():
+            if owner == "AUS":
+                assert (owner, status) == before[key][:2]  # another member's records untouched
+            elif key not in kept:
+                assert status == CANCELLED
+    finally:
+        store.close()
+
+
+def test_a_version_8_register_moves_its_bulk_records_out_of_the_seq_and_owner_indexes(tmp_path: Path) -> None:
+    from idcheck.store.schema import migrate
+
+    path = tmp_path / "register.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, up_to=8)
+    conn.close()
+    store = RegisterStore(path)  # migrates to the current version
+    try:
+        bulk(store, "NZL", "a", [rec(f"A{i:03d}") for i in range(10)])
+        assert store.count_records() == {"STOLEN": 10}
+        store.cancel("NZL", [DocumentKey("NZL", "A003", PASSPORT)], "found")
+        assert store.count_records() == {"STOLEN": 9, "CANCELLED": 1}  # counted again after the change
+        with store.feed_view() as view:
+            assert [row[-1] for row in view.changed_rows(0, 100)] == [*range(1, 4), *range(5, 12)]
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        sql = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'").fetchall())
+    assert "WHERE created_status IS NULL" in sql["records_seq"]
+    assert "WHERE created_status IS NULL" in sql["records_owner"]

@@ -308,6 +308,26 @@ def test_one_state_and_class_orders_by_number_alone_and_keeps_the_first_of_repea
     assert sorted((r.row_index, r.reason) for r in duplicates) == expected_duplicates
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    keys=st.lists(st.tuples(st.text(alphabet="01AB", min_size=1, max_size=3), st.sampled_from([1, 2, 3])), max_size=80),
+    shuffle=st.randoms(use_true_random=False),
+)
+def test_one_state_orders_by_number_then_class_and_keeps_the_first_of_repeats(
+    keys: list[tuple[str, int]], shuffle: random.Random
+) -> None:
+    # A member's own documents of several classes: the sort by number alone, then class and row among equal numbers.
+    rows = [_good(number) | {"document_class": cls} for number, cls in keys]
+    accepted = validate_columns(table_of(rows), 0, TODAY).accepted
+    order = list(range(accepted.num_rows))
+    shuffle.shuffle(order)
+    for table in (accepted, accepted.take(pa.array(order, pa.int64()))):
+        expected, expected_duplicates = _by_strings(table)
+        ordered, duplicates = in_key_order(table)
+        assert ordered.equals(expected)
+        assert sorted((r.row_index, r.reason) for r in duplicates) == expected_duplicates
+
+
 def test_integer_key_order_is_used_for_exact_numbers_and_not_beyond() -> None:
     short = validate_columns(table_of([_good("B2"), _good("A1" * 6)]), 0, TODAY).accepted
     found = columns_module._integer_key_order(short)

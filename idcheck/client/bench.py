@@ -318,27 +318,39 @@ class LocalServer:
 def settle(conn: Connection, channel: grpc.Channel, *, timeout: float = 1800.0) -> float | None:
     """Wait until the server reports no background work (GetStatistics.background_tasks: the index merge and
     snapshot, the WAL checkpoint and the template index rebuild that seeding set off), so that the scenarios
-    measure the server answering, not the server digesting the seed. Returns the seconds waited; None when the
-    server does not say (GetStatistics needs the operator role: a development server takes it from metadata,
-    a TLS one from the certificate)."""
-    stub = operations_pb2_grpc.OperationsStub(channel)
+    measure the server answering, not the server digesting the seed. Under `serve --workers N` every worker must
+    say so: each answer names its worker, and the question goes out over fresh connections (which the kernel
+    spreads over the workers) until every worker's latest answer is 0. Returns the seconds waited; None when the
+    server does not say (GetStatistics needs the operator role: a development server takes it from metadata, a
+    TLS one from the certificate)."""
     metadata = (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
     started = time.monotonic()
     log("waiting for the server's background work after seeding (index merge and snapshot, WAL checkpoint) ...")
+    busy: dict[int, int] = {}  # worker -> its latest background_tasks
+    polls = 0
     while True:
+        fresh = conn.channel(own_connection=True) if polls else None  # the first question on `channel`
+        polls += 1
         try:
+            stub = operations_pb2_grpc.OperationsStub(fresh or channel)
             stats = stub.GetStatistics(operations_pb2.GetStatisticsRequest(), metadata=metadata, timeout=120)
         except grpc.RpcError as err:
             log(f"not waiting: GetStatistics answered {_error_code(err)} (it needs the operator role)")
             return None
+        finally:
+            if fresh is not None:
+                fresh.close()
+        busy[stats.worker] = stats.background_tasks
         waited = time.monotonic() - started
-        if stats.background_tasks == 0:
-            log(f"the server is idle after {waited:.1f}s")
+        workers = max(stats.worker_processes, 1)  # 0: a server from before the field, one process
+        if len(busy) >= workers and not any(busy.values()):
+            log(f"the server is idle after {waited:.1f}s" + (f" ({workers} workers)" if workers > 1 else ""))
             return round(waited, 1)
         if waited > timeout:
             log(f"the server still has background work after {waited:.0f}s: measuring anyway")
             return round(waited, 1)
-        time.sleep(0.2)
+        # A worker not heard from yet is asked again soon, over the next fresh connection.
+        time.sleep(0.2 if any(busy.values()) else 0.02)
 
 
 def server_has_flag(flag: str) -> bool:

@@ -1234,6 +1234,8 @@ def _describe_stats(s: Any) -> str:
         f"background  {s.background_tasks:,} tasks running (index merge or snapshot, WAL checkpoint, template "
         "index rebuild)",
     ]
+    if s.worker_processes > 1:
+        lines.insert(1, f"process     worker {s.worker} of {s.worker_processes}: the counters below are its own")
     return "\n".join(lines)
 
 

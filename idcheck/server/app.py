@@ -258,6 +258,7 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
                 calls,
                 rate_limiter=limiter if isinstance(limiter, CountingRateLimiter) else None,
                 shedder=overload,
+                worker=(peers.slot + 1, peers.count) if peers is not None else (1, 1),
             ),
             server,
         )

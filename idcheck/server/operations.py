@@ -136,8 +136,10 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         *,
         rate_limiter: CountingRateLimiter | None = None,
         shedder: ConcurrencyLimiter | None = None,
+        worker: tuple[int, int] = (1, 1),
     ) -> None:
         self.register = register
+        self.worker = worker  # (this process's number from 1, processes serving the port)
         self.gallery = gallery
         self.calls = calls
         self.rate_limiter = rate_limiter
@@ -171,6 +173,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             rpcs_in_flight=self.calls.in_flight,
             rpcs_started=self.calls.started.value,
             background_tasks=self.register.background_tasks() + int(index.rebuilding),
+            worker=self.worker[0],
+            worker_processes=self.worker[1],
         )
         if self.shedder is not None:
             running, waiting, streams = self.shedder.load()

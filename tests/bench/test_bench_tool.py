@@ -14,8 +14,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -25,11 +27,14 @@ from idcheck.client.bench import (
     V_HIT,
     V_POSSIBLE,
     BenchError,
+    Connection,
     Scenario,
     listed_numbers,
     make_queries,
     parse_scenarios,
+    settle,
 )
+from idcheck.v1 import operations_pb2, operations_pb2_grpc
 
 SEED = 11
 RECORDS = 3000
@@ -331,3 +336,32 @@ def test_redis_baseline_is_skipped_with_its_reason_when_redis_server_is_absent(m
     monkeypatch.setattr(bench.shutil, "which", lambda name: None)
     with pytest.raises(BenchError, match="redis-server is not installed"):
         bench.RedisBaseline(tmp_path)
+
+
+class _ScriptedWorkers(operations_pb2_grpc.OperationsServicer):
+    """GetStatistics answers as a server of two workers would, in a set order: (worker, background tasks)."""
+
+    def __init__(self, answers: list[tuple[int, int]]) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    def GetStatistics(self, request: object, context: object) -> operations_pb2.Statistics:
+        worker, busy = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        return operations_pb2.Statistics(worker=worker, worker_processes=2, background_tasks=busy)
+
+
+def test_settle_waits_until_every_worker_has_said_it_is_idle() -> None:
+    # Worker 1 is idle from the start, worker 2 is first heard busy: idle only once both last said 0.
+    script = _ScriptedWorkers([(1, 0), (1, 0), (2, 3), (1, 0), (2, 1), (2, 0), (1, 0)])
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    operations_pb2_grpc.add_OperationsServicer_to_server(script, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        conn = Connection(f"127.0.0.1:{port}", None, "AUS", "operator")
+        with conn.channel() as channel:
+            assert settle(conn, channel, timeout=60) is not None
+        assert script.calls == 6  # returned at the first answer after which both workers' latest is 0
+    finally:
+        server.stop(None)

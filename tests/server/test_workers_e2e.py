@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from idcheck.biometrics.synthetic import FaceGenerator
+from idcheck.client.bench import Connection, settle
 from idcheck.client.biometrics import BiometricsClient
+from idcheck.client.cli import _describe_stats
 from idcheck.client.errors import ResourceExhausted
 from idcheck.client.register import RegisterClient
+from idcheck.v1 import operations_pb2, operations_pb2_grpc
 from tests.conftest import ServerProcess
 
 FRESH_CONNECTIONS = 24  # each a new TCP connection, spread by the kernel across the workers
@@ -87,6 +90,23 @@ def test_two_workers_share_the_port_and_every_commit(server_factory: Callable[..
     assert "all workers stopped" in server.log
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_each_worker_names_itself_in_its_statistics(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("--workers", "2")
+    assert wait_for(lambda: "worker 1/2: serving on" in server.log and "worker 2/2: serving on" in server.log)
+    conn = Connection(server.address, None, "AUS", "operator")
+    seen = set()
+    for _ in range(FRESH_CONNECTIONS):
+        with conn.channel(own_connection=True) as channel:
+            stats = operations_pb2_grpc.OperationsStub(channel).GetStatistics(
+                operations_pb2.GetStatisticsRequest(), metadata=conn.metadata, timeout=10
+            )
+        seen.add((stats.worker, stats.worker_processes))
+    assert seen == {(1, 2), (2, 2)}
+    assert "worker" in _describe_stats(stats).splitlines()[1]
+    with conn.channel() as channel:
+        assert settle(conn, channel, timeout=60) is not None  # both workers heard, both idle
 
 
 def test_workers_stop_when_the_supervisor_is_killed(server_factory: Callable[..., ServerProcess]) -> None:

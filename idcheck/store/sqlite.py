@@ -424,11 +424,11 @@ class RegisterStore:
         with the last sequence they cover: one consistent read, for loading or catching up the index."""
         # A record's seq is its latest change's: the records changed after `since` come in three parts.
         active = f"status NOT IN ({CANCELLED}, {int(RecordStatus.UNSPECIFIED)})"
-        columns = "r.record_id, r.issuing_state, r.number_canonical, r.doc_class, r.status, r.seq"
+        fields = "r.record_id, r.issuing_state, r.number_canonical, r.doc_class, r.status, r.seq"
         if since:
-            queries = [select for select, _ in _changed_after(columns)]
+            queries = [select for select, _ in _changed_after(fields)]
         else:
-            queries = [f"SELECT {columns} FROM records AS r WHERE {active}"]
+            queries = [f"SELECT {fields} FROM records AS r WHERE {active}"]
         conn = self._reader()
         ids: list[int] = []
         states: list[str] = []

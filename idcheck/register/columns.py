@@ -419,12 +419,11 @@ def _integer_key_order(accepted: pa.Table) -> tuple[np.ndarray, np.ndarray] | No
     # nothing and is left out (of the sort and of the comparisons after it).
     classes_vary, states_vary = (len(key) > 0 and key.min() != key.max() for key in (classes, state_ranks))
     varying = [key for key, varies in ((classes, classes_vary), (state_ranks, states_vary)) if varies]
-    in_row_order = len(row_index) < 2 or bool((row_index[1:] > row_index[:-1]).all())
     if not states_vary:  # one state: by number, then class and row among equal numbers
         order, k = _stable_number_order(numbers, classes if classes_vary else None, row_index)
     else:
         sort_keys = [classes, numbers, state_ranks]  # np.lexsort: the last key is the primary one
-        if not in_row_order:
+        if len(row_index) > 1 and not (row_index[1:] > row_index[:-1]).all():
             sort_keys.insert(0, row_index)  # rows out of row order (a mixed upload): the earliest row of a key first
         order = np.lexsort(sort_keys)  # stable
         k = numbers[order]

@@ -102,12 +102,19 @@ _LAST_SEQ_SQL = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM changes), 0), COALESCE((SELECT MAX(last_seq) FROM created_ranges), 0))"
 )
 # The records created by bulk uploads are in neither the seq nor the owner index (schema.py, 8 -> 9): each read
-# that needs those indexes also reads them through their ranges. `_IN_RANGES` joins every range `g` to the records
-# `r` it created; a range's records are its actor's, and keep the range's sequence until a `changes` row.
-_IN_RANGES = (
-    "created_ranges AS g CROSS JOIN records AS r ON r.record_id BETWEEN g.first_record_id "
-    "AND g.first_record_id + (g.last_seq - g.first_seq)"
-)
+# that needs those indexes also reads them through their ranges. A range's records are its actor's, and keep the
+# range's sequence until a `changes` row.
+
+
+def _in_ranges(lowest: str = "g.first_record_id") -> str:
+    """Every range `g` joined to the records `r` it created, from the record id `lowest` (an expression of `g`)."""
+    return (
+        f"created_ranges AS g CROSS JOIN records AS r ON r.record_id BETWEEN {lowest} "
+        "AND g.first_record_id + (g.last_seq - g.first_seq)"
+    )
+
+
+_IN_RANGES = _in_ranges()
 _RANGE_SEQ = "g.first_seq + (r.record_id - g.first_record_id)"  # sequence of a record `r` of range `g`
 # The records of the member `:member` (record_id, status and key): by the owner index, and by their ranges.
 _OWNED = (
@@ -118,8 +125,7 @@ _OWNED = (
 )
 # The newest record change: the change log's, or on a mirror (no change log) the newest indexed record's.
 _NEWEST_RECORD_SEQ_SQL = (
-    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM records WHERE created_status IS NULL), 0), "
-    "COALESCE((SELECT MAX(seq) FROM changes), 0), COALESCE((SELECT MAX(last_seq) FROM created_ranges), 0))"
+    f"SELECT MAX(COALESCE((SELECT MAX(seq) FROM records WHERE created_status IS NULL), 0), ({_LAST_SEQ_SQL}))"
 )
 _BACKGROUND_CHECKPOINT_ROWS = 100_000  # bulk uploads of this many rows leave their checkpoint to a thread
 _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
@@ -1937,10 +1943,9 @@ def _changed_after(columns: str) -> list[tuple[str, str]]:
             "c.seq",
         ),
         (
-            f"SELECT {columns} FROM created_ranges AS g CROSS JOIN records AS r ON r.record_id BETWEEN "
-            "MAX(g.first_record_id, g.first_record_id + (:after + 1 - g.first_seq)) "
-            "AND g.first_record_id + (g.last_seq - g.first_seq) "
-            f"WHERE g.last_seq > :after AND r.created_status IS NOT NULL AND r.seq = {_RANGE_SEQ}",
+            f"SELECT {columns} FROM "
+            + _in_ranges("MAX(g.first_record_id, g.first_record_id + (:after + 1 - g.first_seq))")
+            + f" WHERE g.last_seq > :after AND r.created_status IS NOT NULL AND r.seq = {_RANGE_SEQ}",
             "g.first_seq, r.record_id",
         ),
     ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,9 @@ from idcheck.uploads import (
 )
 
 FIELD = "batch.arrow_ipc"
+# Uploads of at least this many rows are made one array per column in a thread beside their key sort
+# (key_order_combined); the store's bulk path does it for uploads above its chunk (idcheck.store.sqlite).
+COMBINE_BESIDE_SORT_ROWS = 100_000
 
 
 _VALID_CLASSES = np.array([int(c) for c in DocumentClass if c != DocumentClass.UNSPECIFIED], np.int64)
@@ -498,6 +502,19 @@ def key_order(accepted: pa.Table) -> tuple[UploadColumns, list[Rejection]]:
         for i in np.flatnonzero(same).tolist()
     ]
     return UploadColumns(accepted, order[~same]), rejections
+
+
+def key_order_combined(accepted: pa.Table) -> tuple[UploadColumns, list[Rejection]]:
+    """`key_order`, with the rows made one array per column meanwhile (an upload arrives in batches of a few
+    thousand rows, and the store gathers rows faster from one array than from many: RegisterStore._apply_bulk).
+    The copy (1.5 to 2 s at 10M rows, most of it the kernel handing out fresh pages) runs in a thread beside the
+    sort, which keeps one core busy and leaves the other free (Arrow copies without holding the GIL)."""
+    if accepted.num_rows < COMBINE_BESIDE_SORT_ROWS or accepted.column(0).num_chunks <= 1:
+        return key_order(accepted)
+    with ThreadPoolExecutor(1, thread_name_prefix="upload-combine") as pool:
+        combined = pool.submit(accepted.combine_chunks)
+        ordered, rejections = key_order(accepted)
+        return UploadColumns(combined.result(), ordered.order), rejections
 
 
 def in_key_order(accepted: pa.Table) -> tuple[pa.Table, list[Rejection]]:

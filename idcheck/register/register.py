@@ -652,7 +652,7 @@ class UploadSession:
             # Row batches of a mixed upload join the Arrow rows; repeated keys are found across both at once.
             tables = [*self._chunks, columns.accepted_from_records(self.rows)] if self.rows else self._chunks
             # The rows stay where they are; the store gathers them in key order chunk by chunk as it writes.
-            self.columns, duplicates = columns.key_order(pa.concat_tables(tables))
+            self.columns, duplicates = columns.key_order_combined(pa.concat_tables(tables))
             del tables
             self._chunks, self.rows = [], []
             self.rejections.extend(duplicates)

@@ -848,7 +848,8 @@ class RegisterStore:
             # One array per column (the upload arrived in batches of a few thousand rows): every take() below
             # (the writer's chunks, the changes for the index) costs about a third of a take() from many
             # chunks (10M rows: 13 s less in the thread gathering rows for SQLite, whose memory traffic also
-            # slowed the inserts on the other core).
+            # slowed the inserts on the other core). An upload session has done it already, beside its key sort
+            # (columns.key_order_combined); this is for other callers.
             columns = UploadColumns(columns.table.combine_chunks(), columns.order)
         base = self._query_last_seq(conn)
         max_id = self._max_record_id(conn)

@@ -337,6 +337,30 @@ def test_integer_key_order_is_used_for_exact_numbers_and_not_beyond() -> None:
     assert in_key_order(long)[0].column("number").to_pylist() == ["A" * 13, "B2"]
 
 
+def test_key_order_combined_gives_key_orders_answer_with_one_array_per_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An upload as it arrives: many batches (chunks), repeats among them.
+    rows = [_good(f"N{i % 700:05d}", state=("NZL", "FJI")[i % 3 == 0]) for i in range(1000)]
+    batches = [validate_columns(table_of(rows[a : a + 100]), a, TODAY).accepted for a in range(0, 1000, 100)]
+    accepted = pa.concat_tables(batches)
+    assert accepted.column(0).num_chunks == 10
+    expected, expected_rejections = columns_module.key_order(accepted)
+    monkeypatch.setattr(columns_module, "COMBINE_BESIDE_SORT_ROWS", 500)
+    combined, rejections = columns_module.key_order_combined(accepted)
+    assert all(column.num_chunks == 1 for column in combined.table.columns)
+    assert combined.table.equals(accepted)  # the same rows, in the same places: the order still applies
+    assert expected.order is not None and combined.order is not None
+    assert combined.order.tolist() == expected.order.tolist()
+    # Rows i and i + 700 share a number; their states agree (both NZL) when i % 3 == 1: 100 repeats.
+    assert rejections == expected_rejections and len(rejections) == 100
+    assert combined.in_key_order().equals(expected.in_key_order())
+    # Below the threshold (or already one chunk) it is key_order itself: no copy.
+    monkeypatch.setattr(columns_module, "COMBINE_BESIDE_SORT_ROWS", 5000)
+    small, _ = columns_module.key_order_combined(accepted)
+    assert small.table is accepted
+
+
 def _ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:

@@ -18,6 +18,7 @@ server side). Results are printed and written as JSON to bench/results/upload-<r
     python bench/upload.py --rows 10000000
     python bench/upload.py --rows 50000          # a quick smoke run
     python bench/upload.py --rows 10000000 --workers 2   # through `idcheck serve --workers 2`
+    python bench/upload.py --rows 10000000 --states 200  # documents of 200 issuing states (the several-state sort)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import pyarrow.parquet as pq
 from idcheck.client.bench import LocalServer, cpu_seconds
 from idcheck.client.files import read_arrow_payloads
 from idcheck.client.register import RegisterClient
+from idcheck.icao.states import KNOWN_STATES
 from idcheck.synthetic import distinct_numbers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,13 +56,28 @@ _CLASSES = np.array(["passport", "id_card", "visa", "other"], dtype=object)
 _SURNAMES = np.array(["SMITH", "NGATA", "O'BRIEN", "TAMA", "LEE", "WILLIAMS", "PATEL", "NGUYEN"], dtype=object)
 
 
-def write_records(path: Path, rows: int, *, holder: bool, seed: int = 3, chunk: int = 1_000_000) -> None:
-    """A record file of `rows` distinct documents of one member, in random order, written in chunks."""
+def issuing_states(states: int) -> np.ndarray:
+    """The member's own state first, then `states` - 1 others (known ICAO codes, in a fixed order)."""
+    others = sorted(code for code in KNOWN_STATES if len(code) == 3 and code != MEMBER)
+    if not 1 <= states <= len(others) + 1:
+        raise SystemExit(f"--states must be between 1 and {len(others) + 1}")
+    return np.array([MEMBER, *others[: states - 1]], dtype=object)
+
+
+def write_records(
+    path: Path, rows: int, *, holder: bool, states: int = 1, seed: int = 3, chunk: int = 1_000_000
+) -> None:
+    """A record file of `rows` distinct documents of one member, in random order, written in chunks. With
+    `states` > 1, 70 % of the documents are the member's own state's and the rest spread evenly over the others
+    (documents of other states lost or stolen in the member's territory)."""
     rng = np.random.default_rng(seed)
     numbers = distinct_numbers("LL#######", rows, rng, draw=int(rows * 1.02) + 100)
     if len(numbers) < rows:
         raise SystemExit(f"could not draw {rows} distinct numbers")
     rng.shuffle(numbers)
+    codes = issuing_states(states)
+    weights = np.full(len(codes), 0.3 / max(1, len(codes) - 1))
+    weights[0] = 1.0 if len(codes) == 1 else 0.7
     today = dt.date.today()
     dates = np.array([(today - dt.timedelta(days=int(d))).isoformat() for d in range(3650)], dtype=object)
     tmp = path.with_suffix(".partial")
@@ -68,7 +85,7 @@ def write_records(path: Path, rows: int, *, holder: bool, seed: int = 3, chunk: 
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         cols = {
-            "issuing_state": pa.array(np.full(n, MEMBER, dtype=object), pa.string()),
+            "issuing_state": pa.array(rng.choice(codes, n, p=weights), pa.string()),
             "document_number": pa.array(numbers[start : start + n].astype(str).astype(object), pa.string()),
             "document_class": pa.array(rng.choice(_CLASSES, n, p=[0.7, 0.2, 0.05, 0.05]), pa.string()),
             "status": pa.array(rng.choice(_STATUSES, n, p=[0.5, 0.4, 0.05, 0.03, 0.02]), pa.string()),
@@ -153,10 +170,8 @@ def end_to_end(
                 client_cpu = time.process_time() - client_cpu
                 peaks = sampler.stop()
                 # the register answers from the new records at once
-                check = client.check(
-                    state=MEMBER,
-                    number=pq.read_table(path, columns=["document_number"]).slice(rows // 2, 1).column(0)[0].as_py(),
-                )
+                middle = pq.read_table(path, columns=["issuing_state", "document_number"]).slice(rows // 2, 1)
+                check = client.check(state=middle.column(0)[0].as_py(), number=middle.column(1)[0].as_py())
                 again: dict[str, float] = {}
                 if replace_again:
                     # the daily full list: the same rows again as REPLACE_ALL under a new id, every key already held
@@ -254,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=50_000, help="rows per Arrow message (default 50,000)")
     parser.add_argument("--holder", action="store_true", help="add surname and birth date columns to every row")
+    parser.add_argument(
+        "--states",
+        type=int,
+        default=1,
+        help="issuing states in the file (default 1, the member's own; N > 1: 70 %% "
+        "the member's own state, the rest spread over N - 1 others)",
+    )
     parser.add_argument("--breakdown", action="store_true", help="also time each stage in this process")
     parser.add_argument("--no-end-to-end", action="store_true", help="only the in-process breakdown")
     parser.add_argument(
@@ -267,16 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    path = args.cache / f"records-{args.rows}{'-holder' if args.holder else ''}.parquet"
+    variant = f"{'-holder' if args.holder else ''}{f'-states{args.states}' if args.states != 1 else ''}"
+    path = args.cache / f"records-{args.rows}{variant}.parquet"
     if not path.exists():
         t0 = time.perf_counter()
-        write_records(path, args.rows, holder=args.holder)
+        write_records(path, args.rows, holder=args.holder, states=args.states)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     report: dict[str, object] = {
         "benchmark": "upload",
         "file": path.name,
         "file_bytes": path.stat().st_size,
         "holder_columns": args.holder,
+        "issuing_states": args.states,
         "chunk_rows": args.chunk_rows,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -291,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print("breakdown (s):", json.dumps(report["breakdown_seconds"]))
     report["machine"]["load_avg_after"] = os.getloadavg()  # type: ignore[index]
     workers = f"-workers{args.workers}" if args.workers != 1 else ""
-    stem = f"upload-{args.rows}{'-holder' if args.holder else ''}{workers}"
+    stem = f"upload-{args.rows}{variant}{workers}"
     out = args.out or RESULTS / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

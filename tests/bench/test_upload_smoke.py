@@ -43,6 +43,8 @@ def test_upload_benchmark_writes_its_file_and_uploads_every_row(tmp_path: Path, 
         assert max(n for s, n in by_state.items() if s != upload.MEMBER) < 0.02 * 20000
     result = json.loads(out.read_text())
     assert result["issuing_states"] == states and result["file"] == name
+    assert set(result["machine"]["speed"]) == {"numpy_sort_4m_s", "python_loop_2m_s"}
+    assert all(seconds > 0 for seconds in result["machine"]["speed"].values())
     assert result["end_to_end"]["rows"] == 20000 and result["end_to_end"]["rows_per_s"] > 0
 
 

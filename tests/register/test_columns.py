@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from idcheck.icao.states import KNOWN_STATES
 from idcheck.records import RecordError, validate_record
 from idcheck.register import columns as columns_module
 from idcheck.register.columns import decode_arrow_ipc, in_key_order, validate_columns
@@ -326,6 +327,28 @@ def test_one_state_orders_by_number_then_class_and_keeps_the_first_of_repeats(
         ordered, duplicates = in_key_order(table)
         assert ordered.equals(expected)
         assert sorted((r.row_index, r.reason) for r in duplicates) == expected_duplicates
+
+
+def test_several_state_order_holds_at_a_size_where_numpy_sorts_are_not_insertion_sorts() -> None:
+    # numpy sorts short arrays by insertion, which is stable whatever `kind` says: 20,000 rows make the stable
+    # sort by state (after the sort by number) count, with numbers repeated within and across 30 states and
+    # classes, rows shuffled.
+    rng = random.Random(11)
+    states = ["D", *sorted(code for code in KNOWN_STATES if len(code) == 3)[:29]]
+    rows = [
+        _good(f"P{rng.randrange(3000):04d}", rng.choice(states)) | {"document_class": rng.choice([1, 2, 3])}
+        for _ in range(20_000)
+    ]
+    accepted = validate_columns(table_of(rows), 0, TODAY).accepted
+    assert accepted.num_rows == 20_000
+    order = list(range(accepted.num_rows))
+    rng.shuffle(order)
+    table = accepted.take(pa.array(order, pa.int64()))
+    expected, expected_duplicates = _by_strings(table)
+    ordered, duplicates = in_key_order(table)
+    assert ordered.equals(expected)
+    assert sorted((r.row_index, r.reason) for r in duplicates) == expected_duplicates
+    assert len(duplicates) > 500  # about 700 repeated keys (20,000 draws of 270,000): the earliest row is kept
 
 
 def test_integer_key_order_is_used_for_exact_numbers_and_not_beyond() -> None:

@@ -56,6 +56,7 @@ torture: install
 lint: install
 	$(BIN)/ruff check idcheck tests bench
 	$(BIN)/ruff format --check idcheck tests bench
+	$(BIN)/mypy idcheck
 
 # Regenerate idcheck/v1 from proto/ (the build does this; here without reinstalling dependencies).
 proto: $(BIN)/python

@@ -341,13 +341,14 @@ class Gallery:
         matrix = np.zeros((len(items), d), dtype=np.float32)
         rows = np.flatnonzero(good)
         if len(rows):
-            matrix[rows] = np.frombuffer(b"".join(items[i][2] for i in rows), dtype="<f4").reshape(len(rows), d)
-        finite = np.isfinite(matrix).all(axis=1)
+            data = b"".join(items[i][2] for i in rows.tolist())
+            matrix[rows] = np.frombuffer(data, dtype="<f4").reshape(len(rows), d)
+        finite = np.asarray(np.isfinite(matrix).all(axis=1))
         with np.errstate(over="ignore", invalid="ignore"):
             norms = np.linalg.norm(np.where(np.isfinite(matrix), matrix, 0), axis=1)
-        for i in rows[~finite[rows]]:
+        for i in rows[~finite[rows]].tolist():
             violations.append((f"{prefix[i]}vector.data", "holds NaN or infinite values"))
-        for i in rows[finite[rows] & ~(norms[rows] > 0)]:
+        for i in rows[finite[rows] & ~(norms[rows] > 0)].tolist():
             violations.append((f"{prefix[i]}vector.data", "is all zeros (no direction to compare)"))
         violations.sort(key=lambda v: v[0])
         return normalise(np.where(finite[:, None], matrix, 0)), violations

@@ -97,7 +97,7 @@ def make_template(t: TemplateLike) -> pb.TemplateEnrolment:
     quality = t.get("quality")
     return pb.TemplateEnrolment(
         subject_id=str(t["subject_id"]),
-        modality=int(t.get("modality", FACE)),
+        modality=pb.Modality.ValueType(int(t.get("modality", FACE))),
         vector=encode_vector(t["vector"]),
         quality=None if quality is None or (isinstance(quality, float) and np.isnan(quality)) else float(quality),
         documents=documents,
@@ -143,7 +143,7 @@ class BiometricsClient(ServiceClient):
         timeout: float | None = None,
     ) -> VerifyAnswer:
         """Compare a probe with one subject's templates, or with those linked to one (state, number)."""
-        req = pb.VerifyRequest(modality=modality, probe=encode_vector(probe))
+        req = pb.VerifyRequest(modality=pb.Modality.ValueType(modality), probe=encode_vector(probe))
         if subject_id is not None:
             req.subject_id = subject_id
         if document is not None:
@@ -172,7 +172,9 @@ class BiometricsClient(ServiceClient):
         timeout: float | None = None,
     ) -> IdentifyAnswer:
         """Search the whole gallery: candidates at or above the identify threshold, best first."""
-        req = pb.IdentifyRequest(modality=modality, probe=encode_vector(probe), max_candidates=max_candidates)
+        req = pb.IdentifyRequest(
+            modality=pb.Modality.ValueType(modality), probe=encode_vector(probe), max_candidates=max_candidates
+        )
         r = self._call(self._stub.Identify, req, timeout)
         op = r.operating_point
         return IdentifyAnswer(

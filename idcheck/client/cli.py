@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -330,14 +330,18 @@ def _tls(args: argparse.Namespace) -> TlsOptions | None:
     tls_dir, tls_cert = getattr(args, "tls_dir", None), getattr(args, "tls_cert", None)
     if tls_dir is None and tls_cert is None:
         return None
-    base = tls_dir if tls_dir is not None else Path(tls_cert).parent
+    base = tls_dir if tls_dir is not None else Path(str(tls_cert)).parent
     return TlsOptions.from_dir(base, member=args.member, role=args.role, cert=tls_cert)
 
 
 _Client = TypeVar("_Client", bound=ServiceClient)
 
 
-def _connect(args: argparse.Namespace, client_class: type[_Client] = RegisterClient) -> _Client:  # type: ignore[assignment]
+@overload
+def _connect(args: argparse.Namespace) -> RegisterClient: ...
+@overload
+def _connect(args: argparse.Namespace, client_class: type[_Client]) -> _Client: ...
+def _connect(args: argparse.Namespace, client_class: type[ServiceClient] = RegisterClient) -> ServiceClient:
     """A client of `client_class` from the common connection options (--target, --member, --role, TLS, --timeout)."""
     kwargs: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
     return client_class(args.target, member=args.member, role=args.role, tls=_tls(args), **kwargs)
@@ -1082,7 +1086,7 @@ def _cmd_hits(args: argparse.Namespace) -> int:
         with _connect(args, AuditClient) as client:
             for h in client.watch_hits(args.cursor, follow=args.follow, timeout=timeout):
                 if args.json:
-                    fields = ("cursor", "query_id", "at", "caller_member", "caller_role", "query_kind")
+                    fields: tuple[str, ...] = ("cursor", "query_id", "at", "caller_member", "caller_role", "query_kind")
                     fields += ("issuing_state", "document_number", "verdict")
                     entry: dict[str, Any] = {f: getattr(h, f) for f in fields}
                     entry["matched_record_ids"] = list(h.matched_record_ids)

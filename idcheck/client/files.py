@@ -124,9 +124,11 @@ def read_records(path: Path, *, chunk_rows: int = 5000) -> Iterator[list[pb.Reco
                     key=pb.DocumentKey(
                         issuing_state=cols["issuing_state"][i],
                         document_number=cols["document_number"][i],
-                        document_class=max(-1, document_class_value(cols["document_class"][i])),
+                        document_class=pb.DocumentClass.ValueType(
+                            max(-1, document_class_value(cols["document_class"][i]))
+                        ),
                     ),
-                    status=status_value(cols["status"][i]),
+                    status=pb.RecordStatus.ValueType(status_value(cols["status"][i])),
                     event_date=cols["event_date"][i],
                     holder=pb.HolderData(
                         surname=cols["surname"][i],

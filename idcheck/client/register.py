@@ -294,7 +294,7 @@ def make_query(q: QueryInput) -> pb.DocumentQuery:
         typed=pb.TypedQuery(
             issuing_state=str(q.get("state", q.get("issuing_state", ""))),
             document_number=str(q.get("number", q.get("document_number", ""))),
-            document_class=int(q.get("document_class", 0)),
+            document_class=pb.DocumentClass.ValueType(int(q.get("document_class", 0))),
             birth_date=str(q.get("birth_date", "")),
         ),
         client_reference=ref,
@@ -309,9 +309,9 @@ def make_record(r: RecordInput) -> pb.Record:
         key=pb.DocumentKey(
             issuing_state=str(r.get("issuing_state", "")),
             document_number=str(r.get("document_number", "")),
-            document_class=int(r.get("document_class", 0)),
+            document_class=pb.DocumentClass.ValueType(int(r.get("document_class", 0))),
         ),
-        status=int(r.get("status", 0)),
+        status=pb.RecordStatus.ValueType(int(r.get("status", 0))),
         event_date=str(r.get("event_date", "")),
         holder=pb.HolderData(
             surname=str(r.get("surname", "")),
@@ -451,7 +451,9 @@ class RegisterClient(ServiceClient):
 
         def stream() -> Iterator[pb.UploadRecordsRequest]:
             yield pb.UploadRecordsRequest(
-                header=pb.UploadHeader(upload_id=upload_id, mode=mode_value, description=description)
+                header=pb.UploadHeader(
+                    upload_id=upload_id, mode=pb.UploadMode.ValueType(mode_value), description=description
+                )
             )
             sent = 0
             try:
@@ -483,7 +485,11 @@ class RegisterClient(ServiceClient):
         """Cancel records the caller owns: keys are (state, number) or (state, number, document_class)."""
         req = pb.CancelRecordsRequest(
             keys=[
-                pb.DocumentKey(issuing_state=k[0], document_number=k[1], document_class=k[2] if len(k) > 2 else 0)
+                pb.DocumentKey(
+                    issuing_state=k[0],
+                    document_number=k[1],
+                    document_class=pb.DocumentClass.ValueType(k[2] if len(k) > 2 else 0),
+                )
                 for k in keys
             ],
             reason=reason,
@@ -494,7 +500,9 @@ class RegisterClient(ServiceClient):
     def get(self, state: str, number: str, document_class: int = 0, *, timeout: float | None = None) -> RecordView:
         """One record the caller owns, with its history."""
         req = pb.GetRecordRequest(
-            key=pb.DocumentKey(issuing_state=state, document_number=number, document_class=document_class)
+            key=pb.DocumentKey(
+                issuing_state=state, document_number=number, document_class=pb.DocumentClass.ValueType(document_class)
+            )
         )
         resp = self._call(self._stub.GetRecord, req, timeout)
         return RecordView(resp.record, tuple(resp.history))

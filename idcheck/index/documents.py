@@ -101,8 +101,8 @@ _CODES = np.zeros(256, np.uint8)  # byte -> code (0: padding)
 for _c, _v in _CODE_OF.items():
     _CODES[ord(_c)] = _v
 _FOLDED_CODES = _CODES.copy()  # byte -> code of the character it folds to
-for _c, _v in CONFUSION_TABLE.items():
-    _FOLDED_CODES[ord(_c)] = _CODE_OF[_v]
+for _c, _to in CONFUSION_TABLE.items():
+    _FOLDED_CODES[ord(_c)] = _CODE_OF[_to]
 _POWERS = np.array([37**i for i in reversed(range(PACKED_LENGTH))], np.uint64)
 _CHUNK = 1 << 20
 _MASK = (1 << 64) - 1
@@ -214,7 +214,8 @@ class _Base:
 
     @classmethod
     def empty(cls) -> _Base:
-        return cls(*(np.zeros(0, _DTYPES[c]) for c in COLUMNS), sequence=0)
+        folded, number, state, classes, record_id = (np.zeros(0, _DTYPES[c]) for c in COLUMNS)
+        return cls(folded, number, state, classes, record_id, sequence=0)
 
     def __len__(self) -> int:
         return len(self.folded)
@@ -323,7 +324,7 @@ class DocumentIndex:
         return out
 
     def lookup_sparse(
-        self, numbers: Sequence[str], query_of: Callable[[int], Lookup]
+        self, numbers: Sequence[str] | np.ndarray, query_of: Callable[[int], Lookup]
     ) -> dict[int, tuple[Candidate, ...]]:
         """Candidates of the queries that have any, by position: `numbers[i]` is the canonical number of query i,
         and `query_of(i)` its Lookup, asked only for the few positions whose folded number is in the index (a

@@ -250,13 +250,14 @@ def compact_lists(index: faiss.Index) -> None:
     if not isinstance(index, faiss.IndexIVF):
         return
     old = index.invlists
+    assert old is not None  # an IVF index always has its inverted lists
     fresh = faiss.ArrayInvertedLists(index.nlist, index.code_size)
     for list_no in range(index.nlist):
         size = old.list_size(list_no)
         if size:  # the first add_entries on an empty list allocates exactly `size` entries
             fresh.add_entries(list_no, size, old.get_ids(list_no), old.get_codes(list_no))
     index.replace_invlists(fresh, True)
-    fresh.this.disown()  # the index owns it now
+    fresh.this.disown()  # type: ignore[attr-defined]  # the index owns it now (SWIG proxy, not in faiss's stubs)
 
 
 def build_index(settings: IndexSettings, source: VectorSource) -> tuple[faiss.Index, IndexKind]:
@@ -358,7 +359,7 @@ class TemplateIndex:
 
     def stats(self) -> IndexStats:
         index = self._index
-        ivf = isinstance(index, faiss.IndexIVF)
+        ivf = index if isinstance(index, faiss.IndexIVF) else None
         return IndexStats(
             kind=self._kind,
             ntotal=int(index.ntotal),
@@ -366,8 +367,8 @@ class TemplateIndex:
             built_size=self._built_size,
             trained_size=self._trained_size,
             removed_since_build=self._removed_since_build,
-            nlist=int(index.nlist) if ivf else 0,
-            nprobe=int(index.nprobe) if ivf else 0,
+            nlist=int(ivf.nlist) if ivf is not None else 0,
+            nprobe=int(ivf.nprobe) if ivf is not None else 0,
             rebuilding=self.rebuilding,
             rebuilds=self.rebuilds,
         )
@@ -534,9 +535,10 @@ class TemplateIndex:
     def _save(self, path: Path) -> int:
         with self._lock.read():
             data = faiss.serialize_index(self._index)
+            sequence = self._sequence
             header = {
                 "format": SNAPSHOT_FORMAT,
-                "sequence": self._sequence,
+                "sequence": sequence,
                 "dimension": self.settings.dimension,
                 "kind": str(self._kind),
                 "ntotal": int(self._index.ntotal),
@@ -559,7 +561,7 @@ class TemplateIndex:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        return int(header["sequence"])
+        return sequence
 
     @classmethod
     def load(cls, path: Path, settings: IndexSettings) -> TemplateIndex:

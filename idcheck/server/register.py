@@ -51,9 +51,9 @@ def record_to_proto(r: StoredRecord) -> pb.Record:
         key=pb.DocumentKey(
             issuing_state=d.key.issuing_state,
             document_number=d.number_printed,
-            document_class=int(d.key.document_class),
+            document_class=pb.DocumentClass.ValueType(d.key.document_class),
         ),
-        status=int(d.status),
+        status=pb.RecordStatus.ValueType(d.status),
         event_date=d.event_date,
         holder=holder_to_proto(d.holder),
         instructions=d.instructions,
@@ -70,7 +70,7 @@ def result_to_proto(r: CheckResult, out: pb.DocumentResult | None = None) -> pb.
         out = pb.DocumentResult()
     query = r.query
     lookup = query.lookup
-    out.verdict = r.verdict
+    out.verdict = pb.Verdict.ValueType(r.verdict)
     out.query_id = r.query_id
     out.officer_action = r.officer_action
     if query.client_reference:
@@ -78,20 +78,20 @@ def result_to_proto(r: CheckResult, out: pb.DocumentResult | None = None) -> pb.
     key = out.searched_key
     key.issuing_state = lookup.issuing_state
     key.document_number = lookup.number
-    key.document_class = lookup.document_class
+    key.document_class = pb.DocumentClass.ValueType(lookup.document_class)
     if not r.matches and query.mrz is None:
         return out
     add_match = out.matches.add
     for m in r.matches:  # filled in place: building sub-messages and appending them copies each one
         rec, d = m.record, m.record.data
         match = add_match()
-        match.kind = m.kind
+        match.kind = pb.MatchKind.ValueType(m.kind)
         match.record_id = rec.record_id
         key = match.key
         key.issuing_state = d.key.issuing_state
         key.document_number = d.number_printed
-        key.document_class = d.key.document_class
-        match.status = d.status
+        key.document_class = pb.DocumentClass.ValueType(d.key.document_class)
+        match.status = pb.RecordStatus.ValueType(d.status)
         match.owner_member = rec.owner
         match.event_date = d.event_date
         match.instructions = d.instructions
@@ -142,7 +142,7 @@ def change_to_proto(c: RecordChange) -> pb.RecordChange:
     return pb.RecordChange(
         sequence=c.sequence,
         operation=c.operation,
-        status=int(c.status),
+        status=pb.RecordStatus.ValueType(c.status),
         actor_member=c.actor,
         changed_at=c.changed_at,
         upload_id=c.upload_id,
@@ -206,7 +206,7 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
                 result_to_proto(detail, add())
                 continue
             out = add()  # a plain CLEAR, filled field by field: most of a manifest
-            out.verdict = Verdict.CLEAR
+            out.verdict = pb.Verdict.ValueType(Verdict.CLEAR)
             out.query_id = f"{uid}-{i}"
             out.officer_action = CLEAR_ACTION
             if references[i]:
@@ -214,7 +214,7 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
             key = out.searched_key
             key.issuing_state = lookup.issuing_state
             key.document_number = lookup.number
-            key.document_class = lookup.document_class
+            key.document_class = pb.DocumentClass.ValueType(lookup.document_class)
         counts = collections.Counter(batch.verdicts)
         response.hits = counts[Verdict.HIT]
         response.possible_matches = counts[Verdict.POSSIBLE_MATCH]

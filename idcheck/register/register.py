@@ -573,6 +573,7 @@ class UploadSession:
         self.protected: list[tuple[int, DocumentKey]] = []
         self._seen: dict[DocumentKey, int] = {}
         self._today = dt.date.today()
+        self._verdicts = columns.DistinctVerdicts(self._today)  # per distinct date and state code, across batches
         self._chunks: list[pa.Table] = []  # accepted rows of Arrow batches (idcheck.uploads.ACCEPTED_SCHEMA)
         self.columns: UploadColumns | None = None  # set by commit when the upload carried Arrow batches
 
@@ -630,7 +631,7 @@ class UploadSession:
                 f"upload exceeds {limits.max_rows_per_upload} rows; split it into several uploads",
                 field="batch",
             )
-        result = columns.validate_columns(table, self.received, self._today)
+        result = columns.validate_columns(table, self.received, self._today, self._verdicts)
         self.received += table.num_rows
         self.rejections.extend(result.rejections)
         self.protected.extend(result.protected)

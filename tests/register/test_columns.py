@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from idcheck.icao.states import KNOWN_STATES
 from idcheck.records import RecordError, validate_record
 from idcheck.register import columns as columns_module
-from idcheck.register.columns import decode_arrow_ipc, in_key_order, validate_columns
+from idcheck.register.columns import ValidatedColumns, decode_arrow_ipc, in_key_order, validate_columns
 from idcheck.register.errors import InvalidRequest
 
 TODAY = dt.date(2025, 6, 1)
@@ -244,6 +244,76 @@ def _good(number: str, state: str = "NZL") -> dict[str, object]:
         "expiry_date": "",
         "instructions": "",
     }
+
+
+def _mixed_batch(seed: int) -> pa.Table:
+    """Rows with good, bad and borderline dates and state codes (tomorrow is the latest event date allowed)."""
+    rng = random.Random(seed)
+    days = [TODAY - dt.timedelta(days=d) for d in range(0, 40, 3)] + [TODAY + dt.timedelta(days=d) for d in (1, 2)]
+    dates = [d.isoformat() for d in days] + ["2025-13-01", "", " 2025-01-02 ", "1900-01-01"]
+    states = ["NZL", "FJI", "nzl", "D", "XYZ", ""]
+    return table_of(
+        [
+            _good(f"N{i:05d}", rng.choice(states))
+            | {
+                "event_date": rng.choice(dates),
+                "birth_date": rng.choice(["", *dates]),
+                "nationality": rng.choice(states),
+            }
+            for i in range(300)
+        ]
+    )
+
+
+def _outcome(result: ValidatedColumns) -> tuple[object, ...]:
+    return result.accepted, sorted((r.row_index, r.field, r.reason) for r in result.rejections), result.slow_rows
+
+
+def test_verdicts_kept_across_batches_give_the_same_validation() -> None:
+    verdicts = columns_module.DistinctVerdicts(TODAY)
+    seen: dict[str, set[str]] = {"event_date": set(), "issuing_state": set()}
+    for seed in range(4):  # later batches find most of their values decided by earlier ones
+        batch = _mixed_batch(seed)
+        for name, values in seen.items():
+            values.update(batch.column(name).to_pylist())
+        cached, plain = (_outcome(validate_columns(batch, 300 * seed, TODAY, v)) for v in (verdicts, None))
+        assert cached[0].equals(plain[0]) and cached[1:] == plain[1:]  # type: ignore[attr-defined]
+        assert cached[1] and cached[0].num_rows  # type: ignore[attr-defined]
+    # each distinct value decided once, whichever batch it first came in
+    sizes = verdicts.sizes()
+    assert all(sizes[name] == len(values) for name, values in seen.items())
+
+
+def test_per_distinct_decides_each_value_once_with_known_verdicts() -> None:
+    calls: list[str] = []
+
+    def decide(value: str) -> str | None:
+        calls.append(value)
+        return value.upper() if value != "bad" else None
+
+    known: dict[str, str | None] = {}
+    for _ in range(3):
+        ok, out = columns_module.per_distinct(pa.array(["a", "b", "a", "bad", "b"]), decide, known, limit=10)
+        assert ok.tolist() == [True, True, True, False, True] and out.to_pylist() == ["A", "B", "A", "", "B"]
+    assert sorted(calls) == ["a", "b", "bad"] and known == {"a": "A", "b": "B", "bad": None}
+    calls.clear()
+    columns_module.per_distinct(pa.array(["c", "d", "e"]), decide, known, limit=4)  # room for one more
+    assert sorted(calls) == ["c", "d", "e"] and len(known) == 4
+
+
+def test_verdicts_of_another_day_are_not_used_and_the_cache_is_bounded() -> None:
+    day_after = (TODAY + dt.timedelta(days=2)).isoformat()  # an event date valid only from TODAY + 1 on
+    batch = table_of([_good("A1") | {"event_date": day_after}])
+    tomorrow = TODAY + dt.timedelta(days=1)
+    verdicts = columns_module.DistinctVerdicts(tomorrow)
+    assert validate_columns(batch, 0, tomorrow, verdicts).accepted.num_rows == 1
+    # A verdict of one day is not another day's: the date accepted tomorrow is refused today.
+    assert validate_columns(batch, 0, TODAY, verdicts).accepted.num_rows == 0
+    small = columns_module.DistinctVerdicts(TODAY, limit=5)
+    for seed in range(3):
+        batch = _mixed_batch(seed)
+        assert _outcome(validate_columns(batch, 0, TODAY, small))[1] == _outcome(validate_columns(batch, 0, TODAY))[1]
+    assert max(small.sizes().values()) == 5
 
 
 def test_repeated_keys_keep_the_first_row_and_reject_the_others_like_the_row_path() -> None:

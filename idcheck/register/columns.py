@@ -468,8 +468,8 @@ def _integer_key_order(accepted: pa.Table) -> tuple[np.ndarray, np.ndarray] | No
     classes_vary, states_vary = (len(key) > 0 and key.min() != key.max() for key in (classes, state_ranks))
     varying = [key for key, varies in ((classes, classes_vary), (state_ranks, states_vary)) if varies]
     # By number, then class and row among equal numbers; with several states, then a stable sort by state
-    # rank, which keeps that order within each state (a radix sort of one or two bytes a row: 10M rows of 200
-    # states, about 0.2 s, against 2.3 s for numpy's lexsort of state, number and class).
+    # rank, which keeps that order within each state (numpy sorts one or two bytes a row stably by radix: 10M
+    # rows of 200 states took 3.0-3.7 s here, against 4.9-6.1 s with numpy's lexsort of state, number, class).
     order, k = _stable_number_order(numbers, classes if classes_vary else None, row_index)
     if states_vary:
         small = np.uint8 if len(rank) <= 256 else np.uint16

@@ -262,7 +262,7 @@ def breakdown(path: Path, rows: int, chunk_rows: int) -> dict[str, dict[str, flo
                     session.add_arrow(payload)
             del payloads
             with stage("server_key_sort"):
-                session.columns, duplicates = columnar.key_order(pa.concat_tables(session._chunks))
+                session.columns, duplicates = columnar.key_order_combined(pa.concat_tables(session._chunks))
             session._chunks = []
             session.rejections.extend(duplicates)
             store_commit = register.store.commit_upload

@@ -63,13 +63,14 @@ class ManifestQueries:
     def __len__(self) -> int:
         return len(self.number_column)
 
-    def numbers(self) -> np.ndarray:
-        """The canonical number of every row (what the index is searched with)."""
-        numbers = self.number_column.to_numpy(zero_copy_only=False)
-        if self.prepared:
-            numbers = numbers.copy()
-            for i, p in self.prepared.items():
-                numbers[i] = p.lookup.number
+    def numbers(self) -> np.ndarray | pa.Array:
+        """The canonical number of every row (what the index is searched with): the number column itself when no
+        row was prepared apart (the index reads its bytes without a Python string per row)."""
+        if not self.prepared:
+            return self.number_column
+        numbers = self.number_column.to_numpy(zero_copy_only=False).copy()
+        for i, p in self.prepared.items():
+            numbers[i] = p.lookup.number
         return numbers
 
     def lookup(self, i: int) -> Lookup:

@@ -148,7 +148,7 @@ def text_column(table: pa.Table, name: str) -> pa.Array:
     col = table.column(name).combine_chunks() if table.num_rows else pa.array([], pa.string())
     if pa.types.is_large_string(col.type):
         col = col.cast(pa.string())
-    return pc.fill_null(col, "")
+    return pc.fill_null(col, "") if col.null_count else col
 
 
 def integer_column(table: pa.Table, name: str, field: str = FIELD) -> np.ndarray:
@@ -215,7 +215,30 @@ def per_distinct(
 
 
 def _all_empty(col: pa.Array) -> bool:
-    return len(col) == 0 or pc.max(pc.binary_length(col)).as_py() == 0
+    if len(col) == 0:
+        return True
+    if col.type == pa.string():  # the text of every value lies between the first and the last offset
+        offsets = np.frombuffer(col.buffers()[1], np.int32, 2, col.offset * 4)
+        last = np.frombuffer(col.buffers()[1], np.int32, 1, (col.offset + len(col)) * 4)
+        return int(last[0]) == int(offsets[0])
+    return pc.max(pc.binary_length(col)).as_py() == 0
+
+
+def _canonical_as_is(col: pa.Array) -> bool:
+    """Whether every value of a utf8 column is a canonical number already (1 to MAX_NUMBER_LENGTH bytes, each
+    A-Z or 0-9): read from the column's buffers, without a compute kernel (a manifest's common case)."""
+    n = len(col)
+    if not n or col.null_count or col.type != pa.string():
+        return False
+    offsets = np.frombuffer(col.buffers()[1], np.int32, n + 1, col.offset * 4)
+    lengths = np.diff(offsets)
+    if int(lengths.min()) < 1 or int(lengths.max()) > MAX_NUMBER_LENGTH:
+        return False
+    first, last = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(col.buffers()[2], np.uint8, last - first, first)
+    # A byte is a digit or a capital letter when its distance from "0" is under 10 or from "A" under 26 (uint8
+    # arithmetic wraps below zero): four times faster than a lookup table here.
+    return bool((((data - np.uint8(48)) < 10) | ((data - np.uint8(65)) < 26)).all())
 
 
 def canonical_number_column(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -226,6 +249,8 @@ def canonical_number_column(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
     (a regex over the column costs ten times more). Only the others have their fillers dropped by a regex
     replace and their form checked by the anchored regex of `canonical_number`'s alphabet and length rules.
     """
+    if _canonical_as_is(raw):
+        return raw, np.ones(len(raw), bool)
     upper = pc.ascii_upper(raw)
     ok = pc.and_(pc.ascii_is_alnum(upper), pc.less_equal(pc.binary_length(upper), MAX_NUMBER_LENGTH))
     if pc.all(ok).as_py() is not False:  # every row (or none at all)

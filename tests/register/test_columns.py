@@ -495,3 +495,32 @@ def test_invalid_utf8_is_refused_before_any_compute() -> None:
     with pytest.raises(InvalidRequest) as err:
         decode_arrow_ipc(payload, max_rows=10)
     assert err.value.violations[0][0] == "batch.arrow_ipc"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["AB1234567", "Z", "0" * 24, "X9Y8Z7"],  # canonical already: the column is kept as it is
+        ["AB1234567", "ab1234567"],  # lower case
+        ["AB1234567", "A" * 25],  # too long
+        ["AB1234567", ""],  # empty
+        ["AB 123-4567", "AB1234567"],  # fillers
+        ["AB1234567", "ÄB1234567"],  # beyond ASCII
+        ["AB1234567", "AB1234567\x00"],
+    ],
+)
+def test_canonical_numbers_read_from_the_buffers_equal_the_compute_path(values: list[str]) -> None:
+    col = pa.array(["PAD", *values, "PADDING"]).slice(1, len(values))  # offsets in the buffers, as in a batch
+    numbers, ok = columns_module.canonical_number_column(col)
+    # What the compute kernels decide, with the buffer test off.
+    original = columns_module._canonical_as_is
+    try:
+        columns_module._canonical_as_is = lambda _col: False
+        slow_numbers, slow_ok = columns_module.canonical_number_column(col)
+    finally:
+        columns_module._canonical_as_is = original
+    assert numbers.to_pylist() == slow_numbers.to_pylist()
+    assert ok.tolist() == slow_ok.tolist()
+    assert columns_module._canonical_as_is(col) == (numbers.to_pylist() == values and all(ok))
+    assert columns_module._all_empty(col) is False
+    assert columns_module._all_empty(pa.array(["X", "", ""]).slice(1)) is True

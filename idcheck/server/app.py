@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -143,6 +144,19 @@ def worker_threads(limiter: ConcurrencyLimiter) -> int:
     """Threads of the server's pool: one per work slot, waiting place and stream, plus spare ones that refuse
     calls beyond the limits and answer health checks at once, even when all the others are taken."""
     return limiter.slots + limiter.queue + limiter.streams + max(2, limiter.slots // 4)
+
+
+# What `idcheck/__init__.py` sets GRPC_EXPERIMENTS to, unless the operator set it: the EventEngine listener off.
+# With it on (grpcio 1.85's default for Python since 1.80), each call's bytes pass through EventEngine threads
+# before the server's polling thread and its worker see them; off, the polling thread reads them itself (gRPC's
+# classic engine). Measured on 2026-12-07, 2 cores, the same 1,000,000-record server started with each setting in
+# turn (`idcheck bench --target ... --no-seed --scenarios single@1,single@16`, five alternating pairs): one
+# caller 1,243-1,343 against 1,058-1,184 checks/s, p50 0.72-0.77 against 0.81-0.89 ms; sixteen callers and
+# manifests of 1,000 unchanged within noise, and so were 10,000,000-row uploads (bench/upload.py, two pairs). A
+# bench that starts its own server gave a smaller gain at one caller (two pairs: p50 0.757-0.770 against
+# 0.785-0.835 ms). The other EventEngine experiments (endpoints, callback completion queue) made no difference,
+# nor did a grpc.aio server on the same register (server CPU per call at one caller: 560-575 against 544-555 us).
+GRPC_EXPERIMENTS = "-event_engine_listener"
 
 
 # A check allocates a few objects per document; collecting the young generation every 700 allocations
@@ -297,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
     print("idcheck serve: configuration", flush=True)
     print(config.describe(), flush=True)
     print(f"  {'arrow_allocator':<22} {arrow_allocator()} (ARROW_DEFAULT_MEMORY_POOL)", flush=True)
+    print(f"  {'grpc_experiments':<22} {os.environ.get('GRPC_EXPERIMENTS', '')} (GRPC_EXPERIMENTS)", flush=True)
     if config.workers != 1:
         try:
             return supervise(config, prepare=prepare_workers, serve=serve)

@@ -154,10 +154,10 @@ def worker_threads(limiter: ConcurrencyLimiter) -> int:
 # caller 1,243-1,343 against 1,058-1,184 checks/s, p50 0.72-0.77 against 0.81-0.89 ms. More callers were not
 # slowed (three more pairs: 16 callers 1,705-1,744 against 1,606-1,733/s, 64 callers 1,569-1,613 against
 # 1,487-1,601/s, manifests of 1,000 at 4 callers 263,706-272,828 against 265,100-288,860 documents/s), nor were
-# 10,000,000-row uploads (bench/upload.py, two pairs). A
-# bench that starts its own server gave a smaller gain at one caller (two pairs: p50 0.757-0.770 against
-# 0.785-0.835 ms). The other EventEngine experiments (endpoints, callback completion queue) made no difference,
-# nor did a grpc.aio server on the same register (server CPU per call at one caller: 560-575 against 544-555 us).
+# 10,000,000-row uploads (bench/upload.py, two pairs). A bench that starts its own server gave a smaller gain at
+# one caller (two pairs: p50 0.757-0.770 against 0.785-0.835 ms). The other EventEngine experiments (endpoints,
+# callback completion queue) made no difference, nor did a grpc.aio server on the same register (server CPU per
+# call at one caller: 560-575 against 544-555 us).
 GRPC_EXPERIMENTS = "-event_engine_listener"
 
 

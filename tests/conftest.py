@@ -50,6 +50,21 @@ class ServerProcess:
         return "".join(self.output)
 
 
+def serve_settings(data_dir: Path, unset: str) -> list[list[str]]:
+    """The settings `idcheck serve` prints before it starts, each line split in words, from a server started with
+    the environment variable `unset` removed and an address it cannot listen on (it stops there, exit status 2)."""
+    env = {k: v for k, v in os.environ.items() if k != unset}
+    done = subprocess.run(
+        [sys.executable, "-m", "idcheck.server", "--listen", "bad-address", "--data", str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr  # a configuration error: the settings come before it
+    return [line.split() for line in done.stdout.splitlines()]
+
+
 def wait_until(condition: Callable[[], bool], seconds: float = 10.0, step: float = 0.05) -> bool:
     """Poll `condition` until it holds or `seconds` pass; whether it held."""
     deadline = time.monotonic() + seconds

@@ -52,6 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from idcheck.arrow_buffers import utf8_offsets
 from idcheck.icao import CONFUSION_TABLE, DocumentClass, folded_key
 from idcheck.records import KeyColumns, RecordStatus, StoredRecord
 
@@ -724,7 +725,7 @@ def _same_length_bytes(values: pa.Array, width: int) -> np.ndarray | None:
     of one format, as a manifest or an upload of one issuer mostly is) read straight from its buffers, three times
     faster than pyarrow's pad and cast; None otherwise."""
     n = len(values)
-    offsets = np.frombuffer(values.buffers()[1], np.int32, n + 1, values.offset * 4)
+    offsets = utf8_offsets(values)
     length = int(offsets[1] - offsets[0])
     if length > width or int(offsets[-1] - offsets[0]) != n * length or not (np.diff(offsets) == length).all():
         return None

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from idcheck.arrow_buffers import utf8_offsets
 from idcheck.icao import DocumentClass, StateCodeError, canonical_state
 from idcheck.index.documents import PACKED_LENGTH, exact_number_keys, padded_bytes
 from idcheck.records import (
@@ -218,9 +219,8 @@ def _all_empty(col: pa.Array) -> bool:
     if len(col) == 0:
         return True
     if col.type == pa.string():  # the text of every value lies between the first and the last offset
-        offsets = np.frombuffer(col.buffers()[1], np.int32, 2, col.offset * 4)
-        last = np.frombuffer(col.buffers()[1], np.int32, 1, (col.offset + len(col)) * 4)
-        return int(last[0]) == int(offsets[0])
+        offsets = utf8_offsets(col)
+        return int(offsets[-1]) == int(offsets[0])
     return pc.max(pc.binary_length(col)).as_py() == 0
 
 
@@ -230,7 +230,7 @@ def _canonical_as_is(col: pa.Array) -> bool:
     n = len(col)
     if not n or col.null_count or col.type != pa.string():
         return False
-    offsets = np.frombuffer(col.buffers()[1], np.int32, n + 1, col.offset * 4)
+    offsets = utf8_offsets(col)
     lengths = np.diff(offsets)
     if int(lengths.min()) < 1 or int(lengths.max()) > MAX_NUMBER_LENGTH:
         return False

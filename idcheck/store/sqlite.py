@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from idcheck.arrow_buffers import utf8_offsets
 from idcheck.icao import DocumentClass
 from idcheck.records import DocumentKey, Holder, KeyColumns, RecordChange, RecordData, RecordStatus, StoredRecord
 from idcheck.store.errors import AmbiguousKey, NotOwner, RecordNotFound
@@ -1599,7 +1600,7 @@ def _json_arrays(items: pa.Array, starts: Sequence[int]) -> list[str]:
     """For each run [a, b) between successive `starts`, the JSON array of the JSON texts `items[a:b]`, read out of
     one Arrow data buffer (no Python object per item)."""
     joined = pc.binary_join_element_wise(items, ",", "")  # each item followed by a comma
-    offsets = np.frombuffer(joined.buffers()[1], np.int32, len(joined) + 1, joined.offset * 4)
+    offsets = utf8_offsets(joined)
     data = joined.buffers()[2].to_pybytes()
     return [f"[{data[offsets[a] : offsets[b] - 1].decode()}]" for a, b in itertools.pairwise(starts)]
 
@@ -1906,7 +1907,7 @@ def _joined_arrow(positions: np.ndarray, states: pa.Array, numbers: pa.Array) ->
     heads, separators = _ROW_HEADS.arrow(positions)
     pieces = pa.concat_arrays([heads, states, separators, numbers])
     rows = pieces.take(pa.array(np.arange(4 * n, dtype=np.int64).reshape(4, n).T.ravel()))
-    offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4)
+    offsets = utf8_offsets(rows)
     data = np.frombuffer(rows.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
     if data.min() < 0x20 or data.max() >= 0x80 or np.count_nonzero(data == 0x22) != _ROW_QUOTES * n:
         return None

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from idcheck.server.app import GRPC_EXPERIMENTS
+from tests.conftest import serve_settings
 
 # A server made and started after idcheck is loaded, the order of every idcheck process (grpc reads the variable
 # when it is imported); gRPC logs an unknown experiment on stderr.
@@ -48,14 +49,5 @@ def test_the_operators_own_setting_is_kept() -> None:
 
 
 def test_the_server_states_its_grpc_experiments_at_start(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
-    done = subprocess.run(
-        [sys.executable, "-m", "idcheck.server", "--listen", "bad-address", "--data", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2  # a configuration error: the line comes before the server starts
-    lines = [line.split() for line in done.stdout.splitlines()]
-    assert ["grpc_experiments", GRPC_EXPERIMENTS, "(GRPC_EXPERIMENTS)"] in lines, done.stdout
+    lines = serve_settings(tmp_path, "GRPC_EXPERIMENTS")
+    assert ["grpc_experiments", GRPC_EXPERIMENTS, "(GRPC_EXPERIMENTS)"] in lines, lines

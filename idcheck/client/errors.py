@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
@@ -90,13 +90,27 @@ def from_rpc_error(err: grpc.RpcError) -> IdcheckError:
     """Translate a grpc.RpcError (with google.rpc details when present) into an IdcheckError."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = (err.details() if hasattr(err, "details") else "") or (code.name if code else "error")
-    violations: list[tuple[str, str]] = []
-    reason = ""
-    retry_after: float | None = None
     try:
         status = rpc_status.from_call(err)  # type: ignore[arg-type]
     except Exception:  # malformed trailers: keep the plain message
         status = None
+    return _error(code, message, status)
+
+
+def from_status(data: bytes) -> IdcheckError:
+    """Translate a serialized google.rpc.Status (a refused request of a check stream) into an IdcheckError."""
+    status = status_pb2.Status.FromString(data)
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _error(code, status.message or code.name, status)
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _error(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> IdcheckError:
+    violations: list[tuple[str, str]] = []
+    reason = ""
+    retry_after: float | None = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

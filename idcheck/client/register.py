@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pyarrow as pa
 
 from idcheck.client.channel import DEFAULT_TARGET as DEFAULT_TARGET  # re-exported
 from idcheck.client.channel import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported
 from idcheck.client.channel import ServiceClient
-from idcheck.client.errors import IdcheckError
+from idcheck.client.errors import DeadlineExceeded, IdcheckError, from_rpc_error, from_status
 from idcheck.client.files import (
     REQUIRED_RECORD_COLUMNS,
     FileFormatError,
@@ -363,6 +366,17 @@ class RegisterClient(ServiceClient):
         resp = self._call(self._stub.CheckDocument, pb.CheckDocumentRequest(query=query), timeout)
         return CheckAnswer.from_proto(resp.result, resp.register_sequence, resp.upstream_contact_time)
 
+    def check_stream(self, *, timeout: float | None = None) -> CheckStream:
+        """Open a check stream (CheckDocumentStream): single checks over one long-lived call, for a desk or an
+        e-gate that checks travellers one at a time. Each check is answered as `check` answers it, at about
+        half the cost; `timeout` is each check's (default: the client's), the stream itself has no deadline.
+
+            with client.check_stream() as stream:
+                for mrz in scanner:
+                    answer = stream.check(mrz=mrz)
+        """
+        return CheckStream(self._stub.CheckDocumentStream, self._metadata, timeout or self.timeout)
+
     def check_many(
         self, queries: Iterable[QueryInput], *, batch_size: int = 1000, timeout: float | None = None
     ) -> Iterator[CheckAnswer]:
@@ -506,6 +520,94 @@ class RegisterClient(ServiceClient):
         )
         resp = self._call(self._stub.GetRecord, req, timeout)
         return RecordView(resp.record, tuple(resp.history))
+
+
+_END = object()  # ends a check stream's requests
+
+
+class CheckStream:
+    """An open check stream (`RegisterClient.check_stream`). `check` sends one document and returns its answer, or
+    raises the IdcheckError the server gave for that document (InvalidArgument for a wrong MRZ, ResourceExhausted
+    beyond the rate limit...), after which the stream goes on. A check not answered within its timeout cancels the
+    stream (DeadlineExceeded); so does anything that breaks the stream itself, and later checks then raise too.
+    One check at a time: threads sharing a stream take turns. `close` (or leaving the `with` block) ends it."""
+
+    def __init__(self, method: Callable[..., Any], metadata: tuple[tuple[str, str], ...], timeout: float) -> None:
+        self.timeout = timeout
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._timed_out = False
+        self._closed = False
+        self._call = method(iter(self._requests.get, _END), metadata=metadata)
+
+    def check(
+        self,
+        *,
+        state: str = "",
+        number: str = "",
+        document_class: int = 0,
+        birth_date: str = "",
+        mrz: str = "",
+        reference: str = "",
+    ) -> CheckAnswer:
+        """Check one document, typed (state, number) or as a whole MRZ, as `RegisterClient.check` does."""
+        query = make_query(
+            {
+                "mrz": mrz,
+                "state": state,
+                "number": number,
+                "document_class": document_class,
+                "birth_date": birth_date,
+                "reference": reference,
+            }
+        )
+        with self._lock:
+            if self._closed:
+                raise ValueError("the check stream is closed")
+            self._requests.put(pb.CheckDocumentRequest(query=query))
+            timer = threading.Timer(self.timeout, self._expire)
+            timer.start()
+            try:
+                answer = next(self._call)
+            except grpc.RpcError as err:
+                self._requests.put(_END)  # the call is over: let grpc's thread that sends requests end
+                if self._timed_out:
+                    raise DeadlineExceeded(
+                        f"no answer within {self.timeout:g}s: the check stream was cancelled",
+                        code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ) from None
+                raise from_rpc_error(err) from None
+            except StopIteration:
+                raise IdcheckError("the server ended the check stream", code=grpc.StatusCode.UNAVAILABLE) from None
+            finally:
+                timer.cancel()
+        if answer.WhichOneof("outcome") == "error":
+            raise from_status(answer.error)
+        r = answer.response
+        return CheckAnswer.from_proto(r.result, r.register_sequence, r.upstream_contact_time)
+
+    def _expire(self) -> None:
+        self._timed_out = True
+        self._call.cancel()
+
+    def close(self) -> None:
+        """End the stream: half-close it and wait until the server has ended it too."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._requests.put(_END)
+            try:
+                for _ in self._call:
+                    pass
+            except grpc.RpcError:
+                pass  # already broken or cancelled: nothing more to end
+
+    def __enter__(self) -> CheckStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _batched(records: Iterable[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -132,18 +132,23 @@ def rate_limiter(config: ServerConfig, shared: SharedBuckets | None = None) -> R
 
 def shedder(config: ServerConfig) -> ConcurrencyLimiter:
     """The overload limiter of `config`: `threads` work slots, `queue_calls` waiting places (0: `threads`),
-    `max_streams` response streams (0: threads / 4, at least 2). Raises ConfigError for unusable values."""
+    `max_streams` response streams (0: threads / 4, at least 2), `max_check_streams` check streams. Raises
+    ConfigError for unusable values."""
     if config.threads < 1:
         raise ConfigError("threads must be at least 1")
+    if config.max_check_streams < 0:
+        raise ConfigError("max_check_streams must not be negative")
     queue = config.queue_calls or config.threads
     streams = config.max_streams or max(2, config.threads // 4)
-    return ConcurrencyLimiter(config.threads, queue, config.queue_seconds, streams)
+    return ConcurrencyLimiter(
+        config.threads, queue, config.queue_seconds, streams, check_streams=config.max_check_streams
+    )
 
 
 def worker_threads(limiter: ConcurrencyLimiter) -> int:
-    """Threads of the server's pool: one per work slot, waiting place and stream, plus spare ones that refuse
-    calls beyond the limits and answer health checks at once, even when all the others are taken."""
-    return limiter.slots + limiter.queue + limiter.streams + max(2, limiter.slots // 4)
+    """Threads of the server's pool: one per work slot, waiting place, stream and check stream, plus spare ones
+    that refuse calls beyond the limits and answer health checks at once, even when all the others are taken."""
+    return limiter.slots + limiter.queue + limiter.streams + limiter.check_streams + max(2, limiter.slots // 4)
 
 
 # What `idcheck/__init__.py` sets GRPC_EXPERIMENTS to, unless the operator set it: the EventEngine listener off.

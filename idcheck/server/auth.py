@@ -49,6 +49,7 @@ _REPLICATORS = frozenset({Role.MIRROR, Role.OPERATOR})  # the whole register, as
 # Every RPC of our services with the roles allowed to call it. An RPC missing here is refused.
 RPC_ROLES: Mapping[str, frozenset[Role]] = {
     "/idcheck.v1.DocumentRegister/CheckDocument": _CHECKERS,
+    "/idcheck.v1.DocumentRegister/CheckDocumentStream": _CHECKERS,
     "/idcheck.v1.DocumentRegister/CheckDocuments": _CHECKERS,
     "/idcheck.v1.DocumentRegister/CheckManifest": _CHECKERS,
     "/idcheck.v1.DocumentRegister/UploadRecords": _OWNERS,

@@ -61,6 +61,9 @@ class ServerConfig:
     queue_calls: int = 0
     queue_seconds: float = 1.0
     max_streams: int = 0
+    # Check streams (CheckDocumentStream: an e-gate or a desk that checks travellers one at a time keeps one open):
+    # each holds a thread while it is open, and its checks take work slots like CheckDocument calls.
+    max_check_streams: int = 64
     log_level: str = "INFO"
     # Biometric template index (defaults and thresholds explained in README "Biometrics").
     template_dimension: int = 512
@@ -117,6 +120,7 @@ _HELP = {
     "queue_calls": "calls that may wait for a busy worker before new ones are refused (0: as many as threads)",
     "queue_seconds": "longest a call waits for a worker before it is refused with a retry hint",
     "max_streams": "long-lived response streams (WatchHits) open at once (0: threads / 4, at least 2)",
+    "max_check_streams": "check streams (CheckDocumentStream) open at once; each holds a thread while open",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "template_dimension": "dimension of biometric templates (float32 values per vector)",
     "verify_fmr": "target false-match rate of Verify, stated in every answer",

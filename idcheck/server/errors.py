@@ -7,6 +7,7 @@ INTERNAL with an incident id, logged with its traceback; the message never carri
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import uuid
@@ -167,7 +168,9 @@ def to_status(exc: BaseException) -> status_pb2.Status | None:
     return None
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+def error_status(exc: BaseException) -> status_pb2.Status:
+    """The status a call failing with `exc` ends with: ours as `to_status` maps them, anything else INTERNAL with
+    an incident id (logged with its traceback; the message never carries internals)."""
     status = to_status(exc)
     if status is None:
         incident = uuid.uuid4().hex[:12]
@@ -178,7 +181,60 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
             details=[_info("INTERNAL", incident=incident)],
         )
     status.message = clip(status.message, MAX_MESSAGE_CHARS)
-    context.abort_with_status(rpc_status.to_status(status))
+    return status
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    context.abort_with_status(rpc_status.to_status(error_status(exc)))
+
+
+# Admits one request of a check stream as a call is admitted (the member's rate limit, a work slot); returns what
+# gives the work slot back.
+Admit = Callable[[grpc.ServicerContext], Callable[[], None]]
+
+
+def _as_is(request: Any) -> Any:
+    return request
+
+
+def answer_each(
+    wrap: Callable[[Any], Any], refuse: Callable[[bytes], Any]
+) -> Callable[[Callable[[Any, Any, grpc.ServicerContext], Any]], Callable[..., Iterator[Any]]]:
+    """Turn a servicer method that answers one request into the handler of a stream of such requests (e.g.
+    CheckDocumentStream from CheckDocument). Each request is answered in the order sent: `wrap(answer)`, or
+    `refuse(status)` with the serialized google.rpc.Status the unary call would have ended with. A refused request
+    changes nothing and the stream goes on; the stream itself ends when the client half-closes or goes away.
+
+    The guard (GuardInterceptor) passes every message through its `decode` (undecodable bytes are that request's
+    INVALID_ARGUMENT) and `admit` (the per-member rate limit and a work slot, as for a unary call)."""
+
+    def decorate(method: Callable[[Any, Any, grpc.ServicerContext], Any]) -> Callable[..., Iterator[Any]]:
+        @functools.wraps(method)
+        def stream(
+            self: Any,
+            requests: Iterator[Any],
+            context: grpc.ServicerContext,
+            *,
+            decode: Callable[[Any], Any] = _as_is,
+            admit: Admit | None = None,
+        ) -> Iterator[Any]:
+            for raw in requests:  # a cancelled stream raises grpc.RpcError here, which ends it
+                release = None
+                try:
+                    if admit is not None:
+                        release = admit(context)
+                    answer = wrap(method(self, decode(raw), context))
+                except Exception as exc:
+                    answer = refuse(error_status(exc).SerializeToString())
+                finally:
+                    if release is not None:
+                        release()  # before the answer is sent: a slow reader holds no work slot
+                yield answer
+
+        stream.answers_each_request = True  # type: ignore[attr-defined]
+        return stream
+
+    return decorate
 
 
 def _decoder(method: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
@@ -194,6 +250,10 @@ def _decoder(method: str, deserialize: Callable[[bytes], Any] | None) -> Callabl
             raise InvalidRequest.single("request", f"not a valid {name} request message ({exc})") from None
 
     return decode
+
+
+def _nothing() -> None:
+    pass
 
 
 def _is_grpc_termination(exc: BaseException) -> bool:
@@ -274,29 +334,47 @@ class GuardInterceptor(grpc.ServerInterceptor):
         def guard_stream(
             behaviour: Callable[..., Iterator[Any]], streaming: bool = False
         ) -> Callable[..., Iterator[Any]]:
+            # A check stream (`answer_each`) admits, decodes and answers each of its requests on its own.
+            each = streaming and getattr(behaviour, "answers_each_request", False)
+
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
-                    token = set_caller(admit(context))
+                    caller = admit(context)
+                    token = set_caller(caller)
                 except (Unauthenticated, RoleDenied, RateLimited) as exc:
                     _abort(context, exc)
                     return
                 opened = False
                 try:
                     if shedder is not None:
-                        shedder.open_stream()
+                        (shedder.open_check_stream if each else shedder.open_stream)()
                         opened = True
-                    request = map(decode, request) if streaming else decode(request)
-                    yield from behaviour(request, context)
+                    if each:
+                        yield from behaviour(request, context, decode=decode, admit=admit_each(caller))
+                    else:
+                        request = map(decode, request) if streaming else decode(request)
+                        yield from behaviour(request, context)
                 except BaseException as exc:
                     if _is_grpc_termination(exc) or isinstance(exc, GeneratorExit):
                         raise
                     _abort(context, exc)
                 finally:
                     if opened:
-                        shedder.close_stream()  # type: ignore[union-attr]
+                        (shedder.close_check_stream if each else shedder.close_stream)()  # type: ignore[union-attr]
                     reset_caller(token)
 
             return run
+
+        def admit_each(caller: Caller) -> Admit:
+            def admit_one(context: grpc.ServicerContext) -> Callable[[], None]:
+                if limiter is not None:
+                    limiter.acquire(caller.member)
+                if shedder is None:
+                    return _nothing
+                admitted_at = shedder.enter(context.time_remaining(), context.is_active)
+                return functools.partial(shedder.leave, admitted_at)
+
+            return admit_one
 
         if handler.unary_unary:
             return handler._replace(unary_unary=guard_unary(handler.unary_unary))

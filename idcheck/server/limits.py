@@ -20,7 +20,9 @@ once; up to `queue` more may wait for a slot, each for at most `max_wait` second
 deadline; any call beyond that is refused at once (RESOURCE_EXHAUSTED with a retry hint) instead of queueing
 without bound. A call whose deadline passes while it waits is not worked on. Long-lived response streams
 (WatchHits, WatchChanges) do not take a work slot, so followers can never starve border checks; they have
-their own small cap (`streams`) and are refused beyond it.
+their own small cap (`streams`) and are refused beyond it. A check stream (CheckDocumentStream) holds a thread
+for as long as it is open and has a cap of its own (`check_streams`); each check it carries takes a work slot
+like a CheckDocument call.
 """
 
 from __future__ import annotations
@@ -246,14 +248,23 @@ class ConcurrencyLimiter:
     STREAM_RETRY = 2.0
 
     def __init__(
-        self, slots: int, queue: int, max_wait: float, streams: int, *, clock: Callable[[], float] = time.monotonic
+        self,
+        slots: int,
+        queue: int,
+        max_wait: float,
+        streams: int,
+        *,
+        check_streams: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if slots < 1 or queue < 0 or streams < 0 or max_wait < 0:
+        if slots < 1 or queue < 0 or streams < 0 or check_streams < 0 or max_wait < 0:
             raise ValueError("slots must be at least 1; queue, streams and max_wait must not be negative")
         self.slots = slots
         self.queue = queue
         self.max_wait = max_wait
         self.streams = streams
+        self.check_streams = check_streams
+        self._open_check_streams = 0
         self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._running = 0
@@ -330,6 +341,27 @@ class ConcurrencyLimiter:
     def close_stream(self) -> None:
         with self._cond:
             self._open_streams -= 1
+
+    def open_check_stream(self) -> None:
+        """Count one more check stream, or raise Overloaded when `check_streams` are open."""
+        with self._cond:
+            if self._open_check_streams >= self.check_streams:
+                self.refused += 1
+                raise Overloaded(
+                    f"{self._open_check_streams} check streams open (limit {self.check_streams})",
+                    self.STREAM_RETRY,
+                    self.check_streams,
+                )
+            self._open_check_streams += 1
+
+    def close_check_stream(self) -> None:
+        with self._cond:
+            self._open_check_streams -= 1
+
+    @property
+    def open_check_streams(self) -> int:
+        with self._cond:
+            return self._open_check_streams
 
     def load(self) -> tuple[int, int, int]:
         """(calls in work, calls waiting, streams open) right now."""

@@ -53,7 +53,10 @@ from idcheck.v1 import register_pb2, register_pb2_grpc, replication_pb2, replica
 log = logging.getLogger("idcheck.mirror")
 
 REGISTER_SERVICE = register_pb2.DESCRIPTOR.services_by_name["DocumentRegister"].full_name
-SERVED = frozenset(f"/{REGISTER_SERVICE}/{name}" for name in ("CheckDocument", "CheckDocuments", "CheckManifest"))
+SERVED = frozenset(
+    f"/{REGISTER_SERVICE}/{name}"
+    for name in ("CheckDocument", "CheckDocumentStream", "CheckDocuments", "CheckManifest")
+)
 
 # The server settings that mean something on a mirror (the rest of ServerConfig is about uploads, biometrics...).
 SERVER_SETTINGS = (
@@ -68,6 +71,7 @@ SERVER_SETTINGS = (
     "rate_limit_burst",
     "queue_calls",
     "queue_seconds",
+    "max_check_streams",
     "log_level",
     "tls_dir",
     "tls_cert",
@@ -221,7 +225,7 @@ class ReadOnlyInterceptor(grpc.ServerInterceptor):
             code=code_pb2.FAILED_PRECONDITION,
             message=(
                 f"this is a read-only mirror of the register at {self.upstream}: it answers CheckDocument, "
-                f"CheckDocuments and CheckManifest only; send {name} to {self.upstream}"
+                f"CheckDocumentStream, CheckDocuments and CheckManifest only; send {name} to {self.upstream}"
             ),
         )
         info = any_pb2.Any()

@@ -16,6 +16,7 @@ from idcheck.records import Holder, RecordChange, StoredRecord
 from idcheck.register import CheckResult, InvalidRequest, Query, RawRecord, Register, UploadAborted, Verdict
 from idcheck.register.checks import CLEAR_ACTION
 from idcheck.server.auth import current_caller
+from idcheck.server.errors import answer_each
 from idcheck.uploads import UploadOutcome
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
@@ -186,6 +187,15 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
         return pb.CheckDocumentResponse(
             result=result_to_proto(results[0]), register_sequence=seq, upstream_contact_time=contact
         )
+
+    @answer_each(
+        lambda answer: pb.CheckStreamResponse(response=answer), lambda status: pb.CheckStreamResponse(error=status)
+    )
+    def CheckDocumentStream(
+        self, request: pb.CheckDocumentRequest, context: grpc.ServicerContext
+    ) -> pb.CheckDocumentResponse:
+        """One request of a check stream: answered as CheckDocument answers it (errors.answer_each does the rest)."""
+        return self.CheckDocument(request, context)
 
     def CheckDocuments(
         self, request: pb.CheckDocumentsRequest, context: grpc.ServicerContext

@@ -65,6 +65,7 @@ import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from idcheck.client.channel import MAX_MESSAGE_BYTES, TlsOptions, open_channel
+from idcheck.client.errors import IdcheckError, from_status
 from idcheck.client.files import ipc_bytes
 from idcheck.icao import folded_key
 from idcheck.synthetic import distinct_numbers, synthetic_numbers
@@ -75,13 +76,16 @@ from idcheck.v1 import register_pb2 as pb
 # manifest: CheckManifest (an Arrow table in, a verdict byte per row out); documents: CheckDocuments (a protobuf
 # message per query and per answer).
 # health: the standard Health.Check, no work behind it: what the gRPC stack alone allows on this machine.
-KINDS = ("single", "manifest", "documents", "verify", "identify", "upload", "health")
+# stream: single checks over CheckDocumentStream, one stream per caller held open for the whole scenario (as an
+# e-gate holds one), the next check sent when the previous answer arrives.
+KINDS = ("single", "stream", "manifest", "documents", "verify", "identify", "upload", "health")
 SIZED = ("manifest", "documents", "upload")
 DEFAULT_SCENARIOS = "single@1,single@16,single@64,manifest-10,manifest-100,manifest-1000,verify,identify,upload-10000"
 BASELINES = ("redis", "sqlite", "faiss")
 # Which baselines answer which kind of scenario.
 BASELINES_FOR = {
     "single": ("redis", "sqlite"),
+    "stream": ("redis", "sqlite"),  # what a border system would otherwise do for one check: a GET, a SELECT
     "manifest": ("redis", "sqlite"),
     "documents": ("redis", "sqlite"),
     "verify": ("faiss",),
@@ -718,6 +722,46 @@ def _tally_manifest(t: Tally, resp: Any, got: np.ndarray, want: np.ndarray) -> N
     t.answers["CLEAR"] += resp.clear
 
 
+_STREAM_END = object()
+
+
+class _StreamCaller:
+    """A caller's check stream (CheckDocumentStream), opened at its first check and closed by `close`; a call sends
+    one request and reads its answer."""
+
+    def __init__(self, method: Any, metadata: Any, reqs: list[Any], expected: np.ndarray) -> None:
+        self._method, self._metadata, self._reqs, self._expected = method, metadata, reqs, expected
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._answers: Any = None
+
+    def __call__(self, i: int, t: Tally) -> None:
+        if self._answers is None:
+            self._answers = self._method(iter(self._requests.get, _STREAM_END), metadata=self._metadata)
+        j = i % len(self._reqs)
+        self._requests.put(self._reqs[j])
+        try:
+            answer = next(self._answers)
+        except grpc.RpcError:
+            self.close()  # the stream is over: the next call opens a new one
+            raise
+        if answer.WhichOneof("outcome") != "response":
+            raise from_status(answer.error)
+        v = answer.response.result.verdict
+        t.answers[_VERDICT_NAMES.get(v, str(v))] += 1
+        t.documents += 1
+        if v != self._expected[j]:
+            t.wrong += 1
+
+    def close(self) -> None:
+        if self._answers is not None:
+            self._requests.put(_STREAM_END)
+            with contextlib.suppress(grpc.RpcError):
+                for _ in self._answers:
+                    pass
+            self._answers = None
+            self._requests = queue.SimpleQueue()
+
+
 class Backends:
     """Per worker process: the channel, clients and prebuilt requests, made once and reused by every scenario."""
 
@@ -735,7 +779,9 @@ class Backends:
             channel.close()
 
     def factory(self, backend: str, scenario: Scenario) -> NewCall:
-        return getattr(self, f"_{backend}_{scenario.kind}")(scenario)
+        # A baseline answers a stream's checks as it answers single ones (it has no streams of its own).
+        kind = "single" if backend != "idcheck" and scenario.kind == "stream" else scenario.kind
+        return getattr(self, f"_{backend}_{kind}")(scenario)
 
     def _per_caller(self, make: Callable[[Any, Any], Call]) -> NewCall:
         """Each caller k gets its own channel, i.e. its own connection, as separate border systems have (and as
@@ -788,6 +834,15 @@ class Backends:
                     t.wrong += 1
 
             return call
+
+        return self._per_caller(make)
+
+    def _idcheck_stream(self, scenario: Scenario) -> NewCall:
+        reqs = self._cached("single", lambda: [pb.CheckDocumentRequest(query=q) for q in self._queries()])
+        expected, md = self.workload.expected, self.endpoints.conn.metadata
+
+        def make(reg: Any, _bio: Any) -> Call:
+            return _StreamCaller(reg.CheckDocumentStream, md, reqs, expected)
 
         return self._per_caller(make)
 
@@ -1103,6 +1158,8 @@ class Share:
 def _error_code(err: BaseException) -> str:
     if isinstance(err, grpc.RpcError) and hasattr(err, "code"):
         return str(err.code().name)
+    if isinstance(err, IdcheckError):  # a check refused inside a stream
+        return err.code.name
     return type(err).__name__
 
 
@@ -1165,6 +1222,9 @@ def run_share(
             n += 1
             progress[k] = n
         results[local] = (samples, errors, tally, mono())
+        close = getattr(call, "close", None)  # a stream scenario's caller ends its stream
+        if close is not None:
+            close()
 
     threads = [threading.Thread(target=caller, args=(j,), daemon=True) for j in range(job.threads)]
     for t in threads:
@@ -1407,6 +1467,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     styles = {"idcheck": ("-", "tab:blue"), "redis": ("--", "tab:red"), "sqlite": (":", "tab:green")}
     styles["faiss"] = ("-.", "tab:purple")
+    styles["idcheck, stream"] = ("-", "tab:orange")
     scenarios = [sc for sc in result["scenarios"] if any(r.get("latency_curve_ms") for r in sc["results"].values())]
     rows = max(2, math.ceil(len(scenarios) / 3))
     fig = plt.figure(figsize=(20, 3.4 * rows + 0.6))
@@ -1438,15 +1499,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax = fig.add_subplot(grid[row, 3])
         series: dict[str, list[tuple[int, float]]] = {}
         for sc in result["scenarios"]:
-            if sc["kind"] != kind:
+            if sc["kind"] != kind and not (kind == "single" and sc["kind"] == "stream"):
                 continue
             for backend, r in sc["results"].items():
-                if r["requests"]:
-                    label = backend if kind == "single" else f"{backend}, {sc['concurrency']} caller(s)"
+                if r["requests"] and (sc["kind"] == kind or backend == "idcheck"):  # baselines: no stream of their own
+                    label = backend if sc["kind"] == kind else f"{backend}, stream"
+                    label = label if kind == "single" else f"{backend}, {sc['concurrency']} caller(s)"
                     series.setdefault(label, []).append((sc[key], throughput(r)))
         for label, pts in series.items():
             pts.sort()
-            style, colour = styles.get(label.split(",")[0], ("-", "black"))
+            style, colour = styles.get(label, styles.get(label.split(",")[0], ("-", "black")))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour, marker="o", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -1823,7 +1885,7 @@ class Bench:
     ) -> Endpoints:
         info = self.result["baselines"]
         redis_port = sqlite_path = None
-        if kinds & {"single", "manifest", "documents"}:
+        if kinds & {"single", "stream", "manifest", "documents"}:
             try:
                 r = RedisBaseline(tmp)
                 stack.callback(r.stop)
@@ -1835,7 +1897,7 @@ class Bench:
             except BenchError as exc:
                 info["redis"] = {"available": False, "reason": str(exc)}
                 log(f"baseline redis skipped: {exc}")
-        if kinds & {"single", "manifest", "documents", "upload"}:
+        if kinds & {"single", "stream", "manifest", "documents", "upload"}:
             path = tmp / "baseline.db"
             seconds = build_sqlite(path, conn.member, listed)
             sqlite_path = str(path)

@@ -71,6 +71,7 @@ class RunningServer:
     gallery: Gallery
     tls: bool = False
     feed: ChangeFeed | None = None
+    overload: ConcurrencyLimiter | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish within `grace`, then flush and close the register and
@@ -79,7 +80,10 @@ class RunningServer:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.feed is not None:
             self.feed.close()  # change feed streams end now instead of holding the grace period
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)
+        if self.overload is not None:
+            self.overload.end_check_streams()  # idle check streams too (a gate waiting for its next traveller)
+        stopped.wait()
         try:
             self.gallery.close()
         finally:
@@ -297,7 +301,7 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
             gallery.store.close()  # no snapshot: the server never served
         register.close()
         raise
-    return RunningServer(server, register, health_servicer, bound, address, gallery, tls is not None, feed)
+    return RunningServer(server, register, health_servicer, bound, address, gallery, tls is not None, feed, overload)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

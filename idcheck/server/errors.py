@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -256,6 +257,39 @@ def _nothing() -> None:
     pass
 
 
+class _EndableRequests:
+    """A check stream's requests, which `end` (from another thread: the server is stopping) stops: at once when the
+    stream is waiting for its next request (the call is cancelled: nothing is in progress), else after the request
+    being worked on has been answered (the stream then ends with OK)."""
+
+    def __init__(self, requests: Iterator[Any], context: grpc.ServicerContext) -> None:
+        self._requests = requests
+        self._context = context
+        self._lock = threading.Lock()
+        self._waiting = False
+        self._ending = False
+
+    def __iter__(self) -> _EndableRequests:
+        return self
+
+    def __next__(self) -> Any:
+        with self._lock:
+            if self._ending:
+                raise StopIteration
+            self._waiting = True
+        try:
+            return next(self._requests)
+        finally:
+            with self._lock:
+                self._waiting = False
+
+    def end(self) -> None:
+        with self._lock:
+            self._ending = True
+            if self._waiting:
+                self._context.cancel()
+
+
 def _is_grpc_termination(exc: BaseException) -> bool:
     # abort() raises a plain Exception after setting the status; a cancelled request stream raises RpcError.
     return isinstance(exc, grpc.RpcError) or (type(exc) is Exception and not exc.args)
@@ -345,12 +379,16 @@ class GuardInterceptor(grpc.ServerInterceptor):
                     _abort(context, exc)
                     return
                 opened = False
+                requests = _EndableRequests(request, context) if each else None
                 try:
                     if shedder is not None:
-                        (shedder.open_check_stream if each else shedder.open_stream)()
+                        if requests is not None:
+                            shedder.open_check_stream(requests.end)
+                        else:
+                            shedder.open_stream()
                         opened = True
-                    if each:
-                        yield from behaviour(request, context, decode=decode, admit=admit_each(caller))
+                    if requests is not None:
+                        yield from behaviour(requests, context, decode=decode, admit=admit_each(caller))
                     else:
                         request = map(decode, request) if streaming else decode(request)
                         yield from behaviour(request, context)
@@ -359,8 +397,10 @@ class GuardInterceptor(grpc.ServerInterceptor):
                         raise
                     _abort(context, exc)
                 finally:
-                    if opened:
-                        (shedder.close_check_stream if each else shedder.close_stream)()  # type: ignore[union-attr]
+                    if opened and requests is not None:
+                        shedder.close_check_stream(requests.end)  # type: ignore[union-attr]
+                    elif opened:
+                        shedder.close_stream()  # type: ignore[union-attr]
                     reset_caller(token)
 
             return run

@@ -264,7 +264,7 @@ class ConcurrencyLimiter:
         self.max_wait = max_wait
         self.streams = streams
         self.check_streams = check_streams
-        self._open_check_streams = 0
+        self._check_stream_ends: set[Callable[[], None]] = set()  # of the open check streams: end_check_streams
         self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._running = 0
@@ -342,26 +342,36 @@ class ConcurrencyLimiter:
         with self._cond:
             self._open_streams -= 1
 
-    def open_check_stream(self) -> None:
-        """Count one more check stream, or raise Overloaded when `check_streams` are open."""
+    def open_check_stream(self, end: Callable[[], None]) -> None:
+        """Count one more check stream, or raise Overloaded when `check_streams` are open. `end` ends it early (the
+        server is stopping: `end_check_streams`); give the same callable back to `close_check_stream`."""
         with self._cond:
-            if self._open_check_streams >= self.check_streams:
+            if len(self._check_stream_ends) >= self.check_streams:
                 self.refused += 1
                 raise Overloaded(
-                    f"{self._open_check_streams} check streams open (limit {self.check_streams})",
+                    f"{len(self._check_stream_ends)} check streams open (limit {self.check_streams})",
                     self.STREAM_RETRY,
                     self.check_streams,
                 )
-            self._open_check_streams += 1
+            self._check_stream_ends.add(end)
 
-    def close_check_stream(self) -> None:
+    def close_check_stream(self, end: Callable[[], None]) -> None:
         with self._cond:
-            self._open_check_streams -= 1
+            self._check_stream_ends.discard(end)
 
     @property
     def open_check_streams(self) -> int:
         with self._cond:
-            return self._open_check_streams
+            return len(self._check_stream_ends)
+
+    def end_check_streams(self) -> int:
+        """End every open check stream (the server is stopping): a stream waiting for its next request ends now,
+        one working on a check once it has sent the answer. Returns how many were open."""
+        with self._cond:
+            ends = list(self._check_stream_ends)
+        for end in ends:
+            end()
+        return len(ends)
 
     def load(self) -> tuple[int, int, int]:
         """(calls in work, calls waiting, streams open) right now."""

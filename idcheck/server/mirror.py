@@ -46,6 +46,7 @@ from idcheck.register.replication import ChangePage, Heartbeat, Replica, Replica
 from idcheck.server.auth import metadata_identity
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
+from idcheck.server.limits import ConcurrencyLimiter
 from idcheck.server.register import DocumentRegisterServicer
 from idcheck.server.signals import StopSignals
 from idcheck.v1 import register_pb2, register_pb2_grpc, replication_pb2, replication_pb2_grpc
@@ -386,6 +387,7 @@ class RunningMirror:
     config: MirrorConfig
     tls: bool = False
     serving: bool = False
+    overload: ConcurrencyLimiter | None = None
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -430,7 +432,10 @@ class RunningMirror:
         for name in (REGISTER_SERVICE, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.follower.stop()
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)
+        if self.overload is not None:
+            self.overload.end_check_streams()  # idle check streams too (a gate waiting for its next traveller)
+        stopped.wait()
         self._monitor.join(5)
         self.replica.close()
 
@@ -482,7 +487,9 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
     except BaseException:
         replica.close()
         raise
-    running = RunningMirror(server, replica, follower, health_servicer, bound, address, mirror, tls is not None)
+    running = RunningMirror(
+        server, replica, follower, health_servicer, bound, address, mirror, tls is not None, overload=overload
+    )
     running.check_health()
     return running
 

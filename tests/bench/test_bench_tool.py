@@ -88,7 +88,7 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
             "--seed",
             str(SEED),
             "--scenarios",
-            "single@1,single@4,manifest-100,documents-100,verify,identify@2,upload-20,health@2",
+            "single@1,single@4,stream@3,manifest-100,documents-100,verify,identify@2,upload-20,health@2",
             "--requests",
             "600",
             "--warmup",
@@ -112,6 +112,7 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     assert list(scenarios) == [
         "single@1",
         "single@4",
+        "stream@3",
         "manifest-100@1",
         "documents-100@1",
         "verify@1",
@@ -131,7 +132,7 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
         assert curve == sorted(curve)
 
     # The 600 calls of a single-check scenario are the first 600 queries of the pool, however many callers.
-    for name in ("single@1", "single@4"):
+    for name in ("single@1", "single@4", "stream@3"):  # a stream's checks too (three streams, one per caller)
         assert Counter(scenarios[name]["results"]["idcheck"]["answers"]) == expected_answers(0, 600)
     assert scenarios["single@4"]["results"]["idcheck"]["processes"] == min(4, os.cpu_count() or 1)
     manifest = scenarios["manifest-100@1"]["results"]["idcheck"]
@@ -153,12 +154,13 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     # Baselines: same keys, same answers (exact matches only), ratios against ours.
     for name, backends in (
         ("single@1", ["sqlite"]),
+        ("stream@3", ["sqlite"]),  # a baseline answers a stream's checks as single ones
         ("manifest-100@1", ["sqlite"]),
         ("upload-20@1", ["sqlite"]),
         ("verify@1", ["faiss"]),
         ("identify@2", ["faiss"]),
     ):
-        for b in backends + (["redis"] if HAS_REDIS and name.startswith(("single", "manifest")) else []):
+        for b in backends + (["redis"] if HAS_REDIS and name.startswith(("single", "stream", "manifest")) else []):
             theirs = scenarios[name]["results"][b]
             assert theirs["requests"] == 600 and theirs["wrong_answers"] == 0 and theirs["errors"] == {}, (name, b)
             assert scenarios[name]["ratios"][b]["throughput"] > 0

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from idcheck.client.audit import AuditClient
-from idcheck.client.errors import InvalidArgument, PermissionDenied, ResourceExhausted, from_status
+from idcheck.client.errors import IdcheckError, InvalidArgument, PermissionDenied, ResourceExhausted, from_status
 from idcheck.client.register import CheckAnswer
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
@@ -169,3 +169,16 @@ def test_stub_without_the_client_wrapper(server: ServerProcess) -> None:
         )
     assert [a.response.result.searched_key.document_number for a in answers] == ["A1", "B2", "C3"]
     assert all(a.response.register_sequence == 0 for a in answers)
+
+
+def test_stopping_server_ends_an_idle_stream_at_once(server_factory: Callable[..., ServerProcess]) -> None:
+    """A gate waiting for its next traveller must not hold the shutdown for the whole grace period."""
+    server = server_factory("--grace-seconds", "30")
+    with server.client("NZL", "border") as nzl, nzl.check_stream() as stream:
+        assert stream.check(state="NZL", number="X1").verdict == "CLEAR"
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 15, "the idle stream held the shutdown"
+        with pytest.raises(IdcheckError) as ended:
+            stream.check(state="NZL", number="X1")
+        assert ended.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)

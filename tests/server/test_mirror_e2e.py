@@ -123,6 +123,9 @@ def test_mirror_answers_checks_exactly_as_the_upstream_at_the_same_sequence(
         assert all(x.upstream_contact_time for x in ours) and not any(x.upstream_contact_time for x in theirs)
         single = [b.check(state="NZL", number="LA0000001"), a.check(state="NZL", number="LA0000001")]
         assert comparable(single[:1]) == comparable(single[1:])
+        with b.check_stream() as stream:  # a check stream too, with the mirror's freshness on every answer
+            streamed = [stream.check(**q) for q in QUERIES]  # type: ignore[arg-type]
+        assert comparable(streamed) == comparable(theirs) and all(x.upstream_contact_time for x in streamed)
         manifests = [b.check_manifest(QUERIES), a.check_manifest(QUERIES)]  # the columnar manifest too
         assert manifests[0].verdict_codes == manifests[1].verdict_codes
         assert comparable(list(manifests[0].details.values())) == comparable(list(manifests[1].details.values()))

@@ -94,18 +94,21 @@ def test_limiter_streams_have_their_own_cap_and_never_take_work_slots() -> None:
     assert limiter.load() == (0, 0, 2)
 
 
-def test_limiter_check_streams_have_a_cap_apart_from_response_streams() -> None:
+def test_limiter_check_streams_have_a_cap_apart_from_response_streams_and_end_on_request() -> None:
     limiter = ConcurrencyLimiter(slots=1, queue=0, max_wait=1.0, streams=1, check_streams=2)
+    ended: list[str] = []
+    ends = {name: (lambda name=name: ended.append(name)) for name in ("a", "b", "c")}
     limiter.open_stream()  # a follower does not count against check streams, nor they against it
-    limiter.open_check_stream()
-    limiter.open_check_stream()
+    limiter.open_check_stream(ends["a"])
+    limiter.open_check_stream(ends["b"])
     with pytest.raises(Overloaded) as refused:
-        limiter.open_check_stream()
+        limiter.open_check_stream(ends["c"])
     assert refused.value.retry_after == ConcurrencyLimiter.STREAM_RETRY and refused.value.limit == 2
     assert limiter.open_check_streams == 2
-    limiter.close_check_stream()
-    limiter.open_check_stream()
+    limiter.close_check_stream(ends["a"])
+    limiter.open_check_stream(ends["c"])
     assert limiter.load() == (0, 0, 1) and limiter.open_check_streams == 2
+    assert limiter.end_check_streams() == 2 and sorted(ended) == ["b", "c"]  # the closed one is not ended
 
 
 def test_retry_hint_grows_with_the_time_calls_hold_their_slot() -> None:

@@ -68,9 +68,10 @@ bench: install
 	$(BIN)/python -m pytest bench --benchmark-only -q
 	$(BIN)/idcheck bench --records 1e5 --templates 1e4 --duration 5 --baselines --output bench/results/bench-100000.json
 
-# The README's Performance figures: 1,000,000 records, single checks and manifests of 1,000 beside the baselines.
+# The README's Performance figures: 1,000,000 records, single checks (calls and streams) and manifests of 1,000,
+# beside the baselines.
 bench-1m: install
-	$(BIN)/idcheck bench --records 1e6 --templates 0 --scenarios single@1,single@16,manifest-1000,manifest-1000@4,documents-1000 --duration 10 \
+	$(BIN)/idcheck bench --records 1e6 --templates 0 --scenarios single@1,single@16,stream@1,stream@16,manifest-1000,manifest-1000@4,documents-1000 --duration 10 \
 		--baselines --output bench/results/bench-1000000.json
 
 bench-service: install

@@ -80,7 +80,12 @@ from idcheck.v1 import register_pb2 as pb
 # e-gate holds one), the next check sent when the previous answer arrives.
 KINDS = ("single", "stream", "manifest", "documents", "verify", "identify", "upload", "health")
 SIZED = ("manifest", "documents", "upload")
-DEFAULT_SCENARIOS = "single@1,single@16,single@64,manifest-10,manifest-100,manifest-1000,verify,identify,upload-10000"
+DEFAULT_SCENARIOS = ",".join(
+    (
+        "single@1,single@16,single@64,stream@1,stream@16",
+        "manifest-10,manifest-100,manifest-1000,verify,identify,upload-10000",
+    )
+)
 BASELINES = ("redis", "sqlite", "faiss")
 # Which baselines answer which kind of scenario.
 BASELINES_FOR = {

@@ -66,6 +66,7 @@ def bio(server: ServerProcess, pki: Pki, cert_member: str, cert_role: str, **kw:
 MATRIX: dict[str, set[str]] = {
     "/idcheck.v1.DocumentRegister/UploadRecords": {"member"},
     "/idcheck.v1.DocumentRegister/CheckDocument": {"border", "member"},
+    "/idcheck.v1.DocumentRegister/CheckDocumentStream": {"border", "member"},
     "/idcheck.v1.DocumentRegister/CheckDocuments": {"border", "member"},
     "/idcheck.v1.DocumentRegister/CheckManifest": {"border", "member"},
     "/idcheck.v1.DocumentRegister/GetRecord": {"member"},
@@ -96,6 +97,10 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
 
     def check(r: RegisterClient, b: BiometricsClient) -> None:
         assert r.check(state="NZL", number=number).verdict == "HIT"
+
+    def check_stream(r: RegisterClient, b: BiometricsClient) -> None:
+        with r.check_stream() as stream:
+            assert [stream.check(state="NZL", number=n).verdict for n in (number, "ZZ1")] == ["HIT", "CLEAR"]
 
     def check_many(r: RegisterClient, b: BiometricsClient) -> None:
         answers = list(r.check_many([{"state": "NZL", "number": number}, {"state": "NZL", "number": "ZZ1"}]))
@@ -156,6 +161,7 @@ def _calls(role: str) -> dict[str, Callable[[RegisterClient, BiometricsClient], 
     return {
         "/idcheck.v1.DocumentRegister/UploadRecords": upload,
         "/idcheck.v1.DocumentRegister/CheckDocument": check,
+        "/idcheck.v1.DocumentRegister/CheckDocumentStream": check_stream,
         "/idcheck.v1.DocumentRegister/CheckDocuments": check_many,
         "/idcheck.v1.DocumentRegister/CheckManifest": check_manifest,
         "/idcheck.v1.DocumentRegister/GetRecord": get,

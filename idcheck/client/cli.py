@@ -8,6 +8,7 @@ call ``_add_<name>`` from :func:`build_parser`.
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
 import datetime
@@ -29,6 +30,7 @@ from idcheck.client.errors import (
     DeadlineExceeded,
     IdcheckError,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
 )
 from idcheck.client.register import (
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     _add_mirror(subparsers)
     _add_check(subparsers)
+    _add_check_stream(subparsers)
     _add_check_manifest(subparsers)
     _add_upload(subparsers)
     _add_cancel(subparsers)
@@ -603,6 +606,110 @@ def _describe_answer(a: CheckAnswer) -> str:
     if a.upstream_contact_time:
         out.append(f"Answered by a mirror, in step with its upstream as of {a.upstream_contact_time}")
     return "\n".join(out)
+
+
+# --- idcheck check-stream --------------------------------------------------------------------------------
+
+_STREAM_FIELDS = frozenset({"state", "issuing_state", "number", "document_number", "document_class", "birth_date",
+                            "mrz", "reference"})  # fmt: skip
+
+
+def _add_check_stream(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "check-stream",
+        parents=[_client_options()],
+        help="check documents one by one as they come, on one check stream (JSON lines in and out)",
+        description=(
+            "Check documents as they arrive, one JSON object per line on standard input (or FILE), on one "
+            "CheckDocumentStream: for a document reader or a gate's software piping travellers in. A line holds "
+            '{"state": ..., "number": ...} (optional "document_class", "birth_date", "reference") or {"mrz": ...}. '
+            "Each answer is printed as soon as it arrives, one JSON object per line in input order, as `check "
+            '--json` prints it plus "line"; a refused line prints {"line": N, "error": {...}} and the stream goes '
+            "on. Exit status: 3 if any HIT, 4 if any POSSIBLE_MATCH and no HIT, 2 if a line was refused and "
+            "nothing matched, 0 all clear, 1 if the stream broke (service error)."
+        ),
+    )
+    parser.add_argument(
+        "input", nargs="?", type=Path, default=None, metavar="FILE", help="JSON lines to check (default: stdin)"
+    )
+    parser.set_defaults(func=_cmd_check_stream)
+
+
+def _stream_query(line: str) -> dict[str, Any]:
+    """The query of one input line; ValueError (with what is wrong) for anything else."""
+    try:
+        query = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg})") from None
+    if not isinstance(query, dict):
+        raise ValueError("not a JSON object")
+    unknown = sorted(set(query) - _STREAM_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} (use {', '.join(sorted(_STREAM_FIELDS))})")
+    if query.get("mrz") and any(query.get(k) for k in ("state", "issuing_state", "number", "document_number")):
+        raise ValueError('give either "mrz" or "state"/"number"')
+    return {
+        "state": str(query.get("state", query.get("issuing_state", ""))),
+        "number": str(query.get("number", query.get("document_number", ""))),
+        "document_class": int(query.get("document_class", 0) or 0),
+        "birth_date": str(query.get("birth_date", "")),
+        "mrz": str(query.get("mrz", "")),
+        "reference": str(query.get("reference", "")),
+    }
+
+
+def _cmd_check_stream(args: argparse.Namespace) -> int:
+    try:
+        source = sys.stdin if args.input is None else args.input.open(encoding="utf-8")
+    except OSError as err:
+        return _usage_error("check-stream", f"cannot read {args.input}: {err.strerror}")
+    verdicts: collections.Counter[str] = collections.Counter()
+    refused = 0
+    try:
+        with source, _connect(args) as client, client.check_stream() as stream:
+            for n, line in enumerate(source, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    answer = stream.check(**_stream_query(line))
+                except ValueError as err:
+                    refused += 1
+                    out: dict[str, Any] = {
+                        "line": n,
+                        "error": {"code": "INVALID_ARGUMENT", "message": f"line {n}: {err}", "violations": []},
+                    }
+                except (InvalidArgument, ResourceExhausted) as err:  # this document refused; the stream goes on
+                    if stream.broken:  # no: the stream itself was refused (e.g. too many open)
+                        raise
+                    refused += 1
+                    out = {"line": n, "error": _error_json(err)}
+                else:
+                    verdicts[answer.verdict] += 1
+                    out = {"line": n, **_answer_json(answer)}
+                    if answer.upstream_contact_time:  # answered by a mirror
+                        out["upstream_contact_time"] = answer.upstream_contact_time
+                print(json.dumps(out, ensure_ascii=False), flush=True)
+    except IdcheckError as err:
+        after = "the documents after the last answer printed were not checked"
+        return _service_error("check-stream", err, args, after=after)
+    if verdicts["HIT"]:
+        return EXIT_HIT
+    if verdicts["POSSIBLE_MATCH"]:
+        return EXIT_POSSIBLE_MATCH
+    unreadable = set(verdicts) - set(_VERDICT_EXIT)
+    if unreadable:
+        return EXIT_SERVICE_ERROR  # an answer we cannot read is never reported as clear
+    return EXIT_BAD_INPUT if refused else EXIT_OK
+
+
+def _error_json(err: IdcheckError) -> dict[str, Any]:
+    return {
+        "code": err.code.name,
+        "message": err.message,
+        "violations": [{"field": f, "description": d} for f, d in err.violations],
+        **({"reason": err.reason} if err.reason else {}),
+        **({"retry_after": err.retry_after} if err.retry_after is not None else {}),
+    }
 
 
 # --- idcheck check-manifest ------------------------------------------------------------------------------

@@ -538,6 +538,7 @@ class CheckStream:
         self._lock = threading.Lock()
         self._timed_out = False
         self._closed = False
+        self._broken = False
         self._call = method(iter(self._requests.get, _END), metadata=metadata)
 
     def check(
@@ -570,6 +571,7 @@ class CheckStream:
             try:
                 answer = next(self._call)
             except grpc.RpcError as err:
+                self._broken = True
                 self._requests.put(_END)  # the call is over: let grpc's thread that sends requests end
                 if self._timed_out:
                     raise DeadlineExceeded(
@@ -578,6 +580,7 @@ class CheckStream:
                     ) from None
                 raise from_rpc_error(err) from None
             except StopIteration:
+                self._broken = True
                 raise IdcheckError("the server ended the check stream", code=grpc.StatusCode.UNAVAILABLE) from None
             finally:
                 timer.cancel()
@@ -585,6 +588,12 @@ class CheckStream:
             raise from_status(answer.error)
         r = answer.response
         return CheckAnswer.from_proto(r.result, r.register_sequence, r.upstream_contact_time)
+
+    @property
+    def broken(self) -> bool:
+        """The stream itself failed (cancelled, refused, timed out, cut, ended by the server): no later check will be
+        answered on it. A check refused on its own (a wrong MRZ) leaves it whole."""
+        return self._broken
 
     def _expire(self) -> None:
         self._timed_out = True

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -589,3 +590,73 @@ def test_serve_subcommand_runs_the_server(capsys: pytest.CaptureFixture[str], tm
         assert proc.wait(30) == 0
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+# --- check-stream ----------------------------------------------------------------------------------------
+
+
+def test_check_stream_answers_each_line_in_order_and_goes_on_after_bad_ones(
+    capsys: pytest.CaptureFixture[str], demo: ServerProcess, tmp_path: Path
+) -> None:
+    lines = [
+        json.dumps({"mrz": "\n".join(SPECIMEN), "reference": "gate 7"}),  # HIT
+        json.dumps({"state": "NZL", "number": "ZZ123"}),  # CLEAR
+        "",  # skipped
+        "not json",
+        json.dumps({"state": "UTO", "number": "L898902C3", "seat": "12A"}),  # unknown field
+        json.dumps({"mrz": "P<UTOERIKSSON<<ANNA\nshort"}),  # refused by the register
+        json.dumps({"issuing_state": "UTO", "document_number": "L898902C3", "document_class": 1}),  # HIT again
+    ]
+    source = tmp_path / "travellers.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    code, out, _err = run(capsys, demo, "check-stream", str(source), "--role", "border", "--member", "NZL")
+    assert code == 3
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["line"] for a in answers] == [1, 2, 4, 5, 6, 7]
+    assert [a.get("verdict") for a in answers] == ["HIT", "CLEAR", None, None, None, "HIT"]
+    assert set(answers[0]) >= CHECK_KEYS and answers[0]["mrz_valid"] is True and answers[0]["reference"] == "gate 7"
+    assert answers[0]["query_id"] != answers[5]["query_id"]
+    assert "not JSON" in answers[2]["error"]["message"] and "seat" in answers[3]["error"]["message"]
+    refused = answers[4]["error"]
+    assert refused["code"] == "INVALID_ARGUMENT" and [v["field"] for v in refused["violations"]] == ["query.mrz"]
+
+
+def test_check_stream_exit_codes(capsys: pytest.CaptureFixture[str], demo: ServerProcess, tmp_path: Path) -> None:
+    clear, bad = tmp_path / "clear.jsonl", tmp_path / "bad.jsonl"
+    clear.write_text(json.dumps({"state": "NZL", "number": "ZZ1"}) + "\n")
+    bad.write_text(json.dumps({"state": "NZL", "number": "ZZ1"}) + "\n" + json.dumps({"state": "QQQ", "number": "1"}))
+    assert run(capsys, demo, "check-stream", str(clear), "--role", "border")[0] == 0
+    assert run(capsys, demo, "check-stream", str(bad), "--role", "border")[0] == 2  # a line refused, nothing matched
+    code, _out, err = run(capsys, demo, "check-stream", str(clear), "--role", "operator")  # the stream is refused
+    assert code == 1 and "PERMISSION_DENIED" in err
+    code, _out, err = run(capsys, demo, "check-stream", str(tmp_path / "missing.jsonl"), "--role", "border")
+    assert code == 2 and "cannot read" in err
+
+
+def test_check_stream_as_a_program_answers_before_the_next_line_is_written(demo: ServerProcess) -> None:
+    """Behind a document reader: each answer must come out as soon as its line went in, not at the end."""
+    proc = subprocess.Popen(
+        [*PROGRAM, "check-stream", "--target", demo.address, "--role", "border", "--member", "NZL"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    watchdog = threading.Timer(60, proc.kill)  # an answer held back would block readline() for ever
+    watchdog.start()
+    try:
+        verdicts = []
+        for number in ("L898902C3", "ZZ1", "L898902C3"):
+            proc.stdin.write(json.dumps({"state": "UTO", "number": number}) + "\n")
+            proc.stdin.flush()
+            verdicts.append(json.loads(proc.stdout.readline())["verdict"])  # blocks until that answer is out
+        assert verdicts == ["HIT", "CLEAR", "HIT"]
+        proc.stdin.close()
+        assert proc.wait(60) == 3
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()

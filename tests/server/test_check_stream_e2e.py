@@ -87,6 +87,7 @@ def test_bad_input_is_refused_for_that_check_only_and_changes_nothing(
         with pytest.raises(InvalidArgument) as unknown_state:
             stream.check(state="QQQ", number="LA000001")
         assert unknown_state.value.violations and "QQQ" in str(unknown_state.value)
+        assert not stream.broken
         assert stream.check(state="NZL", number="ZZ1").verdict == "CLEAR"  # the stream went on
     assert store_digest(server.data_dir) == before  # the audit log is not part of the digest
 
@@ -148,6 +149,7 @@ def test_open_check_streams_are_capped(server_factory: Callable[..., ServerProce
         with nzl.check_stream() as second, pytest.raises(ResourceExhausted) as refused:
             second.check(state="NZL", number="X1")
         assert refused.value.reason == "OVERLOADED" and refused.value.retry_after
+        assert second.broken and not first.broken
         assert nzl.check(state="NZL", number="X1").verdict == "CLEAR"  # unary checks are not affected
         first.close()
         with nzl.check_stream() as third:  # the first one's place is free again

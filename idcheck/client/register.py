@@ -368,8 +368,9 @@ class RegisterClient(ServiceClient):
 
     def check_stream(self, *, timeout: float | None = None) -> CheckStream:
         """Open a check stream (CheckDocumentStream): single checks over one long-lived call, for a desk or an
-        e-gate that checks travellers one at a time. Each check is answered as `check` answers it, at about
-        half the cost; `timeout` is each check's (default: the client's), the stream itself has no deadline.
+        e-gate that checks travellers one at a time. Each check is answered as `check` answers it, without
+        gRPC's fixed cost of a call each time; `timeout` is each check's (default: the client's), the stream itself
+        has no deadline.
 
             with client.check_stream() as stream:
                 for mrz in scanner:

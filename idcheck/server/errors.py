@@ -303,8 +303,9 @@ class GuardInterceptor(grpc.ServerInterceptor):
     `limiter` takes one token per call from the caller's member right after authentication (none: no limit);
     `shedder` then bounds the calls worked on at once (README "Limits and overload"): unary and
     client-streaming calls take a work slot (waiting in its bounded queue, never past their deadline),
-    response streams (WatchHits) count against its stream cap instead. Health and reflection are public and
-    never limited."""
+    response streams (WatchHits) count against its stream cap instead. A check stream (`answer_each`) counts
+    against the check-stream cap, and each of its requests is decoded, rate-limited and given a work slot as a call
+    would be. Health and reflection are public and never limited."""
 
     def __init__(
         self,

@@ -1340,7 +1340,7 @@ def _describe_stats(s: Any) -> str:
         f"audit       {audit}",
         f"limits      {s.rate_limited_calls:,} calls rate-limited; {s.overload_refusals:,} refused for overload; "
         f"{s.calls_in_work:,} in work, {s.calls_waiting:,} waiting; {s.streams_open:,} of {s.streams_max:,} "
-        "streams open",
+        f"streams and {s.check_streams_open:,} of {s.check_streams_max:,} check streams open",
         f"rpcs        {s.rpcs_in_flight:,} in flight (this one included), {s.rpcs_started:,} started since start",
         f"background  {s.background_tasks:,} tasks running (index merge or snapshot, WAL checkpoint, template "
         "index rebuild)",

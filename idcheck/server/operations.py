@@ -183,4 +183,6 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             stats.streams_open = streams
             stats.streams_max = self.shedder.streams
             stats.overload_refusals = self.shedder.refused
+            stats.check_streams_open = self.shedder.open_check_streams
+            stats.check_streams_max = self.shedder.check_streams
         return stats

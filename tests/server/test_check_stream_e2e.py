@@ -16,10 +16,11 @@ import pytest
 
 from idcheck.client.audit import AuditClient
 from idcheck.client.errors import IdcheckError, InvalidArgument, PermissionDenied, ResourceExhausted, from_status
+from idcheck.client.operations import OperationsClient
 from idcheck.client.register import CheckAnswer
 from idcheck.v1 import register_pb2 as pb
 from idcheck.v1 import register_pb2_grpc
-from tests.conftest import ServerProcess, store_digest
+from tests.conftest import ServerProcess, store_digest, wait_until
 
 SPECIMEN = "P<UTOERIKSSON<<ANNA<MARIA<<<<<<<<<<<<<<<<<<<\nL898902C36UTO7408122F1204159ZE184226B<<<<<10"
 RECORDS = [
@@ -151,7 +152,11 @@ def test_open_check_streams_are_capped(server_factory: Callable[..., ServerProce
         assert refused.value.reason == "OVERLOADED" and refused.value.retry_after
         assert second.broken and not first.broken
         assert nzl.check(state="NZL", number="X1").verdict == "CLEAR"  # unary checks are not affected
-        first.close()
+        with OperationsClient(server.address, member="UTO", role="operator") as ops:
+            stats = ops.statistics()
+            assert (stats.check_streams_open, stats.check_streams_max) == (1, 1)
+            first.close()
+            assert wait_until(lambda: ops.statistics().check_streams_open == 0)
         with nzl.check_stream() as third:  # the first one's place is free again
             assert third.check(state="NZL", number="X1").verdict == "CLEAR"
 

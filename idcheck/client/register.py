@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -536,11 +537,16 @@ class CheckStream:
     def __init__(self, method: Callable[..., Any], metadata: tuple[tuple[str, str], ...], timeout: float) -> None:
         self.timeout = timeout
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._timed_out = False
+        self._lock = threading.Lock()  # one check (or the close) at a time
         self._closed = False
         self._broken = False
+        # The watchdog cancels the call when the check (or the close) in progress passes its deadline: one thread
+        # for the stream's life rather than a timer started for every check.
+        self._watch = threading.Condition()
+        self._deadline: float | None = None
+        self._timed_out = False
         self._call = method(iter(self._requests.get, _END), metadata=metadata)
+        threading.Thread(target=self._watchdog, name="idcheck-check-stream", daemon=True).start()
 
     def check(
         self,
@@ -567,8 +573,7 @@ class CheckStream:
             if self._closed:
                 raise ValueError("the check stream is closed")
             self._requests.put(pb.CheckDocumentRequest(query=query))
-            timer = threading.Timer(self.timeout, self._expire)
-            timer.start()
+            self._arm()
             try:
                 answer = next(self._call)
             except grpc.RpcError as err:
@@ -584,7 +589,7 @@ class CheckStream:
                 self._broken = True
                 raise IdcheckError("the server ended the check stream", code=grpc.StatusCode.UNAVAILABLE) from None
             finally:
-                timer.cancel()
+                self._disarm()
         if answer.WhichOneof("outcome") == "error":
             raise from_status(answer.error)
         r = answer.response
@@ -596,22 +601,46 @@ class CheckStream:
         answered on it. A check refused on its own (a wrong MRZ) leaves it whole."""
         return self._broken
 
-    def _expire(self) -> None:
-        self._timed_out = True
-        self._call.cancel()
+    def _arm(self) -> None:
+        with self._watch:
+            self._deadline = time.monotonic() + self.timeout
+            self._watch.notify()
+
+    def _disarm(self) -> None:
+        with self._watch:
+            self._deadline = None
+
+    def _watchdog(self) -> None:
+        with self._watch:
+            while not self._closed:
+                if self._deadline is None:
+                    self._watch.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._watch.wait(left)
+                    continue
+                self._timed_out = True
+                self._deadline = None
+                self._call.cancel()
 
     def close(self) -> None:
-        """End the stream: half-close it and wait until the server has ended it too."""
+        """End the stream: half-close it and wait (at most the timeout) until the server has ended it too."""
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
             self._requests.put(_END)
+            self._arm()
             try:
                 for _ in self._call:
                     pass
             except grpc.RpcError:
-                pass  # already broken or cancelled: nothing more to end
+                pass  # already broken, cancelled, or no end within the timeout: nothing more to end
+            finally:
+                with self._watch:
+                    self._closed = True
+                    self._deadline = None
+                    self._watch.notify()
 
     def __enter__(self) -> CheckStream:
         return self

@@ -62,6 +62,19 @@ def test_two_workers_share_the_port_and_every_commit(server_factory: Callable[..
         nzl.cancel([("NZL", "W000007")], "recovered")
     assert verdicts_on_fresh_connections(server.address, "W000007") == {"CLEAR"}
 
+    # Check streams held open across a write see it too, whichever worker each is on.
+    clients = [RegisterClient(server.address, member="AUS", role="border") for _ in range(6)]
+    gates = [c.check_stream() for c in clients]
+    try:
+        assert {g.check(state="NZL", number="STREAM1").verdict for g in gates} == {"CLEAR"}
+        with server.client(member="NZL") as nzl:
+            nzl.upload([rec("STREAM1")], upload_id="streamed")
+        assert {g.check(state="NZL", number="STREAM1").verdict for g in gates} == {"HIT"}
+    finally:
+        for g, c in zip(gates, clients, strict=True):
+            g.close()
+            c.close()
+
     # Templates too: enrolled through one connection, found by identify on every other.
     gen = FaceGenerator(seed=11)
     gallery = gen.gallery(5, 1, seed=1)

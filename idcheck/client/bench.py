@@ -31,6 +31,7 @@ writes what was measured so far.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import itertools
@@ -741,6 +742,7 @@ class _StreamCaller:
     after a failure), ended by `close`; a call writes one request and reads its answer."""
 
     def __init__(self, channel: grpc.aio.Channel, metadata: Any, reqs: list[Any], expected: np.ndarray) -> None:
+        self._channel = channel
         self._stub = register_pb2_grpc.DocumentRegisterStub(channel)
         self._metadata, self._reqs, self._expected = metadata, reqs, expected
         self._call: Any = None
@@ -767,12 +769,14 @@ class _StreamCaller:
             t.wrong += 1
 
     async def close(self) -> None:
+        """End the stream (if open) and close the channel."""
         if self._call is not None:
             call, self._call = self._call, None
             with contextlib.suppress(grpc.RpcError):
                 await call.done_writing()
                 while await call.read() is not grpc.aio.EOF:
                     pass
+        await self._channel.close()
 
 
 class Backends:
@@ -1286,8 +1290,6 @@ def run_stream_share(
     sends a stream's messages through a thread of grpc's of its own (the one reading its request iterator), which
     cost about twice the load generator's CPU per check (sync 225-255 against aio 94-182 us a check, 1 and 8
     streams, 2026-12-07): on two cores the load generator, not the server, then set the pace."""
-    import asyncio
-
     results: list[CallerResult] = [None] * job.threads  # type: ignore[list-item]
     warmup_errors = [0] * job.threads
 
@@ -1347,6 +1349,9 @@ def run_stream_share(
         finally:
             for t in tasks:
                 t.cancel()
+            for c in callers:
+                with contextlib.suppress(Exception):
+                    await c.close()  # a caller that failed before its own close
 
     asyncio.run(main())
     return _share(results, warmup_errors)

@@ -258,7 +258,9 @@ class ConcurrencyLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if slots < 1 or queue < 0 or streams < 0 or check_streams < 0 or max_wait < 0:
-            raise ValueError("slots must be at least 1; queue, streams and max_wait must not be negative")
+            raise ValueError(
+                "slots must be at least 1; queue, streams, check_streams and max_wait must not be negative"
+            )
         self.slots = slots
         self.queue = queue
         self.max_wait = max_wait

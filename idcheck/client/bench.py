@@ -1178,6 +1178,29 @@ def _error_code(err: BaseException) -> str:
     return type(err).__name__
 
 
+class _Pace:
+    """When caller `k` stops measuring: after its share of `--requests`, at the end of `--duration` (counted from
+    `go_at`), or at Ctrl-C (`stop`); the clock and the flag are read every 20 ms, not every call."""
+
+    def __init__(self, job: Job, k: int, go_at: Any, stop: Any) -> None:
+        self.quota = math.inf
+        if job.requests is not None:
+            self.quota = job.requests // job.total_threads + (k < job.requests % job.total_threads)
+        self.deadline = go_at.value + job.duration if job.duration is not None else math.inf
+        self.stop = stop
+        self._next_check = 0.0
+
+    def going(self, calls_made: int) -> bool:
+        if calls_made >= self.quota:
+            return False
+        now = time.monotonic()
+        if now >= self._next_check:
+            if self.stop.is_set() or now >= self.deadline:
+                return False
+            self._next_check = now + 0.02
+        return True
+
+
 def run_share(
     job: Job,
     new_call: NewCall,
@@ -1215,18 +1238,10 @@ def run_share(
             call = None  # type: ignore[assignment]
         barrier.wait()
         start_local.wait()
-        quota = math.inf
-        if job.requests is not None:
-            quota = job.requests // job.total_threads + (k < job.requests % job.total_threads)
-        deadline = go_at.value + job.duration if job.duration is not None else math.inf
-        perf, mono = time.perf_counter, time.monotonic
-        i, n, next_check = k, 0, 0.0
-        while call is not None and n < quota:
-            now = mono()
-            if now >= next_check:
-                if stop.is_set() or now >= deadline:
-                    break
-                next_check = now + 0.02
+        pace = _Pace(job, k, go_at, stop)
+        perf = time.perf_counter
+        i, n = k, 0
+        while call is not None and pace.going(n):
             t0 = perf()
             try:
                 call(i, tally)
@@ -1236,7 +1251,7 @@ def run_share(
             i += job.total_threads
             n += 1
             progress[k] = n
-        results[local] = (samples, errors, tally, mono())
+        results[local] = (samples, errors, tally, time.monotonic())
 
     threads = [threading.Thread(target=caller, args=(j,), daemon=True) for j in range(job.threads)]
     for t in threads:
@@ -1314,18 +1329,10 @@ def run_stream_share(
             samples: list[float] = []
             errors: Counter[str] = Counter()
             tally = Tally()
-            quota = math.inf
-            if job.requests is not None:
-                quota = job.requests // job.total_threads + (k < job.requests % job.total_threads)
-            deadline = go_at.value + job.duration if job.duration is not None else math.inf
-            perf, mono = time.perf_counter, time.monotonic
-            i, n, next_check = k, 0, 0.0
-            while n < quota:
-                now = mono()
-                if now >= next_check:
-                    if stop.is_set() or now >= deadline:
-                        break
-                    next_check = now + 0.02
+            pace = _Pace(job, k, go_at, stop)
+            perf = time.perf_counter
+            i, n = k, 0
+            while pace.going(n):
                 t0 = perf()
                 try:
                     await call(i, tally)
@@ -1335,7 +1342,7 @@ def run_stream_share(
                 i += job.total_threads
                 n += 1
                 progress[k] = n
-            results[local] = (samples, errors, tally, mono())
+            results[local] = (samples, errors, tally, time.monotonic())
             await call.close()
 
         tasks = [asyncio.create_task(caller(j)) for j in range(job.threads)]

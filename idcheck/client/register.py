@@ -305,6 +305,14 @@ def make_query(q: QueryInput) -> pb.DocumentQuery:
     )
 
 
+def check_request(
+    state: str, number: str, document_class: int, birth_date: str, mrz: str, reference: str
+) -> pb.CheckDocumentRequest:
+    """The CheckDocumentRequest of one document, typed (state, number) or as a whole MRZ."""
+    query = {"mrz": mrz, "state": state, "number": number, "document_class": document_class}
+    return pb.CheckDocumentRequest(query=make_query({**query, "birth_date": birth_date, "reference": reference}))
+
+
 def make_record(r: RecordInput) -> pb.Record:
     """A Record from a dict with the record-file column names."""
     if isinstance(r, pb.Record):
@@ -354,17 +362,8 @@ class RegisterClient(ServiceClient):
         timeout: float | None = None,
     ) -> CheckAnswer:
         """Check one document, typed (state, number) or as a whole MRZ."""
-        query = make_query(
-            {
-                "mrz": mrz,
-                "state": state,
-                "number": number,
-                "document_class": document_class,
-                "birth_date": birth_date,
-                "reference": reference,
-            }
-        )
-        resp = self._call(self._stub.CheckDocument, pb.CheckDocumentRequest(query=query), timeout)
+        request = check_request(state, number, document_class, birth_date, mrz, reference)
+        resp = self._call(self._stub.CheckDocument, request, timeout)
         return CheckAnswer.from_proto(resp.result, resp.register_sequence, resp.upstream_contact_time)
 
     def check_stream(self, *, timeout: float | None = None) -> CheckStream:
@@ -559,20 +558,11 @@ class CheckStream:
         reference: str = "",
     ) -> CheckAnswer:
         """Check one document, typed (state, number) or as a whole MRZ, as `RegisterClient.check` does."""
-        query = make_query(
-            {
-                "mrz": mrz,
-                "state": state,
-                "number": number,
-                "document_class": document_class,
-                "birth_date": birth_date,
-                "reference": reference,
-            }
-        )
+        request = check_request(state, number, document_class, birth_date, mrz, reference)
         with self._lock:
             if self._closed:
                 raise ValueError("the check stream is closed")
-            self._requests.put(pb.CheckDocumentRequest(query=query))
+            self._requests.put(request)
             self._arm()
             try:
                 answer = next(self._call)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from idcheck.biometrics.errors import TemplateError
+from idcheck.cpus import on_every_cpu
 from idcheck.icao import DocumentNumberError, StateCodeError, canonical_number, canonical_state
 from idcheck.index.templates import IndexSettings, SnapshotError, TemplateIndex, normalise
 from idcheck.register import Caller
@@ -200,7 +201,9 @@ class Gallery:
         self._last_snapshot_time = time.monotonic()
         self._snapshot_wake = threading.Event()
         self._closing = False
-        self._snapshotter = threading.Thread(target=self._snapshot_loop, name="template-index-snapshot", daemon=True)
+        self._snapshotter = threading.Thread(
+            target=on_every_cpu(self._snapshot_loop), name="template-index-snapshot", daemon=True
+        )
         self._snapshotter.start()
         self.index.maybe_rebuild(self.store.open_snapshot)
         self._snapshot_if_due()

@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from idcheck.arrow_buffers import utf8_offsets
+from idcheck.cpus import on_every_cpu
 from idcheck.icao import CONFUSION_TABLE, DocumentClass, folded_key
 from idcheck.records import KeyColumns, RecordStatus, StoredRecord
 
@@ -437,7 +438,7 @@ class DocumentIndex:
             rebuilt, self._rebuilt = self._rebuilt, None
         if rebuilt is not None and self._snapshot_due(rebuilt):
             snapshotter = threading.Thread(
-                target=self._maybe_snapshot, args=(rebuilt,), name="index-snapshot", daemon=True
+                target=on_every_cpu(self._maybe_snapshot), args=(rebuilt,), name="index-snapshot", daemon=True
             )
             self._snapshotter = snapshotter
             snapshotter.start()
@@ -580,7 +581,10 @@ class DocumentIndex:
         self._pending = []
         generation = self._generation
         self._merger = threading.Thread(
-            target=self._merge_in_background, args=(frozen, sequence, generation), name="index-merge", daemon=True
+            target=on_every_cpu(self._merge_in_background),
+            args=(frozen, sequence, generation),
+            name="index-merge",
+            daemon=True,
         )
         self._merger.start()
 

@@ -61,6 +61,8 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+from idcheck.cpus import on_every_cpu
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"IDCKTIX1"
@@ -450,7 +452,10 @@ class TemplateIndex:
                 self.rebuild(open_source)
                 return True
             self._rebuild_thread = threading.Thread(
-                target=self._rebuild_logged, args=(open_source,), name="template-index-rebuild", daemon=True
+                target=on_every_cpu(self._rebuild_logged),
+                args=(open_source,),
+                name="template-index-rebuild",
+                daemon=True,
             )
             self._rebuild_thread.start()
         return True

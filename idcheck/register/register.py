@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from idcheck.cpus import every_cpu
 from idcheck.icao import DocumentClass
 from idcheck.index import (
     Candidate,
@@ -648,7 +649,12 @@ class UploadSession:
             self.protected.append((index, key))
 
     def commit(self) -> UploadOutcome:
-        """Apply the upload atomically (durable before this returns)."""
+        """Apply the upload atomically (durable before this returns). Runs on every CPU (`idcheck.cpus`): the key
+        sort, the store's writer and its JSON thread, and the index rebuild release the interpreter lock."""
+        with every_cpu():
+            return self._commit()
+
+    def _commit(self) -> UploadOutcome:
         if self._chunks:
             # Row batches of a mixed upload join the Arrow rows; repeated keys are found across both at once.
             tables = [*self._chunks, columns.accepted_from_records(self.rows)] if self.rows else self._chunks

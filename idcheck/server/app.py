@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from idcheck import cpus
 from idcheck.biometrics import Gallery, GallerySettings
 from idcheck.index import DocumentIndexSettings
 from idcheck.index.templates import IndexSettings
@@ -72,6 +73,7 @@ class RunningServer:
     tls: bool = False
     feed: ChangeFeed | None = None
     overload: ConcurrencyLimiter | None = None
+    cpu: int | None = None  # the CPU it serves from (None: not pinned)
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish within `grace`, then flush and close the register and
@@ -218,6 +220,12 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
     """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings.
     With `peers`, this is one of several worker processes sharing the port and the store."""
     host, tls = listen_security(config)
+    try:
+        cpu = cpus.choose(config.serving_cpu, peers.slot if peers is not None else 0)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cpu is not None:
+        cpus.serve_on(cpu)  # before the register's threads and gRPC's start: they inherit it
     limits = Limits(
         max_queries_per_call=config.max_queries_per_call,
         max_records_per_batch=config.max_records_per_batch,
@@ -301,7 +309,9 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
             gallery.store.close()  # no snapshot: the server never served
         register.close()
         raise
-    return RunningServer(server, register, health_servicer, bound, address, gallery, tls is not None, feed, overload)
+    return RunningServer(
+        server, register, health_servicer, bound, address, gallery, tls is not None, feed, overload, cpu
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -371,6 +381,7 @@ def serve(config: ServerConfig, peers: Peers | None = None) -> int:
         ),
         flush=True,
     )
+    print(f"{who}: CPUs: {cpus.describe(running.cpu)}", flush=True)
     gallery = running.gallery
     stats = gallery.index.stats()
     print(

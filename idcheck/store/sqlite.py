@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from idcheck.arrow_buffers import utf8_offsets
+from idcheck.cpus import on_every_cpu
 from idcheck.icao import DocumentClass
 from idcheck.records import DocumentKey, Holder, KeyColumns, RecordChange, RecordData, RecordStatus, StoredRecord
 from idcheck.store.errors import AmbiguousKey, NotOwner, RecordNotFound
@@ -298,7 +299,7 @@ class Checkpointer:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+            self._thread = threading.Thread(target=on_every_cpu(self._run), name="wal-checkpoint", daemon=True)
             self._thread.start()
 
     @property

@@ -1,0 +1,141 @@
+"""Serving CPUs (idcheck/cpus.py): which CPU a server process serves from, and the work allowed on every CPU.
+
+Affinity is the state of a process, so the pinning itself is tried in child processes, never in the test runner.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from idcheck import cpus
+from tests.conftest import ServerProcess, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell pinned from free")
+
+
+def test_choose_names_one_cpu_per_worker_or_none() -> None:
+    allowed = cpus.allowed()
+    assert cpus.choose("none") is None
+    assert cpus.choose("auto") == allowed[0]
+    assert [cpus.choose("auto", w) for w in range(2 * len(allowed))] == allowed * 2  # round robin over the CPUs
+    assert cpus.choose(str(allowed[-1])) == allowed[-1]
+    assert cpus.choose(f" {allowed[0]} ", 1) == allowed[1 % len(allowed)]  # a number is the first worker's
+    with pytest.raises(ValueError, match="auto, none or a CPU number"):
+        cpus.choose("fast")
+    with pytest.raises(ValueError, match="not a CPU this process may use"):
+        cpus.choose(str(max(allowed) + 1000))
+
+
+def run_child(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@TWO_CPUS
+def test_pinned_process_keeps_every_thread_on_its_cpu_and_long_work_widens() -> None:
+    out = run_child(
+        """
+        import os, threading
+        from idcheck import cpus
+        every = sorted(os.sched_getaffinity(0))
+        before = threading.Thread(target=threading.Event().wait, args=(30,), daemon=True)
+        before.start()  # running before the pin: pinned too
+        cpus.serve_on(every[1])
+        seen = {}
+        def probe(name):
+            seen[name] = sorted(os.sched_getaffinity(0))
+        after = threading.Thread(target=probe, args=("started after",))
+        after.start(); after.join()
+        seen["running before"] = sorted(os.sched_getaffinity(before.native_id))
+        with cpus.every_cpu():
+            seen["inside every_cpu"] = sorted(os.sched_getaffinity(0))
+            inner = threading.Thread(target=probe, args=("started inside every_cpu",))
+            inner.start(); inner.join()
+        seen["after every_cpu"] = sorted(os.sched_getaffinity(0))
+        wide = threading.Thread(target=cpus.on_every_cpu(probe), args=("on_every_cpu thread",))
+        wide.start(); wide.join()
+        for name, mask in seen.items():
+            print(f"{name}: {'pinned' if mask == [every[1]] else 'every' if mask == every else mask}")
+        """
+    )
+    assert out.splitlines() == [
+        "started after: pinned",
+        "running before: pinned",
+        "inside every_cpu: every",
+        "started inside every_cpu: every",
+        "after every_cpu: pinned",
+        "on_every_cpu thread: every",
+    ]
+
+
+def test_every_cpu_does_nothing_in_a_process_never_pinned() -> None:
+    before = os.sched_getaffinity(0)
+    with cpus.every_cpu():
+        assert os.sched_getaffinity(0) == before
+    assert os.sched_getaffinity(0) == before
+
+
+def thread_cpus(pid: int) -> dict[int, tuple[str, str]]:
+    """Each thread of process `pid`: (its name as the kernel knows it, its CPUs as /proc lists them)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        found[int(task.name)] = (status["Name"].strip(), status["Cpus_allowed_list"].strip())
+    return found
+
+
+def assert_serving_on(pid: int, cpu: int) -> None:
+    """gRPC's threads, the main thread and the calls' threads on `cpu`; the few others (background loops that run
+    on every CPU by design: idcheck.cpus.on_every_cpu) on every CPU, none anywhere else."""
+    threads = thread_cpus(pid)
+    every = cpus.allowed()
+    everywhere = f"{every[0]}-{every[-1]}" if len(every) > 1 else str(every[0])
+    assert threads[pid][1] == str(cpu)
+    process = threads[pid][0]  # Python's threads keep the process's name; gRPC's and the allocator's have their own
+    assert {mask for name, mask in threads.values() if name != process} == {str(cpu)}
+    assert {mask for _name, mask in threads.values()} <= {str(cpu), everywhere}
+    assert sum(mask == str(cpu) for _name, mask in threads.values()) > len(threads) // 2
+
+
+@TWO_CPUS
+def test_server_serves_from_one_cpu_unless_told_not_to(server_factory: Callable[..., ServerProcess]) -> None:
+    allowed = cpus.allowed()
+    pinned = server_factory()
+    assert f"CPUs: calls answered on CPU {allowed[0]}; bulk uploads and index rebuilds on CPUs" in pinned.log
+    with pinned.client("NZL", "border") as c:
+        assert c.check(state="NZL", number="X1").verdict == "CLEAR"  # gRPC's threads exist by now
+    assert_serving_on(pinned.proc.pid, allowed[0])
+    free = server_factory("--serving-cpu", "none", data_dir=pinned.data_dir.parent / "free")
+    assert "CPUs: not pinned" in free.log
+    assert str(allowed[0]) not in {mask for _name, mask in thread_cpus(free.proc.pid).values()}
+
+
+@TWO_CPUS
+def test_each_worker_serves_from_a_cpu_of_its_own(server_factory: Callable[..., ServerProcess]) -> None:
+    allowed = cpus.allowed()
+    server = server_factory("--workers", "2")
+    assert wait_until(lambda: server.log.count("serving on 127.0.0.1") >= 2, 60), server.log
+    children = [int(p) for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()]
+    assert sorted(thread_cpus(pid)[pid][1] for pid in children) == sorted(str(c) for c in allowed[:2])
+    for pid in children:
+        assert_serving_on(pid, int(thread_cpus(pid)[pid][1]))
+
+
+def test_a_cpu_the_process_may_not_use_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "idcheck.server", "--data", str(tmp_path), "--listen", "127.0.0.1:0",
+         "--serving-cpu", "4096"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "serving_cpu 4096 is not a CPU this process may use" in done.stderr

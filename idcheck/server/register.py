@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 
+from idcheck.cpus import every_cpu
 from idcheck.records import Holder, RecordChange, StoredRecord
 from idcheck.register import CheckResult, InvalidRequest, Query, RawRecord, Register, UploadAborted, Verdict
 from idcheck.register.checks import CLEAR_ACTION
@@ -256,6 +257,14 @@ class DocumentRegisterServicer(register_pb2_grpc.DocumentRegisterServicer):
         return response
 
     def UploadRecords(
+        self, request_iterator: Iterator[pb.UploadRecordsRequest], context: grpc.ServicerContext
+    ) -> pb.UploadRecordsResponse:
+        # An upload decodes and validates its batches as they arrive, then sorts and writes them: seconds of work that
+        # mostly releases the interpreter lock, so it runs on every CPU, not only the one calls are answered on.
+        with every_cpu():
+            return self._upload(request_iterator, context)
+
+    def _upload(
         self, request_iterator: Iterator[pb.UploadRecordsRequest], context: grpc.ServicerContext
     ) -> pb.UploadRecordsResponse:
         first = next(request_iterator, None)

@@ -16,6 +16,7 @@ import pytest
 
 from idcheck import cpus
 from tests.conftest import ServerProcess, wait_until
+from tests.server.test_mirror_e2e import start_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell pinned from free")
@@ -139,3 +140,17 @@ def test_a_cpu_the_process_may_not_use_is_refused(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "serving_cpu 4096 is not a CPU this process may use" in done.stderr
+
+
+@TWO_CPUS
+def test_a_mirror_serves_from_the_cpu_it_is_given(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    allowed = cpus.allowed()
+    upstream = server_factory()  # CPU allowed[0]
+    mirror = start_mirror(upstream.address, tmp_path / "mirror", "--serving-cpu", str(allowed[1]))
+    try:
+        assert f"CPUs: calls answered on CPU {allowed[1]}" in mirror.log
+        with mirror.client("NZL", "border") as c:
+            assert c.check(state="NZL", number="X1").verdict == "CLEAR"
+        assert_serving_on(mirror.proc.pid, allowed[1])
+    finally:
+        mirror.stop()

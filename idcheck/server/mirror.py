@@ -40,7 +40,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from idcheck import cpus
 from idcheck.client.channel import TlsOptions, open_channel
+from idcheck.cpus import on_every_cpu
 from idcheck.register import Limits
 from idcheck.register.replication import ChangePage, Heartbeat, Replica, ReplicationError, SnapshotPart
 from idcheck.server.auth import metadata_identity
@@ -63,6 +65,7 @@ SERVED = frozenset(
 SERVER_SETTINGS = (
     "listen",
     "data_dir",
+    "serving_cpu",
     "threads",
     "max_message_bytes",
     "max_queries_per_call",
@@ -271,7 +274,7 @@ class Follower:
         self._stop = threading.Event()
         self._call: Any = None
         self._last_message = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="mirror-follower", daemon=True)
+        self._thread = threading.Thread(target=on_every_cpu(self._run), name="mirror-follower", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -388,6 +391,7 @@ class RunningMirror:
     tls: bool = False
     serving: bool = False
     overload: ConcurrencyLimiter | None = None
+    cpu: int | None = None  # the CPU it answers calls on (None: not pinned)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -448,6 +452,12 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
     from idcheck.server.tls import certificate_identity
 
     host, tls = listen_security(config, "a mirror")
+    try:
+        cpu = cpus.choose(config.serving_cpu)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cpu is not None:
+        cpus.serve_on(cpu)  # as on the register (idcheck/cpus.py); the follower applies changes on every CPU
     client_tls = upstream_tls(mirror)
     limits = Limits(max_queries_per_call=config.max_queries_per_call)
     limiter = rate_limiter(config)
@@ -488,7 +498,7 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
         replica.close()
         raise
     running = RunningMirror(
-        server, replica, follower, health_servicer, bound, address, mirror, tls is not None, overload=overload
+        server, replica, follower, health_servicer, bound, address, mirror, tls is not None, overload=overload, cpu=cpu
     )
     running.check_health()
     return running
@@ -529,6 +539,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     stops = StopSignals()  # before "serving on": a SIGTERM sent as soon as that is seen stops gracefully
+    print(f"idcheck mirror: CPUs: {cpus.describe(running.cpu)}", flush=True)
     print(f"idcheck mirror: serving on {running.address} ({security}); following {mirror.upstream}", flush=True)
     stops.wait()
     print(f"idcheck mirror: stopping (grace {config.grace_seconds:g}s)", flush=True)

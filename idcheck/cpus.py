@@ -7,9 +7,9 @@ records, `idcheck bench --target`, two rounds), one server process kept on one c
 single checks/s against 1,673-1,788 when free (check streams: 6,648-6,995 against 2,596-2,977), and one caller
 at p50 0.59-0.61 against 0.73-0.76 ms. So `idcheck serve` keeps each process's serving threads on one CPU of its
 own (`serving_cpu`, README "Configuration"), and the work that runs for seconds and releases the interpreter lock
-(a bulk upload's commit, the index's merge and snapshot, the WAL checkpoint, the template index's rebuild) runs on
-every CPU (`every_cpu`, `on_every_cpu`): a 2,000,000-row upload into a server held on one core took 7.4-7.5
-against 5.0-5.2 s.
+(an upload from its first batch to its commit, the index's merge and snapshot, the WAL checkpoint, the template
+index's rebuild, a mirror's follower) runs on every CPU (`every_cpu`, `on_every_cpu`): a 2,000,000-row upload into
+a server held on one core took 7.4-7.5 against 5.0-5.2 s.
 
 Threads inherit the affinity of the thread that starts them, so `serve_on` is called before the register opens
 and the gRPC server starts, and covers the threads that exist already. Elsewhere than Linux it does nothing.

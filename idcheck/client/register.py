@@ -309,8 +309,17 @@ def check_request(
     state: str, number: str, document_class: int, birth_date: str, mrz: str, reference: str
 ) -> pb.CheckDocumentRequest:
     """The CheckDocumentRequest of one document, typed (state, number) or as a whole MRZ."""
-    query = {"mrz": mrz, "state": state, "number": number, "document_class": document_class}
-    return pb.CheckDocumentRequest(query=make_query({**query, "birth_date": birth_date, "reference": reference}))
+    query = make_query(
+        {
+            "mrz": mrz,
+            "state": state,
+            "number": number,
+            "document_class": document_class,
+            "birth_date": birth_date,
+            "reference": reference,
+        }
+    )
+    return pb.CheckDocumentRequest(query=query)
 
 
 def make_record(r: RecordInput) -> pb.Record:

@@ -82,10 +82,7 @@ class RunningServer:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.feed is not None:
             self.feed.close()  # change feed streams end now instead of holding the grace period
-        stopped = self.server.stop(grace)
-        if self.overload is not None:
-            self.overload.end_check_streams()  # idle check streams too (a gate waiting for its next traveller)
-        stopped.wait()
+        stop_serving(self.server, grace, self.overload)
         try:
             self.gallery.close()
         finally:
@@ -149,6 +146,28 @@ def shedder(config: ServerConfig) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(
         config.threads, queue, config.queue_seconds, streams, check_streams=config.max_check_streams
     )
+
+
+def pin_serving_cpu(config: ServerConfig, worker: int = 0) -> int | None:
+    """Keep this process's threads on the CPU `config.serving_cpu` names for worker number `worker` (0-based;
+    idcheck/cpus.py), before the register's and gRPC's threads start (they inherit it). Returns that CPU, None when
+    not pinned; raises ConfigError for a setting that names none."""
+    try:
+        cpu = cpus.choose(config.serving_cpu, worker)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cpu is not None:
+        cpus.serve_on(cpu)
+    return cpu
+
+
+def stop_serving(server: grpc.Server, grace: float | None, limiter: ConcurrencyLimiter | None) -> None:
+    """Refuse new calls and let in-flight ones finish within `grace`; open check streams end without waiting for
+    it when idle (a gate waiting for its next traveller), after their answer when working on a check."""
+    stopped = server.stop(grace)
+    if limiter is not None:
+        limiter.end_check_streams()
+    stopped.wait()
 
 
 def worker_threads(limiter: ConcurrencyLimiter) -> int:
@@ -220,12 +239,7 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
     """Open the register named by `config` and start serving it. Raises ConfigError for unusable settings.
     With `peers`, this is one of several worker processes sharing the port and the store."""
     host, tls = listen_security(config)
-    try:
-        cpu = cpus.choose(config.serving_cpu, peers.slot if peers is not None else 0)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if cpu is not None:
-        cpus.serve_on(cpu)  # before the register's threads and gRPC's start: they inherit it
+    cpu = pin_serving_cpu(config, peers.slot if peers is not None else 0)
     limits = Limits(
         max_queries_per_call=config.max_queries_per_call,
         max_records_per_batch=config.max_records_per_batch,

@@ -436,10 +436,9 @@ class RunningMirror:
         for name in (REGISTER_SERVICE, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.follower.stop()
-        stopped = self.server.stop(grace)
-        if self.overload is not None:
-            self.overload.end_check_streams()  # idle check streams too (a gate waiting for its next traveller)
-        stopped.wait()
+        from idcheck.server.app import stop_serving  # as start_mirror imports it: see there
+
+        stop_serving(self.server, grace, self.overload)
         self._monitor.join(5)
         self.replica.close()
 
@@ -448,16 +447,11 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
     """Open the mirror's register, start following the upstream and serving checks."""
     # Imported here: `idcheck certs` and other commands build the CLI parser (with this module's flags)
     # without loading the server.
-    from idcheck.server.app import bind, listen_security, rate_limiter, shedder, worker_threads
+    from idcheck.server.app import bind, listen_security, pin_serving_cpu, rate_limiter, shedder, worker_threads
     from idcheck.server.tls import certificate_identity
 
     host, tls = listen_security(config, "a mirror")
-    try:
-        cpu = cpus.choose(config.serving_cpu)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if cpu is not None:
-        cpus.serve_on(cpu)  # as on the register (idcheck/cpus.py); the follower applies changes on every CPU
+    cpu = pin_serving_cpu(config)  # as on the register; the follower applies changes on every CPU
     client_tls = upstream_tls(mirror)
     limits = Limits(max_queries_per_call=config.max_queries_per_call)
     limiter = rate_limiter(config)

@@ -53,7 +53,7 @@ def choose(setting: str, worker: int = 0) -> int | None:
     except ValueError:
         raise ValueError(f"serving_cpu must be auto, none or a CPU number, not {setting!r}") from None
     if first not in cpus:
-        raise ValueError(f"serving_cpu {first} is not a CPU this process may use ({_ranges(cpus)})")
+        raise ValueError(f"serving_cpu {first} is not a CPU this process may use ({_listed(cpus)})")
     return cpus[(cpus.index(first) + worker) % len(cpus)]
 
 
@@ -98,9 +98,9 @@ def on_every_cpu(target: Callable[_P, _R]) -> Callable[_P, _R]:
 def describe(cpu: int | None) -> str:
     """What `idcheck serve` prints about its CPUs."""
     if cpu is None:
-        return f"not pinned: threads run on CPUs {_ranges(allowed())}"
-    return f"calls answered on CPU {cpu}; bulk uploads and index rebuilds on CPUs {_ranges(allowed())}"
+        return f"not pinned: threads run on CPUs {_listed(allowed())}"
+    return f"calls answered on CPU {cpu}; bulk uploads and index rebuilds on CPUs {_listed(allowed())}"
 
 
-def _ranges(cpus: list[int]) -> str:
+def _listed(cpus: list[int]) -> str:
     return ",".join(str(c) for c in cpus)

@@ -6,7 +6,8 @@ other across cores, and each hand-off wakes a thread on another core: measured o
 records, `idcheck bench --target`, two rounds), one server process kept on one core answered 16 callers 3,809-3,845
 single checks/s against 1,673-1,788 when free (check streams: 6,648-6,995 against 2,596-2,977), and one caller
 at p50 0.59-0.61 against 0.73-0.76 ms. So `idcheck serve` keeps each process's serving threads on one CPU of its
-own (`serving_cpu`, README "Configuration"), and the work that runs for seconds and releases the interpreter lock
+own (`serving_cpu`, README "Configuration"; with `auto`, the CPU the fewest other idcheck servers of the machine
+serve from: `claim`), and the work that runs for seconds and releases the interpreter lock
 (an upload from its first batch to its commit, the index's merge and snapshot, the WAL checkpoint, the template
 index's rebuild, a mirror's follower) runs on every CPU (`every_cpu`, `on_every_cpu`): a 2,000,000-row upload into
 a server held on one core took 7.4-7.5 against 5.0-5.2 s.
@@ -19,13 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+try:
+    import fcntl
+except ImportError:  # not on this platform: no claims (see `claim`)
+    fcntl = None  # type: ignore[assignment]
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+log = logging.getLogger(__name__)
+
+#: The environment variable naming the directory of CPU claims (`claims_dir`).
+CLAIMS_ENV = "IDCHECK_CPU_CLAIMS"
+
+# This process's claims (`claim`): open descriptors of the slot files it holds a lock on.
+_held: list[int] = []
 
 # Every CPU this process may use, as it was before `serve_on` narrowed it (None: never narrowed).
 _every: set[int] | None = None
@@ -38,23 +54,95 @@ def allowed() -> list[int]:
     return sorted(_every if _every is not None else os.sched_getaffinity(0))
 
 
-def choose(setting: str, worker: int = 0) -> int | None:
-    """The CPU `setting` names for worker number `worker` (0-based; 0 for a single process): "auto" the worker's own
-    in the allowed CPUs (round robin), "none" None (no pinning), or a CPU number (offset by the worker number).
-    Raises ValueError for anything else, or a CPU this process may not use."""
+def claim(setting: str, worker: int = 0, *, claims: Path | None = None) -> int | None:
+    """The CPU `setting` names for worker number `worker` (0-based; 0 for a single process), claimed for this
+    process's lifetime: "auto" the allowed CPU the fewest idcheck server processes of this machine serve from (the
+    lowest of those), "none" None (no pinning, no claim), or a CPU number (offset by the worker number).
+
+    Claims are locks on files in `claims` (default `claims_dir()`), taken one process at a time; the kernel drops a
+    process's locks when it ends, however it ends, so a claim never outlives its server. So a register and its
+    mirror, or two registers, on one machine serve from different CPUs while there are CPUs enough, and share the
+    least used ones after that. Where claims cannot be kept (no file locks, an unwritable directory), "auto" takes
+    the worker's own CPU in the allowed ones (round robin), as if no other server ran. Raises ValueError for
+    anything else than auto, none or a number, or a CPU this process may not use."""
     setting = setting.strip().lower()
     cpus = allowed()
     if setting == "none":
         return None
     if setting == "auto":
-        return cpus[worker % len(cpus)]
+        fixed = None
+    else:
+        try:
+            first = int(setting)
+        except ValueError:
+            raise ValueError(f"serving_cpu must be auto, none or a CPU number, not {setting!r}") from None
+        if first not in cpus:
+            raise ValueError(f"serving_cpu {first} is not a CPU this process may use ({_listed(cpus)})")
+        fixed = cpus[(cpus.index(first) + worker) % len(cpus)]
     try:
-        first = int(setting)
-    except ValueError:
-        raise ValueError(f"serving_cpu must be auto, none or a CPU number, not {setting!r}") from None
-    if first not in cpus:
-        raise ValueError(f"serving_cpu {first} is not a CPU this process may use ({_listed(cpus)})")
-    return cpus[(cpus.index(first) + worker) % len(cpus)]
+        return _claim(claims if claims is not None else claims_dir(), cpus, fixed)
+    except OSError as exc:
+        chosen = fixed if fixed is not None else cpus[worker % len(cpus)]
+        log.warning("CPU claims not kept (%s); serving from CPU %d without knowing the other servers'", exc, chosen)
+        return chosen
+
+
+def claims_dir() -> Path:
+    """Where the servers of this machine (of this user) claim their CPUs: $IDCHECK_CPU_CLAIMS, or a directory of
+    the user's in the temporary directory."""
+    named = os.environ.get(CLAIMS_ENV, "").strip()
+    if named:
+        return Path(named)
+    return Path(tempfile.gettempdir()) / f"idcheck-{os.getuid()}-cpus"
+
+
+def release_claims() -> None:
+    """Give up this process's claims (they go with the process anyway; for tests and a server stopping)."""
+    while _held:
+        os.close(_held.pop())
+
+
+def _claim(directory: Path, cpus: list[int], fixed: int | None) -> int:
+    """Claim `fixed`, or the least claimed of `cpus`: slot files `cpu-<cpu>-<n>` held by a lock each, chosen while
+    holding `choosing.lock` so that two servers starting together count each other."""
+    if fcntl is None:
+        raise OSError("no file locks on this platform")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    chooser = os.open(directory / "choosing.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(chooser, fcntl.LOCK_EX)
+        held: dict[int, set[int]] = {}
+        for path in directory.glob("cpu-*-*"):
+            parts = path.name.split("-")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() and _is_held(path):
+                held.setdefault(int(parts[1]), set()).add(int(parts[2]))
+        cpu = fixed if fixed is not None else min(cpus, key=lambda c: (len(held.get(c, set())), c))
+        taken = held.get(cpu, set())
+        free = min(set(range(len(taken) + 1)) - taken)
+        fd = os.open(directory / f"cpu-{cpu}-{free}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        _held.append(fd)
+        return cpu
+    finally:
+        os.close(chooser)  # and with it the lock
+
+
+def _is_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def serve_on(cpu: int) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,9 +21,15 @@ import pytest
 
 from idcheck.client.channel import TlsOptions
 from idcheck.client.register import RegisterClient
+from idcheck.cpus import CLAIMS_ENV
 from idcheck.security import certs
 
 SERVING = re.compile(r"serving on (\S+)")
+
+# The servers the tests start claim their CPUs among themselves (idcheck/cpus.py), not among the machine's other
+# idcheck servers (a `make run` left running would move them).
+os.environ[CLAIMS_ENV] = tempfile.mkdtemp(prefix="idcheck-test-cpus-")
+atexit.register(shutil.rmtree, os.environ[CLAIMS_ENV], ignore_errors=True)
 
 
 @dataclass

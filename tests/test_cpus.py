@@ -6,6 +6,7 @@ Affinity is the state of a process, so the pinning itself is tried in child proc
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,17 +23,65 @@ ROOT = Path(__file__).resolve().parents[1]
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell pinned from free")
 
 
-def test_choose_names_one_cpu_per_worker_or_none() -> None:
+def test_claim_names_the_least_used_cpu_or_none(tmp_path: Path) -> None:
     allowed = cpus.allowed()
-    assert cpus.choose("none") is None
-    assert cpus.choose("auto") == allowed[0]
-    assert [cpus.choose("auto", w) for w in range(2 * len(allowed))] == allowed * 2  # round robin over the CPUs
-    assert cpus.choose(str(allowed[-1])) == allowed[-1]
-    assert cpus.choose(f" {allowed[0]} ", 1) == allowed[1 % len(allowed)]  # a number is the first worker's
+    try:
+        assert cpus.claim("none", claims=tmp_path) is None
+        assert list(tmp_path.iterdir()) == []  # no claim without pinning
+        # In one process for the test; each server process makes one claim. Least used first, the lowest on a tie.
+        assert [cpus.claim("auto", claims=tmp_path) for _ in range(2 * len(allowed))] == allowed * 2
+        cpus.release_claims()
+        assert cpus.claim("auto", claims=tmp_path) == allowed[0]  # released: free again
+        assert cpus.claim(str(allowed[-1]), claims=tmp_path) == allowed[-1]
+        assert cpus.claim(f" {allowed[0]} ", 1, claims=tmp_path) == allowed[1 % len(allowed)]  # the first worker's
+        # A number is claimed too: `auto` goes where the fewest servers are, counting them.
+        claimed = [allowed[0], allowed[-1], allowed[1 % len(allowed)]]
+        least = min(allowed, key=lambda c: (claimed.count(c), c))
+        assert cpus.claim("auto", claims=tmp_path) == least
+    finally:
+        cpus.release_claims()
     with pytest.raises(ValueError, match="auto, none or a CPU number"):
-        cpus.choose("fast")
+        cpus.claim("fast", claims=tmp_path)
     with pytest.raises(ValueError, match="not a CPU this process may use"):
-        cpus.choose(str(max(allowed) + 1000))
+        cpus.claim(str(max(allowed) + 1000), claims=tmp_path)
+
+
+def test_claims_go_with_their_process_however_it_ends(tmp_path: Path) -> None:
+    allowed = cpus.allowed()
+    code = f"""
+        import sys
+        from pathlib import Path
+        from idcheck import cpus
+        print(cpus.claim("auto", claims=Path({str(tmp_path)!r})), flush=True)
+        sys.stdin.read()
+        """
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout is not None
+        assert int(child.stdout.readline()) == allowed[0]
+        assert cpus.claim("auto", claims=tmp_path) == allowed[1 % len(allowed)]  # the child holds the first
+        child.kill()  # no chance to release anything
+        child.wait(10)
+        assert cpus.claim("auto", claims=tmp_path) == allowed[0]
+    finally:
+        child.kill()
+        cpus.release_claims()
+
+
+def test_claims_fall_back_to_the_workers_own_cpu_where_they_cannot_be_kept(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a file where the directory should be
+    allowed = cpus.allowed()
+    assert [cpus.claim("auto", w, claims=blocked / "cpus") for w in range(2)] == [
+        allowed[w % len(allowed)] for w in range(2)
+    ]
+    assert cpus._held == []
 
 
 def run_child(code: str) -> str:
@@ -111,15 +160,15 @@ def assert_serving_on(pid: int, cpu: int) -> None:
 
 @TWO_CPUS
 def test_server_serves_from_one_cpu_unless_told_not_to(server_factory: Callable[..., ServerProcess]) -> None:
-    allowed = cpus.allowed()
     pinned = server_factory()
-    assert f"CPUs: calls answered on CPU {allowed[0]}; bulk uploads and index rebuilds on CPUs" in pinned.log
+    cpu = serving_cpu(pinned.log)
+    assert f"CPUs: calls answered on CPU {cpu}; bulk uploads and index rebuilds on CPUs" in pinned.log
     with pinned.client("NZL", "border") as c:
         assert c.check(state="NZL", number="X1").verdict == "CLEAR"  # gRPC's threads exist by now
-    assert_serving_on(pinned.proc.pid, allowed[0])
+    assert_serving_on(pinned.proc.pid, cpu)
     free = server_factory("--serving-cpu", "none", data_dir=pinned.data_dir.parent / "free")
     assert "CPUs: not pinned" in free.log
-    assert str(allowed[0]) not in {mask for _name, mask in thread_cpus(free.proc.pid).values()}
+    assert str(cpu) not in {mask for _name, mask in thread_cpus(free.proc.pid).values()}
 
 
 @TWO_CPUS
@@ -145,12 +194,43 @@ def test_a_cpu_the_process_may_not_use_is_refused(tmp_path: Path) -> None:
 @TWO_CPUS
 def test_a_mirror_serves_from_the_cpu_it_is_given(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
     allowed = cpus.allowed()
-    upstream = server_factory()  # CPU allowed[0]
-    mirror = start_mirror(upstream.address, tmp_path / "mirror", "--serving-cpu", str(allowed[1]))
+    upstream = server_factory()
+    given = allowed[1] if serving_cpu(upstream.log) == allowed[0] else allowed[0]
+    mirror = start_mirror(upstream.address, tmp_path / "mirror", "--serving-cpu", str(given))
     try:
-        assert f"CPUs: calls answered on CPU {allowed[1]}" in mirror.log
+        assert f"CPUs: calls answered on CPU {given}" in mirror.log
         with mirror.client("NZL", "border") as c:
             assert c.check(state="NZL", number="X1").verdict == "CLEAR"
-        assert_serving_on(mirror.proc.pid, allowed[1])
+        assert_serving_on(mirror.proc.pid, given)
     finally:
         mirror.stop()
+
+
+@TWO_CPUS
+def test_servers_on_one_machine_serve_from_different_cpus(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A register and its mirror on one machine, both `auto`: each on a CPU of its own; a second register too while
+    there are CPUs left, then on the least used one. A server's CPU is free again once it has stopped."""
+    allowed = cpus.allowed()
+    upstream = server_factory()
+    mirror = start_mirror(upstream.address, tmp_path / "mirror")
+    try:
+        used = [serving_cpu(upstream.log), serving_cpu(mirror.log)]
+        assert len(set(used)) == 2
+        assert_serving_on(mirror.proc.pid, used[1])
+        more = server_factory(data_dir=tmp_path / "more")
+        used.append(serving_cpu(more.log))
+        assert used[2] == min(allowed, key=lambda c: (used[:2].count(c), c))
+        more.stop()
+    finally:
+        mirror.stop()
+    again = server_factory(data_dir=tmp_path / "again")
+    assert serving_cpu(again.log) != used[0]  # the mirror's CPU (or the third's) is free again
+
+
+def serving_cpu(log: str) -> int:
+    """The CPU a server said it answers calls on."""
+    found = re.search(r"CPUs: calls answered on CPU (\d+)", log)
+    assert found, log
+    return int(found.group(1))

@@ -150,10 +150,11 @@ def shedder(config: ServerConfig) -> ConcurrencyLimiter:
 
 def pin_serving_cpu(config: ServerConfig, worker: int = 0) -> int | None:
     """Keep this process's threads on the CPU `config.serving_cpu` names for worker number `worker` (0-based;
-    idcheck/cpus.py), before the register's and gRPC's threads start (they inherit it). Returns that CPU, None when
-    not pinned; raises ConfigError for a setting that names none."""
+    idcheck/cpus.py: with auto, the CPU the fewest other idcheck servers of this machine serve from), before the
+    register's and gRPC's threads start (they inherit it). Returns that CPU, None when not pinned; raises ConfigError
+    for a setting that names none."""
     try:
-        cpu = cpus.choose(config.serving_cpu, worker)
+        cpu = cpus.claim(config.serving_cpu, worker)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if cpu is not None:

@@ -29,9 +29,10 @@ class ServerConfig:
     # Server processes sharing the port (SO_REUSEPORT), the store and the index snapshot (README "Every core
     # serving"); 0: one per core. 1 by default: the per-member rate limit and statistics are per process.
     workers: int = 1
-    # The CPU each server process serves from (idcheck/cpus.py): "auto" one of its own per worker (round robin over
-    # the CPUs the process may use), "none" no pinning, or the first CPU's number. Bulk uploads and index rebuilds
-    # run on every CPU whatever this says.
+    # The CPU each server process serves from (idcheck/cpus.py): "auto" the one the fewest idcheck server processes
+    # of this machine serve from (each worker, a mirror, another register: one of its own while there are CPUs
+    # enough), "none" no pinning, or the first worker's CPU number. Bulk uploads and index rebuilds run on every CPU
+    # whatever this says.
     serving_cpu: str = "auto"
     threads: int = 16
     max_message_bytes: int = 32 * 1024 * 1024
@@ -107,7 +108,7 @@ _HELP = {
     "data_dir": "directory of the register database",
     "demo": "seed a demo register (ICAO specimens and synthetic records) when the data directory is empty",
     "workers": "server processes sharing the port, the store and the index snapshot (0: one per core)",
-    "serving_cpu": "CPU each server process answers calls on: auto (one per worker), none, or a CPU number",
+    "serving_cpu": "CPU answering calls: auto (the one fewest idcheck servers here use), none, or a CPU number",
     "threads": "calls worked on at once (the pool has more threads: for waiting calls, streams and refusals)",
     "max_message_bytes": "largest request or response message accepted",
     "max_queries_per_call": "largest manifest accepted by CheckDocuments",

@@ -129,6 +129,33 @@ def test_pinned_process_keeps_every_thread_on_its_cpu_and_long_work_widens() -> 
     ]
 
 
+@TWO_CPUS
+def test_faiss_threads_of_a_pinned_process_run_on_every_cpu() -> None:
+    """faiss_threads above 1 in a server kept on one CPU: OpenMP's threads are started on every CPU (else they
+    would take turns on the serving core), and the calling thread is back on its CPU after each search."""
+    out = run_child(
+        """
+        import os
+        from pathlib import Path
+        import numpy as np
+        from idcheck import cpus
+        from idcheck.index.templates import IndexSettings, TemplateIndex
+        every = sorted(os.sched_getaffinity(0))
+        cpus.serve_on(every[0])
+        for threads in (1, 2):
+            index = TemplateIndex(IndexSettings(dimension=64, omp_threads=threads))
+            vectors = np.random.default_rng(1).standard_normal((20_000, 64)).astype(np.float32)
+            index.add(np.arange(len(vectors)), vectors, 1)
+            scores, ids = index.search(vectors[:64], 1)
+            assert (ids[:, 0] >= 0).all()
+            masks = [sorted(os.sched_getaffinity(int(task.name))) for task in Path("/proc/self/task").iterdir()]
+            here = sorted(os.sched_getaffinity(0)) == [every[0]]
+            print(threads, "every" if every in masks else "none on every CPU", "caller pinned" if here else "moved")
+        """
+    )
+    assert out.splitlines() == ["1 none on every CPU caller pinned", "2 every caller pinned"]
+
+
 def test_every_cpu_does_nothing_in_a_process_never_pinned() -> None:
     before = os.sched_getaffinity(0)
     with cpus.every_cpu():

@@ -61,7 +61,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from idcheck.cpus import on_every_cpu
+from idcheck.cpus import every_cpu, on_every_cpu
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,13 @@ def set_omp_threads(n: int) -> None:
     if getattr(_omp, "n", None) != n:
         faiss.omp_set_num_threads(max(1, n))
         _omp.n = n
+
+
+def omp_cpus(n: int) -> AbstractContextManager[None]:
+    """Where a FAISS call with `n` OpenMP threads runs: on every CPU when n is above 1, else where the caller is. A
+    server process keeps its calls' threads on one CPU (idcheck/cpus.py), and the threads OpenMP starts for a call
+    inherit the CPUs of the thread that first calls it: kept there, faiss_threads 2 would take turns on one core."""
+    return every_cpu() if n > 1 else contextlib.nullcontext()
 
 
 def _ids(ids: np.ndarray) -> np.ndarray:
@@ -382,7 +389,7 @@ class TemplateIndex:
         ids = _ids(ids)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         set_omp_threads(self.settings.omp_threads)
-        with self._lock.write():
+        with omp_cpus(self.settings.omp_threads), self._lock.write():
             if len(ids):
                 self._index.add_with_ids(vectors, ids)
             if self._journal is not None:
@@ -393,7 +400,7 @@ class TemplateIndex:
         """Remove templates by id; once this returns, searches never return them. Returns how many were held."""
         ids = _ids(ids)
         set_omp_threads(self.settings.omp_threads)
-        with self._lock.write():
+        with omp_cpus(self.settings.omp_threads), self._lock.write():
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids))) if len(ids) else 0
             self._removed_since_build += removed
             if self._journal is not None:
@@ -407,7 +414,7 @@ class TemplateIndex:
         """Top-k (scores, ids) per normalised probe, best first; missing entries have id -1."""
         probes = np.ascontiguousarray(probes, dtype=np.float32).reshape(-1, self.settings.dimension)
         set_omp_threads(self.settings.omp_threads)
-        with self._lock.read():
+        with omp_cpus(self.settings.omp_threads), self._lock.read():
             index = self._index
             k = max(1, min(k, max(int(index.ntotal), 1)))
             scores, ids = index.search(probes, k)

@@ -6,6 +6,12 @@ A check must not wait for a disk flush, so audit rows are committed by a writer 
 the rows of the last commits, i.e. about `interval` seconds of audit rows. Record changes never go
 through here; they are committed with `synchronous=FULL` by the store.
 
+Checks queue their rows without waking the writer thread: it takes the whole queue once per `interval` (or when a
+control message or a full batch wakes it). Woken by each check, it cost a thread switch per check on the serving
+CPU: measured on 2026-12-07 (2 cores, 1,000,000 records, one caller, three alternating pairs, /proc), a
+`CheckDocument` call took 380-398 against 423-463 µs of server CPU, and one caller's rate rose from 1,312-1,360 to
+1,414-1,459 checks/s; a streamed check 212-228 against 225-246 µs.
+
 The writer also keeps the service's counters of answered calls (by kind and by verdict): it sees every call
 anyway, and counting on its thread keeps them off the check path. After each commit it wakes the threads
 waiting in `wait_for_commit` (hit watchers), and while one waits a batch holding a HIT or POSSIBLE_MATCH is
@@ -15,6 +21,7 @@ committed at once (at most every `PROMPT_COMMIT_GAP` seconds) instead of at the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -72,7 +79,12 @@ class AuditWriter:
         self._interval = interval
         self._max_batch = max_batch
         self._write = write
+        # Calls wait in the queue without waking the writer thread (a wake-up per check would be a thread switch
+        # per check on the serving CPU); it takes them all each `interval`, or at once when `_wake` is set: for a
+        # control message (flush, counts, a hit watcher, stop), or when `max_batch` rows may be waiting.
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._unseen_rows = 0  # rows submitted since the writer last took the queue (approximate: a wake-up hint)
         # Audit rows are appended: a small page cache holds the right edge of its B-trees (a large one only
         # grows the process by the size of the audit log it has touched).
         self._conn = connect(store.path, synchronous="NORMAL", cache_mib=8)
@@ -111,17 +123,20 @@ class AuditWriter:
         `clear` holds a manifest's plain CLEAR documents packed (`documents` are the others); they are packed into
         their stored form on the writer thread, off the check path."""
         self._queue.put((call, documents, clear))
+        self._unseen_rows += len(documents) + (0 if clear is None else len(clear.positions))
+        if self._waiting or self._unseen_rows >= self._max_batch:  # a hit watcher waits, or a full batch
+            self._wake.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row submitted so far is committed."""
         done = threading.Event()
-        self._queue.put(done)
+        self._signal(done)
         return done.wait(timeout)
 
     def counts(self, timeout: float = 2.0) -> AuditCounts:
         """The counters, including every call submitted before this one (without forcing a commit)."""
         seen = _Counted()
-        self._queue.put(seen)
+        self._signal(seen)
         seen.wait(timeout)
         with self._counts_lock:
             return AuditCounts(
@@ -147,7 +162,7 @@ class AuditWriter:
         with self._committed:
             self._waiting += 1
             if self._pending_hits:  # hits arrived while nobody waited: have them committed now
-                self._queue.put(_PROMPT)
+                self._signal(_PROMPT)
             try:
                 self._committed.wait_for(lambda: self._generation != seen or (stop is not None and stop()), timeout)
             finally:
@@ -165,10 +180,24 @@ class AuditWriter:
             return
         self.flush()
         self._closed = True
-        self._queue.put(_STOP)
+        self._signal(_STOP)
         self._thread.join(timeout=10)
         self._conn.close()
         self.wake_waiters()
+
+    def _signal(self, item: object) -> None:
+        """Queue a control message and wake the writer for it."""
+        self._queue.put(item)
+        self._wake.set()
+
+    def _take(self) -> list[object]:
+        """Everything queued (writer thread)."""
+        self._unseen_rows = 0
+        items = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self._queue.get_nowait())
+        return items
 
     def _count(self, call: AuditCall, documents: Sequence[AuditDocument], clear: AuditClear | None) -> tuple[int, int]:
         """Count one call (writer thread); returns (its documents, how many of them are hits). Packed documents
@@ -196,30 +225,30 @@ class AuditWriter:
         last_commit = 0.0
         stop = False
         while not stop:
-            timeout = max(0.0, deadline - time.monotonic()) if pending else self._interval
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                stop = True
-            elif isinstance(item, tuple):
-                documents, hits = self._count(*item)
-                if self._write:
-                    if not pending:
-                        deadline = time.monotonic() + self._interval
-                    pending.append(item)
-                    rows += documents
-                    self._pending_hits += hits
-                    if hits and self._waiting:  # a hit watcher is waiting: do not make it wait for the interval
+            asleep = time.monotonic()
+            timeout = max(0.0, deadline - asleep) if pending else self._interval
+            self._wake.wait(timeout)
+            self._wake.clear()  # before taking the queue: a message queued from here on sets it again
+            for item in self._take():
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, tuple):
+                    documents, hits = self._count(*item)
+                    if self._write:
+                        if not pending:  # queued at the earliest when the writer went to sleep
+                            deadline = asleep + self._interval
+                        pending.append(item)
+                        rows += documents
+                        self._pending_hits += hits
+                        if hits and self._waiting:  # a hit watcher is waiting: do not make it wait for the interval
+                            deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)
+                elif item is _PROMPT:
+                    if pending:
                         deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)
-            elif item is _PROMPT:
-                if pending:
-                    deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)
-            elif isinstance(item, _Counted):
-                item.set()
-            elif isinstance(item, threading.Event):
-                waiters.append(item)
+                elif isinstance(item, _Counted):
+                    item.set()
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
             due = stop or waiters or rows >= self._max_batch or time.monotonic() >= deadline
             if pending and due:
                 left = self._write_pending(pending)

@@ -97,7 +97,7 @@ def claims_dir() -> Path:
 
 
 def release_claims() -> None:
-    """Give up this process's claims (they go with the process anyway; for tests and a server stopping)."""
+    """Give up this process's claims (they go with the process anyway, however it ends; for tests)."""
     while _held:
         os.close(_held.pop())
 

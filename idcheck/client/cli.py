@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -618,19 +618,27 @@ def _add_check_stream(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "check-stream",
         parents=[_client_options()],
-        help="check documents one by one as they come, on one check stream (JSON lines in and out)",
+        help="check documents one by one as they come, on one check stream (JSON lines or MRZ text in, JSON out)",
         description=(
             "Check documents as they arrive, one JSON object per line on standard input (or FILE), on one "
             "CheckDocumentStream: for a document reader or a gate's software piping travellers in. A line holds "
             '{"state": ..., "number": ...} (optional "document_class", "birth_date", "reference") or {"mrz": ...}. '
+            "With --mrz the input is the MRZ text a reader prints instead: each document's 2 or 3 lines one after "
+            "the other (or on one line), blank lines between documents optional. "
             "Each answer is printed as soon as it arrives, one JSON object per line in input order, as `check "
-            '--json` prints it plus "line"; a refused line prints {"line": N, "error": {...}} and the stream goes '
-            "on. Exit status: 3 if any HIT, 4 if any POSSIBLE_MATCH and no HIT, 2 if a line was refused and "
-            "nothing matched, 0 all clear, 1 if the stream broke (service error)."
+            '--json` prints it plus "line" (the first line of the document); a refused document prints '
+            '{"line": N, "error": {...}} and the stream goes on. Exit status: 3 if any HIT, 4 if any POSSIBLE_MATCH '
+            "and no HIT, 2 if a document was refused and nothing matched, 0 all clear, 1 if the stream broke "
+            "(service error)."
         ),
     )
     parser.add_argument(
-        "input", nargs="?", type=Path, default=None, metavar="FILE", help="JSON lines to check (default: stdin)"
+        "input", nargs="?", type=Path, default=None, metavar="FILE", help="documents to check (default: stdin)"
+    )
+    parser.add_argument(
+        "--mrz",
+        action="store_true",
+        help="the input is MRZ text (TD1: 3 lines of 30 characters; TD2, MRV-B: 2 of 36; TD3, MRV-A: 2 of 44)",
     )
     parser.set_defaults(func=_cmd_check_stream)
 
@@ -658,6 +666,67 @@ def _stream_query(line: str) -> dict[str, Any]:
     }
 
 
+# MRZ layouts by line length: how many lines a document of that line length has (idcheck.icao.mrz).
+_MRZ_LINES = {30: 3, 36: 2, 44: 2}
+
+
+def _json_documents(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
+    """(line number, query or what is wrong with it) for each JSON line that is not blank."""
+    for n, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                yield n, _stream_query(line)
+            except ValueError as err:
+                yield n, err
+
+
+def _mrz_documents(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
+    """(first line number, query or what is wrong with it) for each MRZ in text a document reader prints: each
+    document's lines one after the other, or all on one line; a blank line ends a document. A document is handed on
+    as soon as its last line is read (a reader waits for its answer before the next traveller). Lines are only
+    grouped here: the register checks each MRZ and says precisely what is wrong with one."""
+    group: list[str] = []
+    first = 0
+    for n, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            if group:
+                yield first, ValueError(f"incomplete MRZ: {len(group)} of {_MRZ_LINES[len(group[0])]} lines")
+                group = []
+            continue
+        if not group:
+            whole = [(length, count) for length, count in _MRZ_LINES.items() if len(line) == length * count]
+            if whole:  # the whole MRZ on one line
+                length = whole[0][0]
+                yield n, {"mrz": "\n".join(line[i : i + length] for i in range(0, len(line), length))}
+                continue
+            if len(line) not in _MRZ_LINES:
+                yield (
+                    n,
+                    ValueError(
+                        f"not an MRZ line: {len(line)} characters (MRZ lines have 30, 36 or 44; "
+                        "a whole MRZ on one line 90, 72 or 88)"
+                    ),
+                )
+                continue
+            first = n
+        elif len(line) != len(group[0]):
+            yield (
+                first,
+                ValueError(
+                    f"MRZ lines of different lengths: line {first} has {len(group[0])} characters, line {n} {len(line)}"
+                ),
+            )
+            group = []
+            continue
+        group.append(line)
+        if len(group) == _MRZ_LINES[len(group[0])]:
+            yield first, {"mrz": "\n".join(group)}
+            group = []
+    if group:
+        yield first, ValueError(f"incomplete MRZ at the end: {len(group)} of {_MRZ_LINES[len(group[0])]} lines")
+
+
 def _cmd_check_stream(args: argparse.Namespace) -> int:
     try:
         source = sys.stdin if args.input is None else args.input.open(encoding="utf-8")
@@ -667,11 +736,11 @@ def _cmd_check_stream(args: argparse.Namespace) -> int:
     refused = 0
     try:
         with source, _connect(args) as client, client.check_stream() as stream:
-            for n, line in enumerate(source, start=1):
-                if not line.strip():
-                    continue
+            for n, query in (_mrz_documents if args.mrz else _json_documents)(source):
                 try:
-                    answer = stream.check(**_stream_query(line))
+                    if isinstance(query, ValueError):
+                        raise query
+                    answer = stream.check(**query)
                 except ValueError as err:
                     refused += 1
                     out: dict[str, Any] = {

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from idcheck.client import files
-from idcheck.client.cli import main
+from idcheck.client.cli import _mrz_documents, main
 from idcheck.icao import MRZFormat, compose_mrz
 from tests.conftest import ServerProcess, start_server
 
@@ -631,6 +631,55 @@ def test_check_stream_exit_codes(capsys: pytest.CaptureFixture[str], demo: Serve
     assert code == 1 and "PERMISSION_DENIED" in err
     code, _out, err = run(capsys, demo, "check-stream", str(tmp_path / "missing.jsonl"), "--role", "border")
     assert code == 2 and "cannot read" in err
+
+
+TD1_SPECIMEN = ["I<UTOD231458907<<<<<<<<<<<<<<<", "7408122F1204159UTO<<<<<<<<<<<6", "ERIKSSON<<ANNA<MARIA<<<<<<<<<<"]
+
+
+def test_mrz_documents_groups_the_lines_a_reader_prints() -> None:
+    lines = [
+        *SPECIMEN,  # 1-2: TD3
+        "",
+        *TD1_SPECIMEN,  # 4-6: TD1, no blank line after it
+        "".join(SPECIMEN),  # 7: a whole MRZ on one line
+        "SHORT",  # 8: no MRZ line
+        SPECIMEN[0],  # 9: a TD3 line, then a TD1 line
+        TD1_SPECIMEN[0],  # 10
+        TD1_SPECIMEN[0],  # 11: incomplete, ended by a blank line
+        "",
+        f"  {SPECIMEN[0]}  ",  # 13-14: spaces around lines do not matter
+        SPECIMEN[1],
+        SPECIMEN[0],  # 15: incomplete at the end
+    ]
+    found = [(n, q if isinstance(q, dict) else str(q)) for n, q in _mrz_documents(line + "\n" for line in lines)]
+    td3, td1 = {"mrz": "\n".join(SPECIMEN)}, {"mrz": "\n".join(TD1_SPECIMEN)}
+    assert found == [
+        (1, td3),
+        (4, td1),
+        (7, td3),
+        (8, "not an MRZ line: 5 characters (MRZ lines have 30, 36 or 44; a whole MRZ on one line 90, 72 or 88)"),
+        (9, "MRZ lines of different lengths: line 9 has 44 characters, line 10 30"),
+        (11, "incomplete MRZ: 1 of 3 lines"),
+        (13, td3),
+        (15, "incomplete MRZ at the end: 1 of 2 lines"),
+    ]
+
+
+def test_check_stream_reads_mrz_text(capsys: pytest.CaptureFixture[str], demo: ServerProcess, tmp_path: Path) -> None:
+    forged = [SPECIMEN[0], SPECIMEN[1][:9] + "7" + SPECIMEN[1][10:]]  # a wrong check digit: shown, not refused
+    lines = [*SPECIMEN, "SHORT", *TD1_SPECIMEN, *forged, "P<UTO!" + "<" * 38, SPECIMEN[1]]
+    source = tmp_path / "reader.txt"
+    source.write_text("\n".join(lines) + "\n")
+    code, out, _err = run(capsys, demo, "check-stream", "--mrz", str(source), "--role", "border", "--member", "NZL")
+    assert code == 3
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["line"] for a in answers] == [1, 3, 4, 7, 9]
+    assert answers[0]["verdict"] == "HIT" and answers[0]["mrz_valid"] is True
+    assert "not an MRZ line" in answers[1]["error"]["message"]
+    assert answers[2]["verdict"] in {"CLEAR", "HIT", "POSSIBLE_MATCH"} and answers[2]["mrz_valid"] is True
+    assert answers[3]["mrz_valid"] is False
+    refused = answers[4]["error"]  # the register's own refusal of a malformed MRZ
+    assert refused["code"] == "INVALID_ARGUMENT" and [v["field"] for v in refused["violations"]] == ["query.mrz"]
 
 
 def test_check_stream_as_a_program_answers_before_the_next_line_is_written(demo: ServerProcess) -> None:

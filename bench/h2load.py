@@ -1,0 +1,300 @@
+"""What the server answers when the load generator leaves it the cores: h2load (nghttp2, written in C) as the client.
+
+`idcheck bench` drives the server with Python callers (grpcio), which on this 2-core machine take 0.6 to 0.9 of a
+core for single checks: with `serve --workers 2` each worker holds a core, and the load generator competes with
+both, so what two workers can answer never shows. h2load sends gRPC calls as the HTTP/2 requests they are (a POST of
+length-prefixed protobuf messages with `te: trailers`) for a few microseconds of CPU each.
+
+h2load knows nothing of gRPC: it counts HTTP answers, not gRPC statuses, and never reads an answer. So every run is
+checked afterwards in the register's audit log, which has a row for every check answered: a run passes only if its
+rows are exactly the checks sent, each with the verdict its query must get (the rules of `idcheck bench`). A check
+refused (an overload, a rate limit) or answered wrongly fails the run.
+
+Scenarios, for each worker count, each on a server started for it (so that its audit rows are its own):
+
+- `unary`: `--calls` CheckDocument calls over `--connections` connections, `--in-flight` calls at once on each
+  (HTTP/2 streams). h2load sends one body, so every call checks the same listed document: a HIT, the costlier
+  answer (the record confirmed from the store, the officer's action built from it).
+- `stream`: `--streams` CheckDocumentStreams of 100 checks each (the bench's mix: 2 % listed, 1 % misread, the rest
+  unlisted) over `--stream-connections` connections, one stream on each at a time. h2load sends a stream's checks
+  without waiting for their answers (pipelined), as a gate never does: this is what the server can answer, not one
+  gate's latency. (Streams of 100 rather than longer ones keep the end of a run short, when the last streams run
+  on one worker while the other has none left.)
+
+With several workers, the kernel hands each new connection to one of them (`SO_REUSEPORT` hashes the connection),
+so a run may load one worker more than the other: each run records every worker's CPU time, which shows it. More
+connections even it out; the defaults stay within each worker's limits (32 calls worked on or waiting, 64 check
+streams) however the kernel spreads them, short of a very uneven spread.
+
+    apt-get install nghttp2-client                                  # h2load (Debian's package)
+    .venv/bin/python bench/h2load.py --records 1e6 --workers 1 2    # about 2 minutes on 2 cores
+
+Writes `bench/results/h2load-<records>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idcheck.client.bench import (
+    Connection,
+    LocalServer,
+    cpu_seconds,
+    listed_numbers,
+    make_queries,
+    seed_records,
+    settle,
+)
+from idcheck.v1 import register_pb2 as pb
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SEED = 7
+MEMBER = "NZL"
+STREAM_CHECKS = 100
+SERVICE = "/idcheck.v1.DocumentRegister/"
+VERDICT_NAMES = {int(v): pb.Verdict.Name(v).removeprefix("VERDICT_") for v in pb.Verdict.values()}  # as audited
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: str
+    body: bytes
+    requests: int
+    connections: int
+    in_flight: int
+    expected: collections.Counter[str]  # audit rows by verdict a run must leave
+
+
+def frame(message: pb.CheckDocumentRequest) -> bytes:
+    """One gRPC message as it travels in an HTTP/2 body: not compressed, its length, its bytes."""
+    data = message.SerializeToString()
+    return b"\0" + struct.pack(">I", len(data)) + data
+
+
+def check_request(number: str) -> pb.CheckDocumentRequest:
+    return pb.CheckDocumentRequest(
+        query=pb.DocumentQuery(typed=pb.TypedQuery(issuing_state=MEMBER, document_number=number))
+    )
+
+
+def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
+    numbers, expected = make_queries(listed, STREAM_CHECKS, SEED)
+    hit = str(listed[len(listed) // 2].decode())
+    per_stream = collections.Counter(VERDICT_NAMES[int(v)] for v in expected)
+    return [
+        Scenario(
+            "unary",
+            "CheckDocument",
+            frame(check_request(hit)),
+            args.calls,
+            min(args.connections, args.calls),
+            args.in_flight,
+            collections.Counter({"HIT": args.calls}),
+        ),
+        Scenario(
+            "stream",
+            "CheckDocumentStream",
+            b"".join(frame(check_request(n)) for n in numbers),
+            args.streams,
+            min(args.stream_connections, args.streams),  # h2load wants a request for each connection at least
+            1,
+            collections.Counter({v: c * args.streams for v, c in per_stream.items()}),
+        ),
+    ]
+
+
+_FINISHED = re.compile(r"finished in ([\d.]+)(us|ms|s)")
+_REQUESTS = re.compile(
+    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored"
+)
+_STATUS = re.compile(r"status codes: (\d+) 2xx")
+_TIME = re.compile(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)")
+_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _MS[unit]
+
+
+def run_h2load(address: str, scenario: Scenario, body: Path) -> dict[str, Any]:
+    """One h2load run; what it reports, and the CPU it took."""
+    cmd = [
+        "h2load", "-n", str(scenario.requests), "-c", str(scenario.connections), "-m", str(scenario.in_flight),
+        "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+        "-H", f"x-idcheck-member: {MEMBER}", "-H", "x-idcheck-role: border",
+        f"http://{address}{SERVICE}{scenario.method}",
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = done.stdout
+    finished, requests, status, times = (p.search(out) for p in (_FINISHED, _REQUESTS, _STATUS, _TIME))
+    if done.returncode != 0 or not (finished and requests and status and times):
+        raise SystemExit(f"h2load failed (exit {done.returncode}):\n{out}\n{done.stderr}")
+    total, _started, _done, succeeded, failed, errored = map(int, requests.groups())
+    return {
+        "command": cmd,
+        "seconds": _ms(*finished.groups()) / 1000,
+        "requests": total,
+        "succeeded": succeeded,
+        "failed": failed,
+        "errored": errored,
+        "http_2xx": int(status.group(1)),
+        "request_ms": {
+            "min": _ms(times.group(1), times.group(2)),
+            "max": _ms(times.group(3), times.group(4)),
+            "mean": _ms(times.group(5), times.group(6)),
+        },
+        "h2load_cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3),
+    }
+
+
+def audit_since(database: Path, call_id: int) -> collections.Counter[str]:
+    """Audit rows by verdict of the calls numbered after `call_id`."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT verdict, COUNT(*) FROM audit WHERE call_id > ? GROUP BY verdict", (call_id,))
+        return collections.Counter(dict(rows.fetchall()))
+
+
+def last_call_id(database: Path) -> int:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT COALESCE(MAX(call_id), 0) FROM audit_calls").fetchone()[0])
+
+
+def measure(data: Path, workers: int, scenario: Scenario, body: Path) -> dict[str, Any]:
+    """Start a server of `workers` processes on `data`, run the scenario against it, stop it, check its audit."""
+    database = data / "register.db"
+    server = LocalServer(data, ["--workers", str(workers)])
+    try:
+        conn = Connection(server.address, None, MEMBER, "border")
+        with conn.channel() as channel:
+            settle(conn, channel)
+        since = last_call_id(database)
+        processes = worker_pids(server.pid) if workers > 1 else [server.pid]
+        cpu = [cpu_seconds([pid]) for pid in processes]
+        result = run_h2load(server.address, scenario, body)
+        used = [cpu_seconds([pid]) - before for pid, before in zip(processes, cpu, strict=True)]
+        result["server_cpu_seconds"] = round(sum(used), 3)
+        result["worker_cpu_seconds"] = [round(u, 3) for u in used]  # the kernel spreads connections, not calls
+    finally:
+        server.stop()  # the audit writer commits everything before the server ends
+    found = audit_since(database, since)
+    checks = sum(scenario.expected.values())
+    result.update(
+        workers=workers,
+        scenario=scenario.name,
+        checks=checks,
+        checks_per_s=round(checks / result["seconds"]),
+        server_cores=round(result["server_cpu_seconds"] / result["seconds"], 2),
+        h2load_cores=round(result["h2load_cpu_seconds"] / result["seconds"], 2),
+        audit_rows=dict(found),
+        expected_rows=dict(scenario.expected),
+        correct=found == scenario.expected and result["succeeded"] == scenario.requests,
+    )
+    return result
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The worker processes of `serve --workers N` (the supervisor's children)."""
+    return [int(pid) for pid in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()]
+
+
+def seed(data: Path, records: int) -> np.ndarray:
+    """The synthetic register of `records` in `data` (replayed, not added again, when it is there already)."""
+    listed = listed_numbers(records, SEED)
+    server = LocalServer(data, [])
+    try:
+        conn = Connection(server.address, None, MEMBER, "member")
+        with conn.channel() as channel:
+            t = time.perf_counter()
+            seeded = seed_records(conn, channel, listed, SEED, arrow=True)
+            print(f"seeded {seeded['rows']:,} records in {time.perf_counter() - t:.1f}s", flush=True)
+    finally:
+        server.stop()
+    return listed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=lambda s: int(float(s)), default=1_000_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes, one run each")
+    parser.add_argument("--calls", type=int, default=60_000, help="CheckDocument calls per run")
+    parser.add_argument("--streams", type=int, default=1920, help=f"streams of {STREAM_CHECKS:,} checks per run")
+    parser.add_argument(
+        "--stream-connections",
+        type=int,
+        default=64,
+        help="connections of the stream runs, one stream each at a time (at most max_check_streams, 64, per worker)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="connections of the CheckDocument runs (the kernel spreads connections, not calls, over the workers)",
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="CheckDocument calls at once per connection (in all at most the server's threads plus queue_calls, 32 by "
+        "default: beyond, calls are refused with RESOURCE_EXHAUSTED, and the run fails its audit check)",
+    )
+    parser.add_argument("--data", type=Path, default=None, help="data directory to keep (default: a temporary one)")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if shutil.which("h2load") is None:
+        print("h2load is not installed: apt-get install nghttp2-client", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="idcheck-h2load-") as tmp:
+        data = args.data or Path(tmp) / "data"
+        listed = seed(data, args.records)
+        runs = []
+        for scenario in scenarios(listed, args):
+            body = Path(tmp) / f"{scenario.name}.bin"
+            body.write_bytes(scenario.body)
+            for workers in args.workers:
+                r = measure(data, workers, scenario, body)
+                runs.append(r)
+                print(
+                    f"{scenario.name:7s} workers {workers}: {r['checks_per_s']:>7,} checks/s "
+                    f"({r['checks']:,} in {r['seconds']:.2f}s), server {r['server_cores']:.2f} cores, "
+                    f"(workers {'/'.join(f'{c:.1f}' for c in r['worker_cpu_seconds'])} s), "
+                    f"h2load {r['h2load_cores']:.2f} cores, request mean {r['request_ms']['mean']:.2f} ms, "
+                    f"{'audit rows as expected' if r['correct'] else 'WRONG: ' + json.dumps(r['audit_rows'])}",
+                    flush=True,
+                )
+    result = {
+        "benchmark": "h2load",
+        "records": args.records,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+        "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip(),
+        "runs": runs,
+    }
+    out = args.output or RESULTS / f"h2load-{args.records}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"results: {out}")
+    return 0 if all(r["correct"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

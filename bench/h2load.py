@@ -98,7 +98,7 @@ def check_request(number: str) -> pb.CheckDocumentRequest:
 
 def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
     numbers, expected = make_queries(listed, STREAM_CHECKS, SEED)
-    hit = str(listed[len(listed) // 2].decode())
+    hit = listed[len(listed) // 2].decode()
     per_stream = collections.Counter(VERDICT_NAMES[int(v)] for v in expected)
     return [
         Scenario(

@@ -108,6 +108,8 @@ def _claim(directory: Path, cpus: list[int], fixed: int | None) -> int:
     if fcntl is None:
         raise OSError("no file locks on this platform")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if hasattr(os, "getuid") and directory.stat().st_uid != os.getuid():  # another user's: not ours to trust
+        raise OSError(f"{directory} belongs to another user")
     chooser = os.open(directory / "choosing.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(chooser, fcntl.LOCK_EX)

@@ -84,6 +84,15 @@ def test_claims_fall_back_to_the_workers_own_cpu_where_they_cannot_be_kept(tmp_p
     assert cpus._held == []
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_claims_are_not_kept_in_another_users_directory(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    assert cpus.claim("auto", claims=theirs) == cpus.allowed()[0]  # as if no other server ran
+    assert cpus._held == [] and list(theirs.iterdir()) == []
+
+
 def run_child(code: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT, timeout=60

@@ -89,7 +89,7 @@ def start_server(data_dir: Path, *args: str, timeout: float = 60.0, module: str 
     where it serves."""
     cmd = [sys.executable, "-m", module, "--listen", "127.0.0.1:0", "--data", str(data_dir), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env = {k: v for k, v in env.items() if not k.startswith("IDCHECK_")}
+    env = {k: v for k, v in env.items() if not k.startswith("IDCHECK_") or k == CLAIMS_ENV}  # settings: flags only
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output: list[str] = []
     found: list[str] = []

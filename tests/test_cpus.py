@@ -254,6 +254,8 @@ def test_servers_on_one_machine_serve_from_different_cpus(
     try:
         used = [serving_cpu(upstream.log), serving_cpu(mirror.log)]
         assert len(set(used)) == 2
+        claims = Path(os.environ[cpus.CLAIMS_ENV])  # the test session's own (tests/conftest.py), not the machine's
+        assert {f"cpu-{c}-0" for c in used} <= {p.name for p in claims.iterdir()}
         assert_serving_on(mirror.proc.pid, used[1])
         more = server_factory(data_dir=tmp_path / "more")
         used.append(serving_cpu(more.log))

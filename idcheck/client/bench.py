@@ -68,6 +68,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from idcheck.client.channel import MAX_MESSAGE_BYTES, TlsOptions, open_channel
 from idcheck.client.errors import IdcheckError, from_status
 from idcheck.client.files import ipc_bytes
+from idcheck.cpus import CLAIMS_ENV
 from idcheck.icao import folded_key
 from idcheck.synthetic import distinct_numbers, synthetic_numbers
 from idcheck.v1 import biometrics_pb2 as bpb
@@ -269,7 +270,8 @@ class LocalServer:
             "0",
             *extra,
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IDCHECK_")}
+        # The operator's settings are not the bench's; where servers claim their CPUs is the machine's (idcheck.cpus).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IDCHECK_") or k == CLAIMS_ENV}
         env["PYTHONUNBUFFERED"] = "1"
         self.command = cmd
         self.log: list[str] = []

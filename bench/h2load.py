@@ -12,6 +12,10 @@ refused (an overload, a rate limit) or answered wrongly fails the run.
 
 Scenarios, for each worker count, each on a server started for it (so that its audit rows are its own):
 
+- `latency`: `--latency-calls` CheckDocument calls one at a time on one connection (one server process only), each
+  call's time from h2load's per-request log: p50, p95, p99, p99.9 of the server's answer without a Python client's
+  own time around it. Every call checks the same listed document, as in `unary`.
+
 - `unary`: `--calls` CheckDocument calls over `--connections` connections, `--in-flight` calls at once on each
   (HTTP/2 streams). h2load sends one body, so every call checks the same listed document: a HIT, the costlier
   answer (the record confirmed from the store, the officer's action built from it).
@@ -82,6 +86,7 @@ class Scenario:
     connections: int
     in_flight: int
     expected: collections.Counter[str]  # audit rows by verdict a run must leave
+    latency: bool = False  # one call at a time: each call's time logged (percentiles), one server process only
 
 
 def frame(message: pb.CheckDocumentRequest) -> bytes:
@@ -101,6 +106,16 @@ def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
     hit = listed[len(listed) // 2].decode()
     per_stream = collections.Counter(VERDICT_NAMES[int(v)] for v in expected)
     return [
+        Scenario(
+            "latency",
+            "CheckDocument",
+            frame(check_request(hit)),
+            args.latency_calls,
+            1,
+            1,
+            collections.Counter({"HIT": args.latency_calls}),
+            latency=True,
+        ),
         Scenario(
             "unary",
             "CheckDocument",
@@ -136,11 +151,14 @@ def _ms(value: str, unit: str) -> float:
 
 
 def run_h2load(address: str, scenario: Scenario, body: Path) -> dict[str, Any]:
-    """One h2load run; what it reports, and the CPU it took."""
+    """One h2load run; what it reports, and the CPU it took (and for a latency scenario, percentiles of the calls'
+    times from h2load's per-request log: the time from sending a call to the end of its answer)."""
+    log = body.with_suffix(".log")
     cmd = [
         "h2load", "-n", str(scenario.requests), "-c", str(scenario.connections), "-m", str(scenario.in_flight),
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
         "-H", f"x-idcheck-member: {MEMBER}", "-H", "x-idcheck-role: border",
+        *([f"--log-file={log}"] if scenario.latency else []),
         f"http://{address}{SERVICE}{scenario.method}",
     ]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -151,6 +169,10 @@ def run_h2load(address: str, scenario: Scenario, body: Path) -> dict[str, Any]:
     if done.returncode != 0 or not (finished and requests and status and times):
         raise SystemExit(f"h2load failed (exit {done.returncode}):\n{out}\n{done.stderr}")
     total, _started, _done, succeeded, failed, errored = map(int, requests.groups())
+    percentiles = {}
+    if scenario.latency:
+        ms = np.loadtxt(log, usecols=2, ndmin=1) / 1000  # microseconds until the end of each answer
+        percentiles = {f"p{p:g}": round(float(np.percentile(ms, p)), 3) for p in (50, 95, 99, 99.9)}
     return {
         "command": cmd,
         "seconds": _ms(*finished.groups()) / 1000,
@@ -163,6 +185,7 @@ def run_h2load(address: str, scenario: Scenario, body: Path) -> dict[str, Any]:
             "min": _ms(times.group(1), times.group(2)),
             "max": _ms(times.group(3), times.group(4)),
             "mean": _ms(times.group(5), times.group(6)),
+            **percentiles,
         },
         "h2load_cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3),
     }
@@ -237,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=lambda s: int(float(s)), default=1_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes, one run each")
+    parser.add_argument(
+        "--latency-calls", type=int, default=10_000, help="CheckDocument calls one at a time (latency percentiles)"
+    )
     parser.add_argument("--calls", type=int, default=60_000, help="CheckDocument calls per run")
     parser.add_argument("--streams", type=int, default=1920, help=f"streams of {STREAM_CHECKS:,} checks per run")
     parser.add_argument(
@@ -271,14 +297,16 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in scenarios(listed, args):
             body = Path(tmp) / f"{scenario.name}.bin"
             body.write_bytes(scenario.body)
-            for workers in args.workers:
+            for workers in [min(args.workers)] if scenario.latency else args.workers:
                 r = measure(data, workers, scenario, body)
                 runs.append(r)
                 print(
                     f"{scenario.name:7s} workers {workers}: {r['checks_per_s']:>7,} checks/s "
                     f"({r['checks']:,} in {r['seconds']:.2f}s), server {r['server_cores']:.2f} cores, "
                     f"(workers {'/'.join(f'{c:.1f}' for c in r['worker_cpu_seconds'])} s), "
-                    f"h2load {r['h2load_cores']:.2f} cores, request mean {r['request_ms']['mean']:.2f} ms, "
+                    f"h2load {r['h2load_cores']:.2f} cores, request mean {r['request_ms']['mean']:.2f} ms"
+                    + "".join(f", {k} {v:.3f} ms" for k, v in r["request_ms"].items() if k.startswith("p"))
+                    + ", "
                     f"{'audit rows as expected' if r['correct'] else 'WRONG: ' + json.dumps(r['audit_rows'])}",
                     flush=True,
                 )

@@ -154,6 +154,7 @@ def run_h2load(address: str, scenario: Scenario, body: Path) -> dict[str, Any]:
     """One h2load run; what it reports, and the CPU it took (and for a latency scenario, percentiles of the calls'
     times from h2load's per-request log: the time from sending a call to the end of its answer)."""
     log = body.with_suffix(".log")
+    log.unlink(missing_ok=True)  # h2load appends to its log
     cmd = [
         "h2load", "-n", str(scenario.requests), "-c", str(scenario.connections), "-m", str(scenario.in_flight),
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",

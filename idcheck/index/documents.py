@@ -498,7 +498,7 @@ class DocumentIndex:
         get = overlay.get
         count = self._overlay_count
         # Python values of the whole batch at once (tolist), not numpy scalars one by one: `apply` of 10,000 new
-        # records took 11.2 instead of 20.0 ms (bench/test_bench_index.py; 20 ms was most of a 10,000-row upload).
+        # records took 11.2 instead of 20.0 ms (bench/test_bench_index.py; 20 ms was two fifths of a 10,000-row upload).
         columns = (ch.folded, ch.record_id, ch.number, ch.state, ch.cls, ch.active)
         for folded, rid, number, state, cls, active in zip(*(c[new].tolist() for c in columns), strict=True):
             rows_now = get(folded)

@@ -54,7 +54,16 @@ from idcheck.register.checks import (
 from idcheck.register.errors import InvalidRequest, LimitExceeded
 from idcheck.register.peers import PeerFollower, SequenceChannel
 from idcheck.register.queryids import new_query_id
-from idcheck.store import AuditCall, AuditClear, AuditDocument, AuditWriter, CancelOutcome, RegisterStore, utc_now
+from idcheck.store import (
+    AUDIT_INTERVAL,
+    AuditCall,
+    AuditClear,
+    AuditDocument,
+    AuditWriter,
+    CancelOutcome,
+    RegisterStore,
+    utc_now,
+)
 from idcheck.uploads import Rejection, UploadColumns, UploadMode, UploadOutcome
 
 log = logging.getLogger(__name__)
@@ -107,7 +116,7 @@ class Register:
         store: RegisterStore,
         *,
         limits: Limits | None = None,
-        audit_interval: float = 0.2,
+        audit_interval: float = AUDIT_INTERVAL,
         audit_write: bool = True,
         index_settings: DocumentIndexSettings | None = None,
     ) -> None:
@@ -133,7 +142,7 @@ class Register:
         data_dir: Path,
         *,
         limits: Limits | None = None,
-        audit_interval: float = 0.2,
+        audit_interval: float = AUDIT_INTERVAL,
         audit_write: bool = True,
         index_settings: DocumentIndexSettings | None = None,
     ) -> Register:

@@ -36,7 +36,7 @@ import pyarrow as pa
 from idcheck.records import KeyColumns
 from idcheck.register.errors import InvalidRequest, RegisterError
 from idcheck.register.register import Limits, Register
-from idcheck.store import utc_now
+from idcheck.store import AUDIT_INTERVAL, utc_now
 from idcheck.store.sqlite import RECORD_FIELDS, ReplicaState
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class Replica:
         upstream: str,
         *,
         limits: Limits | None = None,
-        audit_interval: float = 0.2,
+        audit_interval: float = AUDIT_INTERVAL,
     ) -> Replica:
         """Open (or create) the mirror's register in `data_dir`. Raises ReplicationError for a data directory
         that holds a register of its own (its own changes would be mixed with the upstream's)."""

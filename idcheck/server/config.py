@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from idcheck.store.audit import AUDIT_INTERVAL
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names its source."""
@@ -44,7 +46,7 @@ class ServerConfig:
     # DATA/snapshots when this many changes happened since the last one (restarts map it and replay the rest).
     index_merge_threshold: int = 65_536
     index_snapshot_changes: int = 100_000
-    audit_interval: float = 0.2
+    audit_interval: float = AUDIT_INTERVAL  # idcheck/store/audit.py
     # FOR BENCHMARKING ONLY: answer checks without writing the audit log (warned about loudly at start-up).
     benchmark_no_audit: bool = False
     # A caught-up WatchHits stream sleeps until the next audit commit, and looks at least this often whether

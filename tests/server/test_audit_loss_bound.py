@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 
 from idcheck.client.errors import IdcheckError
+from idcheck.store import AUDIT_INTERVAL  # the default: what ships
 from tests.conftest import ServerProcess
 
-AUDIT_INTERVAL = 0.2
 SLACK = 0.5  # a commit in progress, and a loaded 2-core CI machine
 
 

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from idcheck.client.bench import (
+    VERDICT_NAMES,
     Connection,
     LocalServer,
     cpu_seconds,
@@ -67,6 +68,7 @@ from idcheck.client.bench import (
     seed_records,
     settle,
 )
+from idcheck.client.register import check_request
 from idcheck.v1 import register_pb2 as pb
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,7 +76,6 @@ SEED = 7
 MEMBER = "NZL"
 STREAM_CHECKS = 100
 SERVICE = "/idcheck.v1.DocumentRegister/"
-VERDICT_NAMES = {int(v): pb.Verdict.Name(v).removeprefix("VERDICT_") for v in pb.Verdict.values()}  # as audited
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,8 @@ def frame(message: pb.CheckDocumentRequest) -> bytes:
     return b"\0" + struct.pack(">I", len(data)) + data
 
 
-def check_request(number: str) -> pb.CheckDocumentRequest:
-    return pb.CheckDocumentRequest(
-        query=pb.DocumentQuery(typed=pb.TypedQuery(issuing_state=MEMBER, document_number=number))
-    )
+def typed_check(number: str) -> pb.CheckDocumentRequest:
+    return check_request(MEMBER, number, 0, "", "", "")
 
 
 def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
@@ -109,7 +108,7 @@ def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
         Scenario(
             "latency",
             "CheckDocument",
-            frame(check_request(hit)),
+            frame(typed_check(hit)),
             args.latency_calls,
             1,
             1,
@@ -119,7 +118,7 @@ def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
         Scenario(
             "unary",
             "CheckDocument",
-            frame(check_request(hit)),
+            frame(typed_check(hit)),
             args.calls,
             min(args.connections, args.calls),
             args.in_flight,
@@ -128,7 +127,7 @@ def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
         Scenario(
             "stream",
             "CheckDocumentStream",
-            b"".join(frame(check_request(n)) for n in numbers),
+            b"".join(frame(typed_check(n)) for n in numbers),
             args.streams,
             min(args.stream_connections, args.streams),  # h2load wants a request for each connection at least
             1,

@@ -42,7 +42,6 @@ from grpc_status import rpc_status
 
 from idcheck import cpus
 from idcheck.client.channel import TlsOptions, open_channel
-from idcheck.cpus import on_every_cpu
 from idcheck.register import Limits
 from idcheck.register.replication import ChangePage, Heartbeat, Replica, ReplicationError, SnapshotPart
 from idcheck.server.auth import metadata_identity
@@ -274,7 +273,7 @@ class Follower:
         self._stop = threading.Event()
         self._call: Any = None
         self._last_message = time.monotonic()
-        self._thread = threading.Thread(target=on_every_cpu(self._run), name="mirror-follower", daemon=True)
+        self._thread = threading.Thread(target=cpus.on_every_cpu(self._run), name="mirror-follower", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -200,19 +200,28 @@ def listed_numbers(n: int, seed: int) -> np.ndarray:
     return out
 
 
-def make_queries(listed: np.ndarray, count: int, seed: int) -> tuple[list[str], np.ndarray]:
-    """Check queries: 2 % listed numbers, 1 % OCR misreadings of listed numbers, the rest drawn fresh; and the
-    verdict each must get, computed from the register's own rules (exact number: HIT; same confusion-folded
-    number: POSSIBLE_MATCH; otherwise CLEAR)."""
+def make_queries(
+    listed: np.ndarray,
+    count: int,
+    seed: int,
+    *,
+    listed_share: float = LISTED_SHARE,
+    variant_share: float = VARIANT_SHARE,
+) -> tuple[list[str], np.ndarray]:
+    """Check queries: a `listed_share` of listed numbers (2 % by default), a `variant_share` of OCR misreadings of
+    listed numbers (1 %), the rest drawn fresh; and the verdict each must get, computed from the register's own
+    rules (exact number: HIT; same confusion-folded number: POSSIBLE_MATCH; otherwise CLEAR). A fresh number can
+    still happen to be listed: the verdicts say so."""
+    check_query_mix(listed_share, variant_share)
     rng = np.random.default_rng(seed + 1)
     kinds = rng.random(count)
     fresh = synthetic_numbers(NUMBER_PATTERN, count, rng).astype(str)
     numbers = list(fresh)
     if len(listed):
         picks = listed[rng.integers(0, len(listed), count)].astype(str)
-        for i in np.flatnonzero(kinds < LISTED_SHARE + VARIANT_SHARE):
+        for i in np.flatnonzero(kinds < listed_share + variant_share):
             number = str(picks[i])
-            numbers[i] = number if kinds[i] < LISTED_SHARE else _misread(number)
+            numbers[i] = number if kinds[i] < listed_share else _misread(number)
     # Looked up in sorted numpy byte strings, not in sets of Python strings (which took ~2.5 GB and 25 s for a
     # register of 10 million).
     asked = np.array(numbers, dtype=listed.dtype if len(listed) else "S1")
@@ -220,6 +229,17 @@ def make_queries(listed: np.ndarray, count: int, seed: int) -> tuple[list[str], 
     possible = _is_in(_fold_bytes(asked), np.sort(_fold_bytes(listed)))
     expected = np.where(hit, V_HIT, np.where(possible, V_POSSIBLE, V_CLEAR)).astype(np.int8)
     return numbers, expected
+
+
+def check_query_mix(listed_share: float, variant_share: float) -> None:
+    """Raise BenchError unless both shares are fractions from 0 to 1 that add up to 1 at most."""
+    for name, share in (("listed", listed_share), ("OCR variant", variant_share)):
+        if not 0.0 <= share <= 1.0:  # NaN fails too
+            raise BenchError(f"the {name} share of the queries must be from 0 to 1, not {share}")
+    if listed_share + variant_share > 1.0:
+        raise BenchError(
+            f"the listed ({listed_share}) and OCR variant ({variant_share}) shares of the queries add up to more than 1"
+        )
 
 
 def _is_in(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
@@ -1664,6 +1684,16 @@ def _count(text: str) -> int:
     return int(value)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"not a fraction from 0 to 1: {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -1721,6 +1751,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra argument for our own server (repeat: --server-arg=--threads --server-arg=32)",
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic register (default 7)")
+    parser.add_argument(
+        "--listed-share",
+        type=_fraction,
+        default=LISTED_SHARE,
+        metavar="FRACTION",
+        help=f"share of the check queries that are listed numbers, each a HIT (default {LISTED_SHARE}; a border "
+        "post's real traffic finds far fewer, and every document found costs the register more than a CLEAR)",
+    )
+    parser.add_argument(
+        "--variant-share",
+        type=_fraction,
+        default=VARIANT_SHARE,
+        metavar="FRACTION",
+        help=f"share that are OCR misreadings of listed numbers, each a POSSIBLE_MATCH (default {VARIANT_SHARE})",
+    )
     parser.add_argument(
         "--seed-upload-rows",
         type=_count,
@@ -1808,6 +1853,7 @@ class Bench:
             raise BenchError("--no-seed needs --target: a server of our own starts empty")
         if args.requests is not None and args.requests < 1:
             raise BenchError("--requests must be at least 1")
+        check_query_mix(args.listed_share, args.variant_share)
         self.duration = None if args.requests is not None else args.duration
         self.processes = args.processes or os.cpu_count() or 1
         self.arrow = ARROW_UPLOADS and not args.protobuf_uploads
@@ -1846,7 +1892,7 @@ class Bench:
                     "warmup_s": args.warmup,
                     "processes": self.processes,
                     "query_pool": QUERY_POOL,
-                    "query_mix": {"listed": LISTED_SHARE, "ocr_variant": VARIANT_SHARE},
+                    "query_mix": {"listed": args.listed_share, "ocr_variant": args.variant_share},
                     "seed": args.seed,
                     "upload_encoding": "arrow_ipc" if self.arrow else "protobuf",
                 },
@@ -1880,7 +1926,9 @@ class Bench:
         kinds = {s.kind for s in self.scenarios}
         t0 = time.perf_counter()
         listed = listed_numbers(self.records, args.seed)
-        numbers, expected = make_queries(listed, QUERY_POOL, args.seed)
+        numbers, expected = make_queries(
+            listed, QUERY_POOL, args.seed, listed_share=args.listed_share, variant_share=args.variant_share
+        )
         vectors = probes = np.empty((0, 512), dtype=np.float32)
         probe_rows = np.empty(0, dtype=np.int64)
         if self.templates:

@@ -70,6 +70,72 @@ def test_queries_carry_the_verdict_the_register_must_give() -> None:
     assert np.count_nonzero(expected == V_CLEAR) > 0.9 * len(numbers)
 
 
+def test_query_mix_is_what_was_asked_and_verdicts_still_follow_the_rules() -> None:
+    listed = listed_numbers(RECORDS, SEED)
+    listed_set = set(listed.astype(str))
+    numbers, expected = make_queries(listed, 20_000, SEED, listed_share=0.5, variant_share=0.25)
+    shares = {v: np.count_nonzero(expected == v) / len(numbers) for v in (V_HIT, V_POSSIBLE, V_CLEAR)}
+    assert abs(shares[V_HIT] - 0.5) < 0.02 and abs(shares[V_POSSIBLE] - 0.25) < 0.02, shares
+    assert all((n in listed_set) == (e == V_HIT) for n, e in zip(numbers, expected, strict=True))
+    # None asked for: what is found is only what fresh numbers happen to hit (none at this size and seed).
+    numbers, expected = make_queries(listed, 20_000, SEED, listed_share=0.0, variant_share=0.0)
+    assert np.count_nonzero(expected != V_CLEAR) == sum(n in listed_set for n in numbers) == 0
+    # Every query listed.
+    _numbers, expected = make_queries(listed, 1000, SEED, listed_share=1.0, variant_share=0.0)
+    assert (expected == V_HIT).all()
+
+
+@pytest.mark.parametrize(
+    ("listed_share", "variant_share", "message"),
+    [
+        (0.8, 0.3, "add up to more than 1"),
+        (-0.1, 0.0, "listed share of the queries must be from 0 to 1"),
+        (0.0, float("nan"), "OCR variant share of the queries must be from 0 to 1"),
+    ],
+)
+def test_a_query_mix_that_cannot_be_is_refused(listed_share: float, variant_share: float, message: str) -> None:
+    with pytest.raises(BenchError, match=message):
+        make_queries(listed_numbers(100, SEED), 100, SEED, listed_share=listed_share, variant_share=variant_share)
+
+
+def test_bench_refuses_a_query_mix_that_cannot_be_before_it_starts_anything(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    for args, message in (
+        (["--listed-share", "0.8", "--variant-share", "0.3"], "add up to more than 1"),
+        (["--listed-share", "2"], "not a fraction from 0 to 1: '2'"),
+        (["--variant-share", "some"], "not a fraction from 0 to 1: 'some'"),
+    ):
+        proc = subprocess.run(
+            bench_command("--records", "100", "--output", str(out), *args), capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "synthetic register" not in proc.stderr + proc.stdout  # nothing was made, no server started
+    assert not out.exists()
+
+
+def test_bench_checks_with_the_query_mix_it_is_given(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    options = "--records 3e3 --templates 0 --scenarios manifest-100 --requests 100 --warmup 0"
+    mix = "--listed-share 0.3 --variant-share 0.1"
+    proc = subprocess.run(
+        bench_command(*options.split(), *mix.split(), "--seed", str(SEED), "--output", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["settings"]["query_mix"] == {"listed": 0.3, "ocr_variant": 0.1}
+    ours = result["scenarios"][0]["results"]["idcheck"]
+    assert ours["documents"] == 10_000 and ours["wrong_answers"] == 0 and ours["errors"] == {}
+    _numbers, expected = make_queries(
+        listed_numbers(RECORDS, SEED), QUERY_POOL, SEED, listed_share=0.3, variant_share=0.1
+    )
+    names = {V_HIT: "HIT", V_POSSIBLE: "POSSIBLE_MATCH", V_CLEAR: "CLEAR"}
+    assert Counter(ours["answers"]) == Counter(names[int(v)] for v in expected[:10_000])
+    assert 2500 < ours["answers"]["HIT"] < 3500
+
+
 def expected_answers(first: int, count: int) -> Counter[str]:
     """The verdicts the queries `first` .. `first + count - 1` of the bench's pool must get."""
     _numbers, expected = make_queries(listed_numbers(RECORDS, SEED), QUERY_POOL, SEED)

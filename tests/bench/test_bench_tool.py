@@ -128,17 +128,14 @@ def test_bench_checks_with_the_query_mix_it_is_given(tmp_path: Path) -> None:
     assert result["settings"]["query_mix"] == {"listed": 0.3, "ocr_variant": 0.1}
     ours = result["scenarios"][0]["results"]["idcheck"]
     assert ours["documents"] == 10_000 and ours["wrong_answers"] == 0 and ours["errors"] == {}
-    _numbers, expected = make_queries(
-        listed_numbers(RECORDS, SEED), QUERY_POOL, SEED, listed_share=0.3, variant_share=0.1
-    )
-    names = {V_HIT: "HIT", V_POSSIBLE: "POSSIBLE_MATCH", V_CLEAR: "CLEAR"}
-    assert Counter(ours["answers"]) == Counter(names[int(v)] for v in expected[:10_000])
+    assert Counter(ours["answers"]) == expected_answers(0, 10_000, listed_share=0.3, variant_share=0.1)
     assert 2500 < ours["answers"]["HIT"] < 3500
 
 
-def expected_answers(first: int, count: int) -> Counter[str]:
-    """The verdicts the queries `first` .. `first + count - 1` of the bench's pool must get."""
-    _numbers, expected = make_queries(listed_numbers(RECORDS, SEED), QUERY_POOL, SEED)
+def expected_answers(first: int, count: int, **mix: float) -> Counter[str]:
+    """The verdicts the queries `first` .. `first + count - 1` of the bench's pool must get (`mix`: the shares
+    given to make_queries, its defaults when none)."""
+    _numbers, expected = make_queries(listed_numbers(RECORDS, SEED), QUERY_POOL, SEED, **mix)
     names = {V_HIT: "HIT", V_POSSIBLE: "POSSIBLE_MATCH", V_CLEAR: "CLEAR"}
     return Counter(names[int(v)] for v in expected[first : first + count])
 

@@ -19,6 +19,8 @@ Scenarios, for each worker count, each on a server started for it (so that its a
 - `unary`: `--calls` CheckDocument calls over `--connections` connections, `--in-flight` calls at once on each
   (HTTP/2 streams). h2load sends one body, so every call checks the same listed document: a HIT, the costlier
   answer (the record confirmed from the store, the officer's action built from it).
+- `unary-clear`: the same with an unlisted document: a CLEAR, the answer to nearly every check at a border (97 % of
+  the bench's mix), and the cheaper one.
 - `stream`: `--streams` CheckDocumentStreams of 100 checks each (the bench's mix: 2 % listed, 1 % misread, the rest
   unlisted) over `--stream-connections` connections, one stream on each at a time. h2load sends a stream's checks
   without waiting for their answers (pipelined), as a gate never does: this is what the server can answer, not one
@@ -59,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from idcheck.client.bench import (
+    V_CLEAR,
     VERDICT_NAMES,
     Connection,
     LocalServer,
@@ -103,6 +106,7 @@ def typed_check(number: str) -> pb.CheckDocumentRequest:
 def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
     numbers, expected = make_queries(listed, STREAM_CHECKS, SEED)
     hit = listed[len(listed) // 2].decode()
+    clear = numbers[int(np.flatnonzero(expected == V_CLEAR)[0])]  # unlisted, and no misreading of a listed one
     per_stream = collections.Counter(VERDICT_NAMES[int(v)] for v in expected)
     return [
         Scenario(
@@ -123,6 +127,15 @@ def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
             min(args.connections, args.calls),
             args.in_flight,
             collections.Counter({"HIT": args.calls}),
+        ),
+        Scenario(
+            "unary-clear",
+            "CheckDocument",
+            frame(typed_check(clear)),
+            args.calls,
+            min(args.connections, args.calls),
+            args.in_flight,
+            collections.Counter({"CLEAR": args.calls}),
         ),
         Scenario(
             "stream",
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = measure(data, workers, scenario, body)
                 runs.append(r)
                 print(
-                    f"{scenario.name:7s} workers {workers}: {r['checks_per_s']:>7,} checks/s "
+                    f"{scenario.name:11s} workers {workers}: {r['checks_per_s']:>7,} checks/s "
                     f"({r['checks']:,} in {r['seconds']:.2f}s), server {r['server_cores']:.2f} cores, "
                     f"(workers {'/'.join(f'{c:.1f}' for c in r['worker_cpu_seconds'])} s), "
                     f"h2load {r['h2load_cores']:.2f} cores, request mean {r['request_ms']['mean']:.2f} ms"

@@ -50,11 +50,12 @@ def test_every_check_sent_is_audited_with_its_verdict(tmp_path: Path) -> None:
     assert h2load.main([*args, "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     runs = {(r["scenario"], r["workers"]): r for r in result["runs"]}
-    assert set(runs) == {("latency", 1), ("unary", 1), ("unary", 2), ("stream", 1), ("stream", 2)}
+    assert set(runs) == {("latency", 1), *((s, w) for s in ("unary", "unary-clear", "stream") for w in (1, 2))}
     for r in runs.values():
         assert r["correct"] and r["audit_rows"] == r["expected_rows"] and r["succeeded"] == r["requests"]
         assert r["checks_per_s"] > 0 and r["server_cpu_seconds"] > 0
     assert runs["unary", 1]["audit_rows"] == {"HIT": 400}
+    assert runs["unary-clear", 2]["audit_rows"] == {"CLEAR": 400}
     latency = runs["latency", 1]["request_ms"]  # percentiles of each call's time, in order
     assert runs["latency", 1]["audit_rows"] == {"HIT": 300}
     assert (

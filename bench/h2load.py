@@ -119,23 +119,17 @@ def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
             collections.Counter({"HIT": args.latency_calls}),
             latency=True,
         ),
-        Scenario(
-            "unary",
-            "CheckDocument",
-            frame(typed_check(hit)),
-            args.calls,
-            min(args.connections, args.calls),
-            args.in_flight,
-            collections.Counter({"HIT": args.calls}),
-        ),
-        Scenario(
-            "unary-clear",
-            "CheckDocument",
-            frame(typed_check(clear)),
-            args.calls,
-            min(args.connections, args.calls),
-            args.in_flight,
-            collections.Counter({"CLEAR": args.calls}),
+        *(
+            Scenario(
+                name,
+                "CheckDocument",
+                frame(typed_check(number)),
+                args.calls,
+                min(args.connections, args.calls),
+                args.in_flight,
+                collections.Counter({verdict: args.calls}),
+            )
+            for name, number, verdict in (("unary", hit, "HIT"), ("unary-clear", clear, "CLEAR"))
         ),
         Scenario(
             "stream",

@@ -46,14 +46,15 @@ _HIT_VERDICTS: Final = ("HIT", "POSSIBLE_MATCH")
 # Least time between two commits brought forward for a waiting hit watcher: bounds the commit rate (and its
 # cost on the shared interpreter) when many checks hit while someone watches.
 PROMPT_COMMIT_GAP: Final = 0.01
-# Seconds between audit commits (the server's `audit_interval`). Each commit holds the serving CPU for about 10 us
-# per call it writes (1.0 ms for 90 single checks), and a check arriving then waits for it. One caller waits on
-# at most one commit per call, so one caller's p99 stays clear of the commits while there are fewer of them than
-# 1 % of its calls: measured on 2026-12-07 (2 cores, 1,000,000 records, `idcheck bench --target` at one caller,
-# about 1,900 CheckDocument calls/s, three alternating rounds), 0.05 s (20 commits/s) gave p99 1.69-1.70 ms,
-# 0.1 s p99 0.76-0.80 ms and 0.2 s 0.72-0.76 ms; p99.9 2.7-3.4, 3.9-4.1 and 4.4-4.7 ms; 16 callers the same
-# throughput each way. (0.05 s had been chosen from h2load runs, whose 2,800 calls/s at one caller put 20 commits
-# a second under 1 % of the calls: the p99.9 fell, the p99 stayed under 1 ms; a Python caller is slower.)
+# Seconds between audit commits (the server's `audit_interval`). Each commit holds the serving CPU for 7-11 us per
+# call it writes (0.67-1.02 ms for 90 single checks, in one process), and a check arriving then waits for it. One
+# caller waits on at most one commit per call, so one caller's p99 stays clear of the commits while there are
+# fewer of them than 1 % of its calls: measured on 2026-12-07 (2 cores, 1,000,000 records, `idcheck bench
+# --target` at one caller, about 1,900 CheckDocument calls/s, three alternating rounds), 0.05 s (20 commits/s)
+# gave p99 1.69-1.70 ms, 0.1 s p99 0.76-0.80 ms and 0.2 s 0.72-0.76 ms; p99.9 2.7-3.4, 3.9-4.1 and 4.4-4.7 ms;
+# 16 callers the same throughput each way. (0.05 s had been chosen from h2load runs, whose 2,800 calls/s at one
+# caller put 20 commits a second under 1 % of the calls: the p99.9 fell, the p99 stayed under 1 ms; a Python
+# caller is slower.)
 # The interval also bounds what a power cut can lose of the audit log: a tenth of a second.
 AUDIT_INTERVAL: Final = 0.1
 # A queued call: its ordinary rows and, for a manifest, its packed plain CLEARs.

@@ -73,7 +73,8 @@ def test_timed_runs_keep_every_worker_busy_and_audit_every_answer(tmp_path: Path
     h2load = h2load_module()
     out = tmp_path / "result.json"
     args = ["--records", "3000", "--workers", "2", "--latency-calls", "50", "--duration", "1.5"]
-    assert h2load.main([*args, "--connections", "8", "--stream-connections", "4", "--output", str(out)]) == 0
+    # 24 connections of each kind: the kernel hashes each to a worker, and all 24 land on one once in 8 million runs
+    assert h2load.main([*args, "--connections", "24", "--stream-connections", "24", "--output", str(out)]) == 0
     runs = {r["scenario"]: r for r in json.loads(out.read_text())["runs"]}
     assert set(runs) == {"latency", "unary", "unary-clear", "stream"}
     for name in ("unary", "unary-clear", "stream"):
@@ -81,7 +82,7 @@ def test_timed_runs_keep_every_worker_busy_and_audit_every_answer(tmp_path: Path
         assert r["correct"] and 1.4 <= r["seconds"] <= 1.6 and 0 < r["succeeded"] == r["done"] <= r["started"]
         found, low, high = r["audit_rows"], r["expected_rows"]["at_least"], r["expected_rows"]["at_most"]
         assert set(found) == set(low) and all(low[v] <= found[v] <= high[v] for v in found)
-        assert all(cpu > 0.2 for cpu in r["worker_cpu_seconds"])  # each worker answered, not only one
+        assert all(cpu > 0.1 for cpu in r["worker_cpu_seconds"])  # each worker answered, not only one
     assert runs["unary"]["audit_rows"]["HIT"] >= runs["unary"]["succeeded"]
     assert set(runs["unary-clear"]["audit_rows"]) == {"CLEAR"}
     stream = runs["stream"]

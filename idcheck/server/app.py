@@ -29,6 +29,7 @@ from idcheck.server.auth import is_loopback, metadata_identity
 from idcheck.server.biometrics import BiometricsServicer
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
+from idcheck.server.handlers import InterceptedServer
 from idcheck.server.limits import ConcurrencyLimiter, RateLimiter, SharedBuckets
 from idcheck.server.operations import CallCounter, CountingRateLimiter, OperationsServicer
 from idcheck.server.register import DocumentRegisterServicer
@@ -281,10 +282,6 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
         calls = CallCounter()
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-            interceptors=[
-                calls,  # first: counts calls the guard refuses too
-                GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter, overload),
-            ],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -294,10 +291,19 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
             # (RESOURCE_EXHAUSTED without a retry hint) before a call is even queued for a thread.
             maximum_concurrent_rpcs=workers * 16,
         )
-        register_pb2_grpc.add_DocumentRegisterServicer_to_server(DocumentRegisterServicer(register), server)
-        biometrics_pb2_grpc.add_BiometricsServicer_to_server(BiometricsServicer(gallery), server)
+        # The interceptors wrap each method's handler once, as it is added (idcheck.server.handlers), rather than
+        # on every call on gRPC's polling thread; every service of the server is added through `services`.
+        services = InterceptedServer(
+            server,
+            [
+                calls,  # first: counts calls the guard refuses too
+                GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter, overload),
+            ],
+        )
+        register_pb2_grpc.add_DocumentRegisterServicer_to_server(DocumentRegisterServicer(register), services)
+        biometrics_pb2_grpc.add_BiometricsServicer_to_server(BiometricsServicer(gallery), services)
         audit_pb2_grpc.add_AuditLogServicer_to_server(
-            AuditLogServicer(register, watch_recheck=config.watch_recheck_seconds), server
+            AuditLogServicer(register, watch_recheck=config.watch_recheck_seconds), services
         )
         operations_pb2_grpc.add_OperationsServicer_to_server(
             OperationsServicer(
@@ -308,13 +314,13 @@ def start(config: ServerConfig, peers: Peers | None = None) -> RunningServer:
                 shedder=overload,
                 worker=(peers.slot + 1, peers.count) if peers is not None else (1, 1),
             ),
-            server,
+            services,
         )
         feed = ChangeFeed(register, window=config.replication_window)
-        replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationServicer(feed), server)
+        replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationServicer(feed), services)
         health_servicer = health.HealthServicer(experimental_non_blocking=True)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), services)
         bound, address = bind(server, config, host, tls)
         server.start()
         for name in (*SERVICE_NAMES, ""):

@@ -2,12 +2,12 @@
 
 grpc-python runs a server's interceptors for every call on its polling thread, the one thread that receives every
 call of the process: each interceptor's `intercept_service` looks the handler up again and builds a wrapped one.
-The interceptors of idcheck (`operations.CallCounter`, `errors.GuardInterceptor`) decide nothing from a call's
-details but its method name, and do their per-call work (authentication, limits, counting) inside the handler they
-return, so the wrapping can be done once per method. Measured on 2026-12-07 (2 cores, 1,000,000 records, h2load
-as the client, alternating runs; README "Interceptors once per method"): with two workers 8,120 and 8,501 CLEAR
-`CheckDocument` calls/s against 7,107 and 7,730 with the interceptors given to grpc, and one call at a time p99
-0.523 and 0.477 ms against 0.606 and 0.551.
+The interceptors of idcheck (`operations.CallCounter`, `errors.GuardInterceptor`, a mirror's
+`ReadOnlyInterceptor`) decide nothing from a call's details but its method name, and do their per-call work
+(authentication, limits, counting) inside the handler they return, so the wrapping can be done once per method.
+Measured on 2026-12-07 (2 cores, 1,000,000 records, h2load as the client, alternating runs; README "Interceptors
+once per method"): with two workers 8,120 and 8,501 CLEAR `CheckDocument` calls/s against 7,107 and 7,730 with the
+interceptors given to grpc, and one call at a time p99 0.523 and 0.477 ms against 0.606 and 0.551.
 
 `InterceptedServer` stands in for a `grpc.Server` in the generated `add_*Servicer_to_server` functions (and in
 `grpc_reflection`'s): each method handler they register reaches the real server already wrapped.
@@ -65,7 +65,10 @@ class _InterceptedGeneric(grpc.GenericRpcHandler):
 
 
 class InterceptedServer:
-    """The part of `grpc.Server` that adds services, adding every method handler wrapped by `interceptors`."""
+    """The part of `grpc.Server` that adds services, adding every method handler wrapped by `interceptors`.
+
+    Only for interceptors that decide from the method name alone: they are given no call's metadata, and are never
+    asked about a method no handler was added for (gRPC answers it UNIMPLEMENTED)."""
 
     def __init__(self, server: grpc.Server, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
         self.server = server

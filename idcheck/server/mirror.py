@@ -47,6 +47,7 @@ from idcheck.register.replication import ChangePage, Heartbeat, Replica, Replica
 from idcheck.server.auth import metadata_identity
 from idcheck.server.config import ConfigError, ServerConfig, add_arguments, load, parse_listen
 from idcheck.server.errors import GuardInterceptor
+from idcheck.server.handlers import InterceptedServer
 from idcheck.server.limits import ConcurrencyLimiter
 from idcheck.server.register import DocumentRegisterServicer
 from idcheck.server.signals import StopSignals
@@ -251,6 +252,26 @@ class ReadOnlyInterceptor(grpc.ServerInterceptor):
         if server_streaming:
             return grpc.unary_stream_rpc_method_handler(refuse)
         return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class RefusedMethods(grpc.GenericRpcHandler):
+    """Finds every RPC of our services a mirror does not register (Biometrics, AuditLog, ...), so that the
+    interceptors applied to found methods (idcheck.server.handlers: the guard, then `ReadOnlyInterceptor`) see
+    it and refuse it naming the upstream, rather than gRPC answering UNIMPLEMENTED. The handler found is never
+    run: `ReadOnlyInterceptor` puts its refusal in its place."""
+
+    def __init__(self) -> None:
+        self._kinds = _method_kinds()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method not in self._kinds or method in SERVED:
+            return None
+        return grpc.unary_unary_rpc_method_handler(_never_run)
+
+
+def _never_run(request: Any, context: grpc.ServicerContext) -> Any:
+    context.abort(grpc.StatusCode.INTERNAL, "a refused method ran")  # ReadOnlyInterceptor replaces this handler
 
 
 # -- following the upstream --------------------------------------------------------------------------------
@@ -463,10 +484,6 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
         workers = worker_threads(overload)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-            interceptors=[
-                GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter, overload),
-                ReadOnlyInterceptor(mirror.upstream),
-            ],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -474,13 +491,23 @@ def start_mirror(config: ServerConfig, mirror: MirrorConfig) -> RunningMirror:
             ],
             maximum_concurrent_rpcs=workers * 16,
         )
+        # The interceptors wrap each method's handler once, as it is added (idcheck.server.handlers); the RPCs of
+        # the services a mirror does not serve are found by RefusedMethods so that they reach the refusal.
+        services = InterceptedServer(
+            server,
+            [
+                GuardInterceptor(certificate_identity if tls is not None else metadata_identity, limiter, overload),
+                ReadOnlyInterceptor(mirror.upstream),
+            ],
+        )
         register_pb2_grpc.add_DocumentRegisterServicer_to_server(
             DocumentRegisterServicer(replica.register, upstream_contact=lambda: replica.freshness().contact_at),
-            server,
+            services,
         )
+        services.add_generic_rpc_handlers((RefusedMethods(),))
         health_servicer = health.HealthServicer(experimental_non_blocking=True)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((REGISTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+        reflection.enable_server_reflection((REGISTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), services)
         for name in (REGISTER_SERVICE, ""):
             health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         bound, address = bind(server, config, host, tls)

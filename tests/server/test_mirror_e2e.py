@@ -18,6 +18,14 @@ from idcheck.client.biometrics import BiometricsClient
 from idcheck.client.errors import FailedPrecondition, PermissionDenied
 from idcheck.client.register import CheckAnswer
 from idcheck.store import RegisterStore
+from idcheck.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    operations_pb2,
+    operations_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+)
 from tests.conftest import ServerProcess, start_server, wait_until
 
 STOLEN, LOST, REVOKED = 2, 1, 4
@@ -166,6 +174,55 @@ def test_writes_and_other_rpcs_sent_to_a_mirror_are_refused_naming_the_upstream(
     assert digest(mirror.data_dir) == digest(up.data_dir)  # nothing changed
     with up.client("NZL", "member") as nzl:
         assert nzl.get("NZL", "LA0000002").record.holder.surname == "SMITH"  # the upstream answers them
+
+
+def test_streaming_rpcs_of_services_a_mirror_does_not_serve_are_refused_too(
+    server_factory: Callable[..., ServerProcess], mirror_factory: Callable[..., ServerProcess]
+) -> None:
+    """The services a mirror does not register at all (the audit log's hit watch, the change feed, statistics)
+    still reach its read-only refusal after authentication, whatever their streaming kind; a method of no service
+    is UNIMPLEMENTED, and the mirror goes on answering checks."""
+    up = server_factory()
+    seed(up)
+    mirror = mirror_factory(up.address)
+    assert caught_up(mirror, up)
+
+    def metadata(role: str) -> tuple[tuple[str, str], ...]:
+        return (("x-idcheck-member", "NZL"), ("x-idcheck-role", role))
+
+    with grpc.insecure_channel(mirror.address) as channel:
+        attempts = [
+            lambda: list(
+                audit_pb2_grpc.AuditLogStub(channel).WatchHits(
+                    audit_pb2.WatchHitsRequest(), metadata=metadata("member"), timeout=10
+                )
+            ),
+            lambda: list(
+                replication_pb2_grpc.ReplicationStub(channel).WatchChanges(
+                    replication_pb2.WatchChangesRequest(), metadata=metadata("operator"), timeout=10
+                )
+            ),
+            lambda: operations_pb2_grpc.OperationsStub(channel).GetStatistics(
+                operations_pb2.GetStatisticsRequest(), metadata=metadata("operator"), timeout=10
+            ),
+        ]
+        for attempt in attempts:
+            with pytest.raises(grpc.RpcError) as refused:
+                attempt()
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+            assert up.address in (refused.value.details() or "")
+        with pytest.raises(grpc.RpcError) as denied:  # authenticated and role-checked first
+            list(
+                replication_pb2_grpc.ReplicationStub(channel).WatchChanges(
+                    replication_pb2.WatchChangesRequest(), metadata=metadata("border"), timeout=10
+                )
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as unknown:
+            channel.unary_unary("/idcheck.v1.Nothing/Nothing")(b"", metadata=metadata("member"), timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with mirror.client("NZL", "border") as nzl:
+        assert nzl.check(state="NZL", number="LA0000002").verdict == "HIT"
 
 
 def test_mirror_goes_on_answering_when_the_upstream_stops_and_reports_its_staleness(

@@ -79,7 +79,7 @@ def test_timed_runs_keep_every_worker_busy_and_audit_every_answer(tmp_path: Path
     assert set(runs) == {"latency", "unary", "unary-clear", "stream"}
     for name in ("unary", "unary-clear", "stream"):
         r = runs[name]
-        assert r["correct"] and 1.4 <= r["seconds"] <= 1.6 and 0 < r["succeeded"] == r["done"] <= r["started"]
+        assert r["correct"] and 1.4 <= r["seconds"] <= 2.5 and 0 < r["succeeded"] == r["done"] <= r["started"]
         found, low, high = r["audit_rows"], r["expected_rows"]["at_least"], r["expected_rows"]["at_most"]
         assert set(found) == set(low) and all(low[v] <= found[v] <= high[v] for v in found)
         assert all(cpu > 0.1 for cpu in r["worker_cpu_seconds"])  # each worker answered, not only one

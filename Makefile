@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
 DATA   ?= data
 
-.PHONY: install run run-tls test torture lint bench bench-1m bench-capacity bench-service proto clean
+.PHONY: install run run-tls test torture lint bench bench-1m bench-capacity bench-floor bench-service proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench: install
 bench-1m: install
 	$(BIN)/idcheck bench --records 1e6 --templates 0 --scenarios single@1,single@16,stream@1,stream@16,manifest-1000,manifest-1000@4,documents-1000 --duration 10 \
 		--baselines --output bench/results/bench-1000000.json
+
+# What a CheckDocument call costs one server process beyond grpc-python's own cost of a call (h2load as the client).
+bench-floor: install
+	$(BIN)/python bench/grpc_floor.py --records 1000000
 
 # What 1 and 2 server processes answer when the client (h2load, Debian's nghttp2-client) leaves them the cores.
 bench-capacity: install

@@ -184,9 +184,10 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * _MS[unit]
 
 
-def run_h2load(address: str, scenario: Scenario, body: Path) -> dict[str, Any]:
+def run_h2load(address: str, scenario: Scenario, body: Path, *, path: str | None = None) -> dict[str, Any]:
     """One h2load run; what it reports, and the CPU it took (and for a latency scenario, percentiles of the calls'
-    times from h2load's per-request log: the time from sending a call to the end of its answer)."""
+    times from h2load's per-request log: the time from sending a call to the end of its answer). `path`: the
+    HTTP path called, when not the register's method `scenario.method`."""
     log = body.with_suffix(".log")
     log.unlink(missing_ok=True)  # h2load appends to its log
     cmd = [
@@ -194,7 +195,7 @@ def run_h2load(address: str, scenario: Scenario, body: Path) -> dict[str, Any]:
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
         "-H", f"x-idcheck-member: {MEMBER}", "-H", "x-idcheck-role: border",
         *([f"--log-file={log}"] if scenario.latency else []),
-        f"http://{address}{SERVICE}{scenario.method}",
+        f"http://{address}{path or SERVICE + scenario.method}",
     ]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)

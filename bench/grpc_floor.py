@@ -1,0 +1,186 @@
+"""What a `CheckDocument` call costs the server beyond grpc-python's own cost of a call, on this machine.
+
+Two servers in turn, each one process answering on one CPU, each sent CLEAR-sized unary calls by h2load (nghttp2's
+load generator, in C) over the same connections for the same time:
+
+- `empty`: a bare `grpc.server` (16 threads, no interceptors) whose one method answers every request with an
+  empty message: grpc-python's floor, the CPU any unary call costs a server written with it;
+- `check`: the register (`idcheck serve`, one worker, on a seeded data directory), every call a CLEAR check of an
+  unlisted number, each answer checked in the audit log as `bench/h2load.py` checks it.
+
+For each: calls/s, the server's CPU per call (from /proc), and h2load's figures; then what the register adds to the
+floor. This is why one process answers a few thousand `CheckDocument` calls a second while check streams, which
+pay for a call once per stream, answer several times more (README "Performance").
+
+    apt-get install nghttp2-client
+    .venv/bin/python bench/grpc_floor.py --records 1e6      # about half a minute on 2 cores
+
+Writes `bench/results/grpc-floor.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import h2load  # bench/h2load.py: the h2load runs, the seeding and the audit check
+
+from idcheck.client.bench import cpu_seconds
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EMPTY_METHOD = "/floor.Empty/Call"
+
+
+def serve_empty(port: int, cpu: int) -> None:
+    """The empty server (run in a process of its own): answers EMPTY_METHOD with an empty message until killed."""
+    os.sched_setaffinity(0, {cpu})  # as `idcheck serve` answers calls on one CPU
+
+    def answer(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b""
+
+    service, method = EMPTY_METHOD.strip("/").split("/")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(answer)}),)
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("serving", flush=True)
+    server.wait_for_termination()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measure_empty(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """h2load against the empty server: calls/s and its CPU per call."""
+    port = _free_port()
+    cpu = min(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-empty", str(port), "--cpu", str(cpu)],
+        stdout=subprocess.PIPE,
+        text=True,
+        process_group=0,  # in the benchmark's session, as LocalServer starts the register (autogroup scheduling)
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "serving":
+            raise SystemExit("the empty server did not start")
+        body = tmp / "empty.bin"
+        body.write_bytes(b"\0\0\0\0\0")  # one gRPC message of 0 bytes
+        scenario = h2load.Scenario(
+            "empty", "", b"", 0, args.connections, 1, collections.Counter(), seconds=args.duration
+        )
+        before = cpu_seconds([proc.pid])
+        result = h2load.run_h2load(f"127.0.0.1:{port}", scenario, body, path=EMPTY_METHOD)
+        result["server_cpu_seconds"] = round(cpu_seconds([proc.pid]) - before, 3)
+    finally:
+        proc.kill()
+        proc.wait()
+    if result["failed"] or result["errored"] or not result["succeeded"]:
+        raise SystemExit(f"h2load's calls to the empty server failed: {json.dumps(result)}")
+    return _per_call("empty", result)
+
+
+def measure_check(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, Any]:
+    """h2load's CLEAR CheckDocument calls against the register (one process), checked in its audit log."""
+    listed = h2load.seed(data, args.records)
+    options = argparse.Namespace(
+        latency_calls=1,
+        calls=None,
+        streams=None,
+        connections=args.connections,
+        stream_connections=1,
+        in_flight=1,
+        seconds=args.duration,
+    )
+    scenario = next(s for s in h2load.scenarios(listed, options) if s.name == "unary-clear")
+    body = tmp / "clear.bin"
+    body.write_bytes(scenario.body)
+    result = h2load.measure(data, 1, scenario, body)
+    if not result["correct"]:
+        raise SystemExit(f"the register's answers were not all audited as CLEAR: {json.dumps(result['audit_rows'])}")
+    return _per_call("check", result)
+
+
+def _per_call(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    calls = result["succeeded"]
+    return {
+        "server": name,
+        "calls": calls,
+        "seconds": result["seconds"],
+        "calls_per_s": round(calls / result["seconds"]),
+        "server_cpu_seconds": result["server_cpu_seconds"],
+        "server_cpu_us_per_call": round(result["server_cpu_seconds"] / calls * 1e6, 1),
+        "h2load_cpu_seconds": result["h2load_cpu_seconds"],
+        "request_ms": result["request_ms"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=lambda s: int(float(s)), default=100_000, help="records of the register")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of h2load per server")
+    parser.add_argument("--connections", type=int, default=32, help="h2load connections, one call at a time on each")
+    parser.add_argument("--data", type=Path, default=None, help="data directory to keep (default: a temporary one)")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--serve-empty", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_empty is not None:
+        serve_empty(args.serve_empty, args.cpu)
+        return 0
+    if args.records < 1 or args.connections < 1 or not args.duration >= 0.001:
+        parser.error("--records and --connections must be at least 1, --duration at least 0.001 seconds")
+    if shutil.which("h2load") is None:
+        print("h2load is not installed: apt-get install nghttp2-client", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="idcheck-floor-") as name:
+        tmp = Path(name)
+        empty = measure_empty(args, tmp)
+        check = measure_check(args, args.data or tmp / "data", tmp)
+    runs = [empty, check]
+    for r in runs:
+        print(
+            f"{r['server']:6s} {r['calls_per_s']:>7,} calls/s, {r['server_cpu_us_per_call']:6.1f} µs of server CPU "
+            f"a call ({r['calls']:,} calls in {r['seconds']:.2f}s), request mean {r['request_ms']['mean']:.2f} ms",
+            flush=True,
+        )
+    added = round(check["server_cpu_us_per_call"] - empty["server_cpu_us_per_call"], 1)
+    print(f"the register's check adds {added} µs of server CPU to grpc-python's cost of a call")
+    result = {
+        "benchmark": "grpc-floor",
+        "records": args.records,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+        "grpcio": grpc.__version__,
+        "connections": args.connections,
+        "runs": runs,
+        "check_minus_empty_us_per_call": added,
+    }
+    out = args.output or RESULTS / "grpc-floor.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,34 +1,23 @@
 """Smoke test of bench/grpc_floor.py against real servers (an empty grpc-python server and the register): both
 answer h2load's calls, the register's every call audited as CLEAR, and the figures are reported. Asserts answers,
-never speed."""
+never speed. (Without h2load it says what to install: test_h2load_smoke.py.)"""
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def floor_module() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import grpc_floor  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(BENCH))
-    return grpc_floor  # type: ignore[no-any-return]
+from tests.bench import bench_script
 
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed (nghttp2-client)")
 def test_both_servers_answer_and_the_difference_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "floor.json"
     args = ["--records", "500", "--duration", "1", "--connections", "4", "--output", str(out)]
-    assert floor_module().main(args) == 0
+    assert bench_script("grpc_floor").main(args) == 0
     result = json.loads(out.read_text())
     empty, check = result["runs"]
     assert (empty["server"], check["server"]) == ("empty", "check")
@@ -41,16 +30,8 @@ def test_both_servers_answer_and_the_difference_is_reported(tmp_path: Path, caps
     assert "the register's check adds" in capsys.readouterr().out
 
 
-def test_without_h2load_it_says_what_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert floor_module().main(["--records", "10"]) == 2
-    assert "apt-get install nghttp2-client" in capsys.readouterr().err
-
-
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as refused:
-        floor_module().main(["--connections", "0"])
+        bench_script("grpc_floor").main(["--connections", "0"])
     assert refused.value.code == 2
     assert "--connections must be at least 1" in capsys.readouterr().err

@@ -8,28 +8,18 @@ import collections
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench import bench_script
+
 H2LOAD = pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed (nghttp2-client)")
-
-
-def h2load_module() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import h2load  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(BENCH))
-    return h2load  # type: ignore[no-any-return]
 
 
 @H2LOAD
 def test_every_check_sent_is_audited_with_its_verdict(tmp_path: Path) -> None:
-    h2load = h2load_module()
+    h2load = bench_script("h2load")
     out = tmp_path / "result.json"
     args = [
         "--records",
@@ -70,7 +60,7 @@ def test_every_check_sent_is_audited_with_its_verdict(tmp_path: Path) -> None:
 def test_timed_runs_keep_every_worker_busy_and_audit_every_answer(tmp_path: Path) -> None:
     """--duration (h2load -D): every request answered is audited with its verdict, and none beyond those started;
     both workers answer until the deadline."""
-    h2load = h2load_module()
+    h2load = bench_script("h2load")
     out = tmp_path / "result.json"
     args = ["--records", "3000", "--workers", "2", "--latency-calls", "50", "--duration", "1.5"]
     # 24 connections of each kind: the kernel hashes each to a worker, and all 24 land on one once in 8 million runs
@@ -93,7 +83,7 @@ def test_timed_runs_keep_every_worker_busy_and_audit_every_answer(tmp_path: Path
 def test_a_timed_run_must_leave_a_row_for_every_answer_and_none_beyond() -> None:
     """The timed audit check on its own: rows short of the requests answered, rows beyond those started, a verdict
     no request could get, or an h2load failure, each fail the run."""
-    h2load = h2load_module()
+    h2load = bench_script("h2load")
     scenario = h2load.Scenario(
         "stream", "CheckDocumentStream", b"", 0, 4, 1, collections.Counter({"CLEAR": 99, "HIT": 1}), seconds=1
     )
@@ -119,7 +109,7 @@ def test_a_timed_run_must_leave_a_row_for_every_answer_and_none_beyond() -> None
 def test_checks_the_server_refuses_fail_the_run(tmp_path: Path) -> None:
     """An unknown issuing state: the server refuses every call (INVALID_ARGUMENT, inside an HTTP 200 answer, which
     h2load counts as a success); no audit row, so the run is not correct."""
-    h2load = h2load_module()
+    h2load = bench_script("h2load")
     data = tmp_path / "data"
     h2load.seed(data, 100)
     refused = h2load.pb.CheckDocumentRequest(
@@ -137,9 +127,10 @@ def test_checks_the_server_refuses_fail_the_run(tmp_path: Path) -> None:
     assert r["audit_rows"] == {} and r["correct"] is False
 
 
+@pytest.mark.parametrize("script", ["h2load", "grpc_floor"])
 def test_without_h2load_it_says_what_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert h2load_module().main(["--records", "10"]) == 2
+    assert bench_script(script).main(["--records", "10"]) == 2
     assert "apt-get install nghttp2-client" in capsys.readouterr().err

@@ -4,29 +4,18 @@ issuing state and with several. Asserts what was written and uploaded, never spe
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import pyarrow.parquet as pq
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def upload_module() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import upload  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(BENCH))
-    return upload  # type: ignore[no-any-return]
+from tests.bench import bench_script
 
 
 @pytest.mark.parametrize("states", [1, 40])
 def test_upload_benchmark_writes_its_file_and_uploads_every_row(tmp_path: Path, states: int) -> None:
-    upload = upload_module()
+    upload = bench_script("upload")
     out = tmp_path / "result.json"
     args = ["--rows", "20000", "--cache", str(tmp_path), "--out", str(out), "--states", str(states)]
     assert upload.main(args) == 0
@@ -49,6 +38,6 @@ def test_upload_benchmark_writes_its_file_and_uploads_every_row(tmp_path: Path, 
 
 
 def test_state_count_beyond_the_known_codes_is_refused() -> None:
-    upload = upload_module()
+    upload = bench_script("upload")
     with pytest.raises(SystemExit, match="--states must be between 1 and"):
         upload.issuing_states(100_000)

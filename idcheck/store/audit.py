@@ -172,7 +172,11 @@ class AuditWriter:
         returns `commits` then. Reading `commits` before the log and waiting on it afterwards misses nothing."""
         with self._committed:
             self._waiting += 1
-            if self._pending_hits:  # hits arrived while nobody waited: have them committed now
+            # Hits that arrived while nobody waited, counted (`_pending_hits`) or still queued unseen by the writer
+            # (a call submitted just before `_waiting` went up did not wake it): have the writer look, and commit
+            # the hits among them now. Unseen rows are read first: a call the writer takes between the two reads
+            # is counted in `_pending_hits` by the time it is read, or sees `_waiting` up itself.
+            if self._unseen_rows or self._pending_hits:
                 self._signal(_PROMPT)
             try:
                 self._committed.wait_for(lambda: self._generation != seen or (stop is not None and stop()), timeout)
@@ -254,7 +258,7 @@ class AuditWriter:
                         if hits and self._waiting:  # a hit watcher is waiting: do not make it wait for the interval
                             deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)
                 elif item is _PROMPT:
-                    if pending:
+                    if self._pending_hits:  # not for other rows: they wait for the interval, watcher or not
                         deadline = min(deadline, last_commit + PROMPT_COMMIT_GAP)
                 elif isinstance(item, _Counted):
                     item.set()

@@ -46,6 +46,31 @@ def test_a_waiter_wakes_at_the_next_commit(store: RegisterStore) -> None:
         writer.close()
 
 
+def test_a_hit_submitted_just_before_a_watcher_waits_is_committed_at_once(store: RegisterStore) -> None:
+    """The race of a check submitted as a watch starts waiting: the hit is queued, the writer (asleep for the
+    interval) has not seen it, and no waiter was there to wake it. The waiter's arrival must have it committed,
+    not left for the interval (10 minutes here)."""
+    writer = AuditWriter(store, interval=600.0)
+    try:
+        seen = writer.commits
+        writer.submit(*call(writer, "HIT"))  # nobody waits: the writer is not woken, the hit is not counted yet
+        assert writer.wait_for_commit(seen, timeout=30) == seen + 1
+        assert store.audit_count() == 1
+    finally:
+        writer.close()
+
+
+def test_a_waiter_does_not_bring_forward_rows_that_are_not_hits(store: RegisterStore) -> None:
+    writer = AuditWriter(store, interval=600.0)
+    try:
+        seen = writer.commits
+        writer.submit(*call(writer, "CLEAR", "CLEAR"))
+        assert writer.wait_for_commit(seen, timeout=1) == seen  # woken to look, but nothing to commit early
+        assert writer.counts().rows_pending == 2 and store.audit_count() == 0
+    finally:
+        writer.close()
+
+
 def test_stop_and_wake_end_a_wait(store: RegisterStore) -> None:
     writer = AuditWriter(store, interval=30.0)
     stopped = threading.Event()

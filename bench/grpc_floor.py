@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2load  # bench/h2load.py: the h2load runs, the seeding and the audit check
 
-from idcheck.client.bench import cpu_seconds
+from idcheck.client.bench import cpu_seconds, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EMPTY_METHOD = "/floor.Empty/Call"
@@ -64,15 +63,9 @@ def serve_empty(port: int, cpu: int) -> None:
     server.wait_for_termination()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def measure_empty(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """h2load against the empty server: calls/s and its CPU per call."""
-    port = _free_port()
+    port = free_port()
     cpu = min(os.sched_getaffinity(0))
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve-empty", str(port), "--cpu", str(cpu)],

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from idcheck.icao import DocumentClass, folded_key
 from idcheck.index import DocumentIndex, DocumentIndexSettings, Lookup, MatchKind, classify, number_key, number_keys
-from idcheck.index.documents import PACKED_LENGTH, exact_number_keys, folded_number_key
+from idcheck.index.documents import _TWO_LEVEL_KEYS, PACKED_LENGTH, _Base, exact_number_keys, folded_number_key
 from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, StoredRecord
 
 PASSPORT, ID_CARD = DocumentClass.PASSPORT, DocumentClass.ID_CARD
@@ -180,15 +180,44 @@ def test_bulk_change_rebuilds_columns_and_keeps_the_last_change_of_a_record() ->
     assert found(index, Lookup("NZL", "N6")) == [(MatchKind.EXACT, 6)] and len(index) == 99
 
 
-def test_manifest_lookup_vectorised_equals_single_lookups() -> None:
+@pytest.mark.parametrize("listed", [50, 400])  # a batch searched in one level, and one searched in two
+def test_manifest_lookup_vectorised_equals_single_lookups(listed: int) -> None:
     rng = np.random.default_rng(7)
     numbers = ["".join(rng.choice(list(_ALNUM), 9)) for _ in range(5000)]
     index = DocumentIndex(DocumentIndexSettings(merge_threshold=1000))
     index.apply_columns(columns([stored(i + 1, "NZL", n) for i, n in enumerate(numbers)]))
     index.apply([stored(9000, "FJI", numbers[3], seq=6000)])  # overlay row sharing a base row's number
-    queries = [Lookup("NZL", n) for n in numbers[:50]] + [Lookup("FJI", numbers[3]), Lookup("NZL", "NOSUCH1")]
-    assert index.lookup_many(queries) == [index.lookup(q) for q in queries]
+    unlisted = ["".join(rng.choice(list(_ALNUM), 9)) for _ in range(listed)]
+    queries = [Lookup("NZL", n) for n in numbers[:listed] + unlisted]
+    queries += [Lookup("FJI", numbers[3]), Lookup("NZL", "NOSUCH1"), Lookup("NZL", "0"), Lookup("NZL", "Z" * 12)]
+    assert (len(queries) >= _TWO_LEVEL_KEYS) == (listed == 400)
+    single = [index.lookup(q) for q in queries]
+    assert sum(map(bool, single)) >= listed + 1
+    assert index.lookup_many(queries) == single
     assert found(index, Lookup("FJI", numbers[3])) == [(MatchKind.EXACT, 9000), (MatchKind.STATE_MISMATCH, 4)]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 127, 128, 129, 1000, 4097, 2_000_000])
+def test_batch_search_in_two_levels_equals_a_binary_search(rows: int) -> None:
+    # Keys of the column in runs of equal keys, and keys asked below, between, on and above them: whatever the
+    # column's length (a multiple of the sample's block or not; 2,000,000 rows make blocks of 128 keys).
+    rng = np.random.default_rng(rows)
+    column = np.sort(rng.integers(1, 2**64 - 2, rows, dtype=np.uint64, endpoint=True))
+    if rows > 10:
+        column[rows // 2 : rows // 2 + 9] = column[rows // 2]  # a run of equal keys
+    empty = _Base.empty()
+    base = _Base(column, empty.number, empty.state, empty.cls, empty.record_id, 0)  # search reads `folded` only
+    edges = np.array([0, 1, 2**64 - 1, 2**63], np.uint64)
+    for size in (1, _TWO_LEVEL_KEYS - 1, _TWO_LEVEL_KEYS, 1000):
+        keys = np.concatenate(
+            [
+                rng.choice(column, size // 2) if rows else edges,
+                rng.integers(0, 2**64 - 1, size // 2 + 1, dtype=np.uint64, endpoint=True),
+                edges,
+            ]
+        )
+        keys = np.sort(np.concatenate([keys, keys[:3] - np.uint64(1), keys[:3] + np.uint64(1)]))
+        assert base.search(keys).tolist() == column.searchsorted(keys, "left").tolist(), size
 
 
 def test_manifest_lookup_of_runs_of_equal_keys_with_cancelled_rows_equals_single_lookups() -> None:

@@ -204,9 +204,11 @@ COLUMNS = ("folded", "number", "state", "cls", "record_id")
 _DTYPES = {"folded": np.uint64, "number": np.uint64, "state": np.uint16, "cls": np.int8, "record_id": np.int64}
 
 
-# Keys of a batch from which `_Base.search` searches in two levels (measured: 100 keys cost about the same either
-# way, 10 keys 3-4 times more in two levels), and the least keys per block of its sample.
+# `_Base.search` searches in two levels a batch of at least `_TWO_LEVEL_KEYS` keys (measured: 100 keys cost about
+# the same either way, 10 keys 3-4 times more in two levels) in a column of at least `_TWO_LEVEL_ROWS` keys (2 MB:
+# a smaller one mostly stays in the caches, where one level costs less), with blocks of at least `_MIN_BLOCK` keys.
 _TWO_LEVEL_KEYS = 128
+_TWO_LEVEL_ROWS = 1 << 18
 _MIN_BLOCK = 64
 
 
@@ -240,9 +242,11 @@ class _Base:
         plain binary search walks the whole column for each key, and misses the caches on most of its steps: a
         manifest of 1,000 numbers cost 0.39-0.41 ms at 1,000,000 records and 0.83-0.84 ms at 10,000,000, against
         0.14-0.15 and 0.21-0.22 ms in two levels (2026-12-07, 2 cores, random keys, caches evicted before each
-        batch). Below `_TWO_LEVEL_KEYS` keys, the fixed cost of the steps is more than it saves."""
+        batch). The steps have a fixed cost, which shows when the column is in the caches already: the same 1,000
+        keys searched again and again took 25 against 55 µs at 1,000,000 records, and at 100,000 (evicted or not)
+        one level was as fast or faster. So below `_TWO_LEVEL_KEYS` keys or `_TWO_LEVEL_ROWS` rows, one level."""
         folded = self.folded
-        if len(keys) < _TWO_LEVEL_KEYS or len(folded) < 2 * _MIN_BLOCK:
+        if len(keys) < _TWO_LEVEL_KEYS or len(folded) < max(_TWO_LEVEL_ROWS, 2 * _MIN_BLOCK):
             return folded.searchsorted(keys, "left")
         block, top = self._sample
         # top[b] = folded[b * block]: the first key >= k is after row (b - 1) * block, where b is the first sample

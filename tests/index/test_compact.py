@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from idcheck.icao import DocumentClass, folded_key
-from idcheck.index import DocumentIndex, DocumentIndexSettings, Lookup, MatchKind, classify, number_key, number_keys
+from idcheck.index import (
+    DocumentIndex,
+    DocumentIndexSettings,
+    Lookup,
+    MatchKind,
+    classify,
+    documents,
+    number_key,
+    number_keys,
+)
 from idcheck.index.documents import _TWO_LEVEL_KEYS, PACKED_LENGTH, _Base, exact_number_keys, folded_number_key
 from idcheck.records import DocumentKey, KeyColumns, RecordData, RecordStatus, StoredRecord
 
@@ -180,8 +189,14 @@ def test_bulk_change_rebuilds_columns_and_keeps_the_last_change_of_a_record() ->
     assert found(index, Lookup("NZL", "N6")) == [(MatchKind.EXACT, 6)] and len(index) == 99
 
 
+@pytest.fixture
+def two_levels_from_small_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches searched in two levels in columns of test size too (in service: from 262,144 rows)."""
+    monkeypatch.setattr(documents, "_TWO_LEVEL_ROWS", 0)
+
+
 @pytest.mark.parametrize("listed", [50, 400])  # a batch searched in one level, and one searched in two
-def test_manifest_lookup_vectorised_equals_single_lookups(listed: int) -> None:
+def test_manifest_lookup_vectorised_equals_single_lookups(listed: int, two_levels_from_small_columns: None) -> None:
     rng = np.random.default_rng(7)
     numbers = ["".join(rng.choice(list(_ALNUM), 9)) for _ in range(5000)]
     index = DocumentIndex(DocumentIndexSettings(merge_threshold=1000))
@@ -198,9 +213,14 @@ def test_manifest_lookup_vectorised_equals_single_lookups(listed: int) -> None:
 
 
 @pytest.mark.parametrize("rows", [0, 1, 127, 128, 129, 1000, 4097, 2_000_000])
-def test_batch_search_in_two_levels_equals_a_binary_search(rows: int) -> None:
+@pytest.mark.parametrize("small_columns_in_two_levels", [False, True])
+def test_batch_search_in_two_levels_equals_a_binary_search(
+    rows: int, small_columns_in_two_levels: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Keys of the column in runs of equal keys, and keys asked below, between, on and above them: whatever the
     # column's length (a multiple of the sample's block or not; 2,000,000 rows make blocks of 128 keys).
+    if small_columns_in_two_levels:
+        monkeypatch.setattr(documents, "_TWO_LEVEL_ROWS", 0)
     rng = np.random.default_rng(rows)
     column = np.sort(rng.integers(1, 2**64 - 2, rows, dtype=np.uint64, endpoint=True))
     if rows > 10:
@@ -220,7 +240,9 @@ def test_batch_search_in_two_levels_equals_a_binary_search(rows: int) -> None:
         assert base.search(keys).tolist() == column.searchsorted(keys, "left").tolist(), size
 
 
-def test_manifest_lookup_of_runs_of_equal_keys_with_cancelled_rows_equals_single_lookups() -> None:
+def test_manifest_lookup_of_runs_of_equal_keys_with_cancelled_rows_equals_single_lookups(
+    two_levels_from_small_columns: None,
+) -> None:
     # Runs of several base rows per folded key (one number under several states, its OCR variants), some of them
     # cancelled, found by many queries of one batch: each query gets its own run, without the cancelled rows.
     rng = np.random.default_rng(11)

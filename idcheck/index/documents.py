@@ -262,8 +262,9 @@ class _Base:
 
     @functools.cached_property
     def _sample(self) -> tuple[int, np.ndarray]:
-        """(block, every block-th key of `folded`), built at the first batch searched: 8,000 to 16,000 keys, so
-        that the sample stays in the CPU's caches as the column grows. Blocks of 64 keys at 1,000,000 records and
+        """(block, every block-th key of `folded`), built at the first batch searched: at most 16,000 keys (8,000
+        to 16,000 from 1,000,000 records on), so that the sample stays in the CPU's caches as the column grows; a
+        copy, of 1/block of the column's bytes. Blocks of 64 keys at 1,000,000 records and
         1,024 at 10,000,000 (of blocks of 64 to 4,096 keys, measured as in `search`, 64-256 were the fastest at
         1,000,000 records, 512-1,024 at 10,000,000 and 1,024-2,048 at 30,000,000, where this gives 2,048)."""
         block = max(_MIN_BLOCK, 1 << max(0, (len(self.folded) >> 14) - 1).bit_length())

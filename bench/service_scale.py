@@ -59,6 +59,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     records = int(server["records"])
     by_name = {s["name"]: s["results"]["idcheck"] for s in result["scenarios"]}
     single, manifest, upload = by_name["single@1"], by_name["manifest-1000@1"], by_name["upload-10000@1"]
+    settled = server.get("rss_bytes_after_settling")
     for name, r in by_name.items():
         if r["errors"] or r["wrong_answers"]:
             raise SystemExit(f"{records:,} records, {name}: errors {r['errors']}, wrong answers {r['wrong_answers']}")
@@ -69,6 +70,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "server_rss_mib_after_seeding": round(server["rss_bytes_after_seeding"] / 2**20),
         "server_rss_mib_at_end": round(server["rss_bytes_at_end"] / 2**20),
         "server_rss_bytes_per_record_at_end": round(server["rss_bytes_at_end"] / records, 1),
+        # once the server reports no background work left from the scenarios (merges of the uploaded records);
+        # None in the result files of runs before it was measured
+        "server_rss_mib_after_settling": None if settled is None else round(settled / 2**20),
+        "server_rss_bytes_per_record_after_settling": None if settled is None else round(settled / records, 1),
         "single_checks_per_s": round(single["requests_per_s"]),
         "single_p50_ms": single["latency_ms"]["p50"],
         "single_p99_ms": single["latency_ms"]["p99"],
@@ -92,6 +97,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     memory, latency, throughput = axes
     memory.plot(sizes, [r["server_rss_mib_after_seeding"] for r in rows], "o-", label="server RSS after seeding")
     memory.plot(sizes, [r["server_rss_mib_at_end"] for r in rows], "o-", label="server RSS at the end")
+    if all(r["server_rss_mib_after_settling"] is not None for r in rows):
+        memory.plot(sizes, [r["server_rss_mib_after_settling"] for r in rows], "o-", label="... once idle")
     memory.plot(sizes, [r["records"] * 100 / 2**20 for r in rows], "--", color="grey", label="100 bytes per record")
     memory.set_ylabel("MiB")
     memory.set_ylim(bottom=0)

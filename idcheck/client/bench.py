@@ -352,17 +352,17 @@ class LocalServer:
                 self.proc.wait()
 
 
-def settle(conn: Connection, channel: grpc.Channel, *, timeout: float = 1800.0) -> float | None:
+def settle(conn: Connection, channel: grpc.Channel, *, timeout: float = 1800.0, after: str = "seeding") -> float | None:
     """Wait until the server reports no background work (GetStatistics.background_tasks: the index merge and
-    snapshot, the WAL checkpoint and the template index rebuild that seeding set off), so that the scenarios
-    measure the server answering, not the server digesting the seed. Under `serve --workers N` every worker must
-    say so: each answer names its worker, and the question goes out over fresh connections (which the kernel
-    spreads over the workers) until every worker's latest answer is 0. Returns the seconds waited; None when the
-    server does not say (GetStatistics needs the operator role: a development server takes it from metadata, a
-    TLS one from the certificate)."""
+    snapshot, the WAL checkpoint and the template index rebuild that seeding, or `after` whatever else, set off),
+    so that the scenarios measure the server answering, not the server digesting the seed. Under `serve --workers
+    N` every worker must say so: each answer names its worker, and the question goes out over fresh connections
+    (which the kernel spreads over the workers) until every worker's latest answer is 0. Returns the seconds
+    waited; None when the server does not say (GetStatistics needs the operator role: a development server takes
+    it from metadata, a TLS one from the certificate)."""
     metadata = (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
     started = time.monotonic()
-    log("waiting for the server's background work after seeding (index merge and snapshot, WAL checkpoint) ...")
+    log(f"waiting for the server's background work after {after} (index merge and snapshot, WAL checkpoint) ...")
     busy: dict[int, int] = {}  # worker -> its latest background_tasks
     polls = 0
     while True:
@@ -1914,6 +1914,8 @@ class Bench:
                         break
                     self._run_scenario(n, scenario)
                 completed = True
+                if not self.interrupt.event.is_set():
+                    self._memory_at_end()
             finally:
                 # Written whenever something was measured, also after Ctrl-C or a failure in a later scenario.
                 self.result["interrupted"] = self.interrupt.event.is_set()
@@ -2235,11 +2237,27 @@ class Bench:
         result["client_cpu_cores"] = round((time.process_time() - cpu_before) / max(result["seconds"], 1e-3), 2)
         return result
 
+    def _memory_at_end(self) -> None:
+        """Resident memory of our own server as the last scenario left it, then again once it reports no
+        background work (index merges and snapshots of the records the scenarios uploaded, checkpoints): the first
+        figure can catch a merge holding the old and the new index columns at once."""
+        if self.server is None:
+            return
+        server = self.result["server"]
+        server["rss_bytes_at_end"] = rss_bytes(self.server.pid)
+        conn = self.local.endpoints.conn
+        channel = conn.channel(own_connection=True)
+        try:
+            server["settle_seconds_at_end"] = settle(conn, channel, timeout=600, after="the scenarios")
+        finally:
+            channel.close()
+        server["rss_bytes_after_settling"] = rss_bytes(self.server.pid)
+
     # -- results --
 
     def _report(self) -> None:
         result = self.result
-        if self.server is not None:
+        if self.server is not None and "rss_bytes_at_end" not in result["server"]:  # interrupted, or failed
             result["server"]["rss_bytes_at_end"] = rss_bytes(self.server.pid)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.output.write_text(json.dumps(result, indent=2) + "\n")

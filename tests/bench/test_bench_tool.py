@@ -167,6 +167,9 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["server"]["settle_seconds"] >= 0  # waited until the seeded server had no background work
+    # Its memory as the last scenario left it, and again once the work the scenarios set off was done.
+    assert result["server"]["settle_seconds_at_end"] >= 0
+    assert result["server"]["rss_bytes_at_end"] > 0 and result["server"]["rss_bytes_after_settling"] > 0
     assert result["interrupted"] is False
     assert result["server"]["started"] is True
     assert result["server"]["seed_records"]["rows"] == RECORDS

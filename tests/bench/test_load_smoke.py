@@ -60,6 +60,7 @@ def test_service_scale_script_runs_the_bench_tool_per_size_and_summarises(tmp_pa
     assert 0 < row["single_p50_ms"] <= row["single_p99_ms"]
     assert row["manifest_documents_per_s"] > 0 and row["upload_rows_per_s"] > 0
     assert row["server_rss_bytes_per_record_at_end"] > 0
+    assert row["server_rss_bytes_per_record_after_settling"] > 0  # measured again once the server was idle
     assert (tmp_path / "bench-2000-scale.json").exists()
     # The summary can be rebuilt from the run's result file.
     again = tmp_path / "again.json"

@@ -352,14 +352,21 @@ class LocalServer:
                 self.proc.wait()
 
 
-def settle(conn: Connection, channel: grpc.Channel, *, timeout: float = 1800.0, after: str = "seeding") -> float | None:
+def settle(
+    conn: Connection,
+    channel: grpc.Channel,
+    *,
+    timeout: float = 1800.0,
+    after: str = "seeding",
+    stop: Callable[[], bool] | None = None,
+) -> float | None:
     """Wait until the server reports no background work (GetStatistics.background_tasks: the index merge and
     snapshot, the WAL checkpoint and the template index rebuild that seeding, or `after` whatever else, set off),
     so that the scenarios measure the server answering, not the server digesting the seed. Under `serve --workers
     N` every worker must say so: each answer names its worker, and the question goes out over fresh connections
     (which the kernel spreads over the workers) until every worker's latest answer is 0. Returns the seconds
     waited; None when the server does not say (GetStatistics needs the operator role: a development server takes
-    it from metadata, a TLS one from the certificate)."""
+    it from metadata, a TLS one from the certificate), or when `stop()` turns true (Ctrl-C) before it does."""
     metadata = (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
     started = time.monotonic()
     log(f"waiting for the server's background work after {after} (index merge and snapshot, WAL checkpoint) ...")
@@ -386,6 +393,9 @@ def settle(conn: Connection, channel: grpc.Channel, *, timeout: float = 1800.0, 
         if waited > timeout:
             log(f"the server still has background work after {waited:.0f}s: measuring anyway")
             return round(waited, 1)
+        if stop is not None and stop():
+            log(f"not waiting any longer: interrupted after {waited:.1f}s")
+            return None
         # A worker not heard from yet is asked again soon, over the next fresh connection.
         time.sleep(0.2 if any(busy.values()) else 0.02)
 
@@ -2025,7 +2035,7 @@ class Bench:
                 log("waiting for the server's background rebuilds of the template index ...")
                 server_info["template_index_rebuilds"] = self.server.wait_for_rebuilds()
         if (self.records or self.templates) and not args.no_seed:
-            server_info["settle_seconds"] = settle(conn, channel)
+            server_info["settle_seconds"] = settle(conn, channel, stop=self.interrupt.event.is_set)
         if self.server is not None:
             server_info["rss_bytes_after_seeding"] = rss_bytes(self.server.pid)
         # baselines
@@ -2248,7 +2258,9 @@ class Bench:
         conn = self.local.endpoints.conn
         channel = conn.channel(own_connection=True)
         try:
-            server["settle_seconds_at_end"] = settle(conn, channel, timeout=600, after="the scenarios")
+            server["settle_seconds_at_end"] = settle(
+                conn, channel, timeout=600, after="the scenarios", stop=self.interrupt.event.is_set
+            )
         finally:
             channel.close()
         server["rss_bytes_after_settling"] = rss_bytes(self.server.pid)

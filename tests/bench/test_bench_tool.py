@@ -433,3 +433,21 @@ def test_settle_waits_until_every_worker_has_said_it_is_idle() -> None:
         assert script.calls == 6  # returned at the first answer after which both workers' latest is 0
     finally:
         server.stop(None)
+
+
+def test_settle_stops_waiting_when_interrupted() -> None:
+    # A server that stays busy: Ctrl-C (`stop`) ends the wait at the next answer, instead of the timeout.
+    script = _ScriptedWorkers([(1, 2)])
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    operations_pb2_grpc.add_OperationsServicer_to_server(script, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        conn = Connection(f"127.0.0.1:{port}", None, "AUS", "operator")
+        with conn.channel() as channel:
+            started = time.monotonic()
+            assert settle(conn, channel, timeout=20, stop=lambda: script.calls >= 3) is None  # not the timeout's 20.x
+            assert time.monotonic() - started < 10
+        assert script.calls == 3
+    finally:
+        server.stop(None)

@@ -3,6 +3,7 @@ structure of the results (JSON and plot), and what Ctrl-C does; never speed."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -419,35 +421,32 @@ class _ScriptedWorkers(operations_pb2_grpc.OperationsServicer):
         return operations_pb2.Statistics(worker=worker, worker_processes=2, background_tasks=busy)
 
 
-def test_settle_waits_until_every_worker_has_said_it_is_idle() -> None:
-    # Worker 1 is idle from the start, worker 2 is first heard busy: idle only once both last said 0.
-    script = _ScriptedWorkers([(1, 0), (1, 0), (2, 3), (1, 0), (2, 1), (2, 0), (1, 0)])
+@contextlib.contextmanager
+def _serving(script: _ScriptedWorkers) -> Iterator[Connection]:
+    """A real gRPC server answering GetStatistics from `script`, and an operator's connection to it."""
     server = grpc.server(futures.ThreadPoolExecutor(2))
     operations_pb2_grpc.add_OperationsServicer_to_server(script, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        conn = Connection(f"127.0.0.1:{port}", None, "AUS", "operator")
-        with conn.channel() as channel:
-            assert settle(conn, channel, timeout=60) is not None
-        assert script.calls == 6  # returned at the first answer after which both workers' latest is 0
+        yield Connection(f"127.0.0.1:{port}", None, "AUS", "operator")
     finally:
         server.stop(None)
+
+
+def test_settle_waits_until_every_worker_has_said_it_is_idle() -> None:
+    # Worker 1 is idle from the start, worker 2 is first heard busy: idle only once both last said 0.
+    script = _ScriptedWorkers([(1, 0), (1, 0), (2, 3), (1, 0), (2, 1), (2, 0), (1, 0)])
+    with _serving(script) as conn, conn.channel() as channel:
+        assert settle(conn, channel, timeout=60) is not None
+    assert script.calls == 6  # returned at the first answer after which both workers' latest is 0
 
 
 def test_settle_stops_waiting_when_interrupted() -> None:
     # A server that stays busy: Ctrl-C (`stop`) ends the wait at the next answer, instead of the timeout.
     script = _ScriptedWorkers([(1, 2)])
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    operations_pb2_grpc.add_OperationsServicer_to_server(script, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        conn = Connection(f"127.0.0.1:{port}", None, "AUS", "operator")
-        with conn.channel() as channel:
-            started = time.monotonic()
-            assert settle(conn, channel, timeout=20, stop=lambda: script.calls >= 3) is None  # not the timeout's 20.x
-            assert time.monotonic() - started < 10
-        assert script.calls == 3
-    finally:
-        server.stop(None)
+    with _serving(script) as conn, conn.channel() as channel:
+        started = time.monotonic()
+        assert settle(conn, channel, timeout=20, stop=lambda: script.calls >= 3) is None  # not the timeout's 20.x
+        assert time.monotonic() - started < 10
+    assert script.calls == 3

@@ -1360,20 +1360,8 @@ class RegisterStore:
                 if pack is not None and pack[0]:
                     clear_rows.append((next_id, *pack))
                 next_id += 1
-            c.executemany(
-                "INSERT INTO audit_calls (call_id, call_uid, at, caller_member, caller_role, peer, register_seq, "
-                "documents, single) VALUES (?,?,?,?,?,?,?,?,?)",
-                final,
-            )
-            # The documents go to SQLite as JSON text read by json_each: one statement that runs without the
-            # interpreter lock, instead of a lock hand-over per row that stalled the checks being answered.
-            for start in range(0, len(rows), _AUDIT_JSON_ROWS):
-                c.execute(
-                    "INSERT INTO audit (call_id, position, query_kind, issuing_state, document_number, verdict, "
-                    "matched_records, subject_id) SELECT value->>0, value->>1, value->>2, value->>3, value->>4, "
-                    "value->>5, value->>6, value->>7 FROM json_each(?)",
-                    (json.dumps(rows[start : start + _AUDIT_JSON_ROWS]),),
-                )
+            _insert_rows(c, _INSERT_AUDIT_CALLS, final)
+            _insert_rows(c, _INSERT_AUDIT, rows)
             c.executemany("INSERT INTO audit_clear (call_id, count, documents) VALUES (?,?,?)", clear_rows)
             c.execute("COMMIT")
         except BaseException:
@@ -1744,7 +1732,39 @@ def _no_key_columns() -> KeyColumns:
     return KeyColumns(empty, [], [], empty.astype(np.int8), empty.astype(np.int8), empty)
 
 
-_AUDIT_JSON_ROWS = 4_000  # audit rows per INSERT ... FROM json_each(?): a few ms of JSON encoding at a time
+_INSERT_AUDIT_CALLS = (
+    "INSERT INTO audit_calls (call_id, call_uid, at, caller_member, caller_role, peer, register_seq, documents, "
+    "single) VALUES "
+)
+_INSERT_AUDIT = (
+    "INSERT INTO audit (call_id, position, query_kind, issuing_state, document_number, verdict, matched_records, "
+    "subject_id) VALUES "
+)
+# Rows per INSERT of `_insert_rows` at most: 9 parameters a row stay under SQLite's 32,766 parameters a statement.
+_ROWS_PER_INSERT = 2048
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert `rows` (each as wide as the column list `insert` ends with) with multi-row VALUES statements.
+
+    One statement of many rows runs without the interpreter lock, where executemany hands the lock back and forth
+    for every row and stalls the checks being answered; it also costs SQLite less than the JSON text a
+    `json_each` statement parses: on 2026-12-07 (2 cores, WAL, 40 commits of 1,160 audit rows) 1.0-1.1 us a row
+    against 2.7 for json.dumps and json_each (2.0-2.2 for executemany). Statements have a power of two rows each
+    (2,048 down to 1, by the binary digits of what is left), so that a connection prepares at most 12 texts and
+    its statement cache keeps them.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    row_marks = "(" + ",".join("?" * width) + ")"
+    start, size = 0, _ROWS_PER_INSERT
+    while start < len(rows):
+        while size > len(rows) - start:
+            size >>= 1
+        chunk = rows[start : start + size]
+        conn.execute(insert + ",".join([row_marks] * size), list(itertools.chain.from_iterable(chunk)))
+        start += size
 
 
 def _upload_outcome(

@@ -74,6 +74,27 @@ def test_audit_rows_read_back_with_query_ids(store: RegisterStore) -> None:
         writer.close()
 
 
+@pytest.mark.parametrize("calls", [1, 2_049, 5_000])
+def test_every_row_of_a_large_commit_is_stored_as_given(store: RegisterStore, calls: int) -> None:
+    # Rows go in as multi-row INSERTs of 2,048, 1,024, ... 1 rows: counts that need the largest statement, several
+    # of them and every smaller size, each value in its column with its type.
+    items = []
+    for k in range(calls):
+        call_id = k + 1
+        docs = [
+            AuditDocument(call_id, p, "mrz" if p else "typed", "NZL", f"N{call_id}-{p}", "HIT", f"{k},{p}", f"s{p}")
+            for p in range(k % 3)
+        ]
+        items.append((AuditCall(call_id, f"u{k}", utc_now(), "AUS", "border", f"peer{k}", k, len(docs), False), docs))
+    assert store.write_audit(items) == (0, calls + 1)
+    with sqlite3.connect(store.path) as conn:
+        stored_calls = conn.execute("SELECT * FROM audit_calls ORDER BY call_id").fetchall()
+        stored_docs = conn.execute("SELECT * FROM audit ORDER BY call_id, position").fetchall()
+    assert stored_calls == [tuple(c) for c, _ in items]
+    assert stored_docs == [tuple(d) for _, docs in items for d in docs]
+    assert all(type(v) is int for row in stored_docs for v in row[:2])
+
+
 def test_flush_with_nothing_queued_returns_at_once(store: RegisterStore) -> None:
     writer = AuditWriter(store, interval=30.0)
     try:

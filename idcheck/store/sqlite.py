@@ -1362,7 +1362,7 @@ class RegisterStore:
                 next_id += 1
             _insert_rows(c, _INSERT_AUDIT_CALLS, final)
             _insert_rows(c, _INSERT_AUDIT, rows)
-            c.executemany("INSERT INTO audit_clear (call_id, count, documents) VALUES (?,?,?)", clear_rows)
+            _insert_rows(c, _INSERT_AUDIT_CLEAR, clear_rows)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -1736,6 +1736,7 @@ _INSERT_AUDIT_CALLS = (
     "INSERT INTO audit_calls (call_id, call_uid, at, caller_member, caller_role, peer, register_seq, documents, "
     "single) VALUES "
 )
+_INSERT_AUDIT_CLEAR = "INSERT INTO audit_clear (call_id, count, documents) VALUES "
 _INSERT_AUDIT = (
     "INSERT INTO audit (call_id, position, query_kind, issuing_state, document_number, verdict, matched_records, "
     "subject_id) VALUES "

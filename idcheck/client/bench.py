@@ -1562,6 +1562,8 @@ def format_result(label: str, scenario: Scenario, r: dict[str, Any]) -> str:
     cpu = ""
     if "client_cpu_cores" in r:
         server = f", server {r['server_cpu_cores']:.2f}" if "server_cpu_cores" in r else ""
+        if "server_cpu_us_per_call" in r:
+            server += f" ({r['server_cpu_us_per_call']:,.0f} us a call)"
         cpu = f"  cpu cores: client {r['client_cpu_cores']:.2f}{server}"
     return f"  {label:<8}{rate}  ms: {times}  {errors}{wrong}{cpu}{partial}"
 
@@ -2195,7 +2197,12 @@ class Bench:
         seconds = max(out["seconds"], 1e-3)
         out["client_cpu_cores"] = round((cpu_seconds(client_pids) - cpu_before[1]) / seconds, 2)
         if server_pids:
-            out["server_cpu_cores"] = round((cpu_seconds(server_pids) - cpu_before[0]) / seconds, 2)
+            server_cpu = cpu_seconds(server_pids) - cpu_before[0]
+            out["server_cpu_cores"] = round(server_cpu / seconds, 2)
+            # What one call cost the server: what sizes a deployment (calls a second a core can answer), whatever
+            # limited the calls a second of this run.
+            if out["requests"]:
+                out["server_cpu_us_per_call"] = round(server_cpu / out["requests"] * 1e6, 1)
         return out
 
     def _server_pids(self, backend: str) -> list[int]:

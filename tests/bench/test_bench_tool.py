@@ -196,6 +196,10 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
         lat = ours["latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"] <= lat["max"], name
         assert ours["requests_per_s"] > 0
+        # The server's CPU while measuring, in cores and per call: the same seconds both ways.
+        per_call = ours["server_cpu_us_per_call"]
+        assert per_call > 0, name
+        assert abs(per_call * ours["requests"] / 1e6 / ours["seconds"] - ours["server_cpu_cores"]) <= 0.006, name
         curve = [v for _p, v in ours["latency_curve_ms"]]
         assert curve == sorted(curve)
 
@@ -240,6 +244,7 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert "summary (latency in ms)" in proc.stdout and "idcheck/sqlite: throughput" in proc.stdout
+    assert re.search(r"cpu cores: client \d+\.\d\d, server \d+\.\d\d \([\d,]+ us a call\)", proc.stdout)
 
 
 def test_ctrl_c_prints_and_writes_what_was_measured(tmp_path: Path) -> None:

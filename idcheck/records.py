@@ -47,7 +47,11 @@ class RecordStatus(enum.IntEnum):
     @property
     def hits(self) -> bool:
         """A cancelled record never hits."""
-        return self not in (RecordStatus.CANCELLED, RecordStatus.UNSPECIFIED)
+        return self in HITTING
+
+
+#: The statuses of records that match checks (a cancelled record never hits).
+HITTING: frozenset[RecordStatus] = frozenset(RecordStatus) - {RecordStatus.CANCELLED, RecordStatus.UNSPECIFIED}
 
 
 class RecordError(ValueError):

@@ -27,7 +27,7 @@ from idcheck.icao import (
     parse_mrz,
 )
 from idcheck.index import Lookup, Match, MatchKind
-from idcheck.records import MAX_NUMBER_LENGTH
+from idcheck.records import MAX_NUMBER_LENGTH, RecordStatus
 
 MAX_MRZ_LENGTH = 200
 CLEAR_ACTION = "CLEAR: no record for this document. Continue normal processing."
@@ -203,6 +203,7 @@ def verdict_of(matches: tuple[Match, ...]) -> Verdict:
     return Verdict.HIT if matches[0].kind == MatchKind.EXACT else Verdict.POSSIBLE_MATCH
 
 
+_STATUS_WORDS = {status: status.name.replace("_", " ") for status in RecordStatus}  # STOLEN_BLANK: "STOLEN BLANK"
 _KIND_TEXT = {
     MatchKind.OCR_VARIANT: "a number differing only by characters OCR confuses",
     MatchKind.STATE_MISMATCH: "the same number issued by another state",
@@ -217,9 +218,7 @@ def officer_action(verdict: Verdict, matches: tuple[Match, ...], query: Prepared
     if verdict == Verdict.HIT:
         record = matches[0].record
         data = record.data
-        parts.append(
-            f"HIT: document reported {data.status.name.replace('_', ' ')} by {record.owner} on {data.event_date}."
-        )
+        parts.append(f"HIT: document reported {_STATUS_WORDS[data.status]} by {record.owner} on {data.event_date}.")
         parts.append(
             data.instructions
             or "Retain the document, refer the traveller to secondary inspection and contact the reporting member."

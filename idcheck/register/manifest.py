@@ -55,7 +55,7 @@ class ManifestQueries:
     number_column: pa.Array
     classes: np.ndarray  # int64, DocumentClass values
     birth_column: pa.Array | None  # None: the manifest has no birth dates
-    references: pa.Array
+    references: pa.Array | None  # None: the manifest has no client references
     prepared: dict[int, PreparedQuery]
     _lookups: dict[int, Lookup] = field(default_factory=dict)  # built on demand: the index, the confirmation
     # and the full answer of a found row each ask for it
@@ -91,7 +91,8 @@ class ManifestQueries:
         p = self.prepared.get(i)
         if p is None:
             birth = self.birth_column[i].as_py() if self.birth_column is not None else ""
-            p = PreparedQuery(self.lookup(i), "typed", None, birth, "", self.references[i].as_py())
+            reference = self.references[i].as_py() if self.references is not None else ""
+            p = PreparedQuery(self.lookup(i), "typed", None, birth, "", reference)
         return p
 
 
@@ -144,7 +145,8 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
         fast &= birth_ok
     if "mrz" in names:
         fast &= pc.equal(pc.binary_length(raw["mrz"]), 0).to_numpy(zero_copy_only=False)
-    queries = ManifestQueries(states, numbers, classes, births, raw["client_reference"], {})
+    references = raw["client_reference"] if "client_reference" in names else None
+    queries = ManifestQueries(states, numbers, classes, births, references, {})
     violations: list[tuple[str, str]] = []
     for i in np.flatnonzero(~fast).tolist():
         query = Query(

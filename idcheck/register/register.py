@@ -30,6 +30,7 @@ from idcheck.index import (
     classify,
 )
 from idcheck.records import (
+    HITTING,
     DocumentKey,
     KeyColumns,
     RecordChange,
@@ -260,12 +261,13 @@ class Register:
             matches = []
             for c in candidates:
                 record = records.get(c.record_id)
-                if record is None or not record.data.status.hits:
+                if record is None or record.data.status not in HITTING:
                     continue
                 kind = classify(lookup, record)
                 if kind is not None:
                     matches.append(Match(kind, record))
-            matches.sort(key=lambda m: (m.kind, m.record.record_id))
+            if len(matches) > 1:
+                matches.sort(key=lambda m: (m.kind, m.record.record_id))
             out.append(tuple(matches))
         return out
 
@@ -563,9 +565,16 @@ def answer(p: PreparedQuery, matches: tuple[Match, ...], query_id: str) -> Check
 def audit_document(call_id: int, position: int, r: CheckResult) -> AuditDocument:
     """The audit row of one answer given in full (a match, an MRZ, a warning, or a single check's)."""
     p = r.query
-    matched = ",".join(str(m.record.record_id) for m in r.matches)
+    matches = r.matches
+    if len(matches) == 1:
+        matched = str(matches[0].record.record_id)
+    else:
+        matched = ",".join(str(m.record.record_id) for m in matches)
     state = p.lookup.issuing_state or p.state_as_read
-    return AuditDocument(call_id, position, p.kind, state, p.lookup.number, r.verdict.name, matched)
+    return AuditDocument(call_id, position, p.kind, state, p.lookup.number, _VERDICT_NAMES[r.verdict], matched)
+
+
+_VERDICT_NAMES = {verdict: verdict.name for verdict in Verdict}  # a dict read costs less than the enum's `name`
 
 
 class UploadSession:

@@ -97,12 +97,14 @@ def result_to_proto(r: CheckResult, out: pb.DocumentResult | None = None) -> pb.
         match.owner_member = rec.owner
         match.event_date = d.event_date
         match.instructions = d.instructions
-        h, holder = d.holder, match.holder
-        holder.surname = h.surname
-        holder.given_names = h.given_names
-        holder.birth_date = h.birth_date
-        holder.nationality = h.nationality
-        holder.expiry_date = h.expiry_date
+        h = d.holder
+        if any(h):  # no holder data recorded: no holder message (each field would be its default '')
+            holder = match.holder
+            holder.surname = h.surname
+            holder.given_names = h.given_names
+            holder.birth_date = h.birth_date
+            holder.nationality = h.nationality
+            holder.expiry_date = h.expiry_date
     mrz = query.mrz
     if mrz is not None:
         out.mrz.CopyFrom(

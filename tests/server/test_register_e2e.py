@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
+import pyarrow as pa
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -22,6 +23,7 @@ from idcheck.client.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from idcheck.client.files import ipc_bytes
 from idcheck.client.register import RegisterClient
 from idcheck.icao import MRZFormat, compose_mrz
 from idcheck.v1 import register_pb2 as pb
@@ -79,6 +81,31 @@ def test_uploaded_record_is_hit(server: ServerProcess, nzl: RegisterClient) -> N
     assert match.event_date == "2025-01-15"
     assert "contact NCB Wellington" in answer.officer_action
     assert answer.query_id and answer.register_sequence == 3
+
+
+def test_a_match_carries_the_holder_data_recorded_and_none_when_none_was(
+    server: ServerProcess, nzl: RegisterClient
+) -> None:
+    stub = register_pb2_grpc.DocumentRegisterStub(nzl._channel)
+    md = (("x-idcheck-member", "FJI"), ("x-idcheck-role", "border"))
+    table = pa.table({"issuing_state": ["NZL", "NZL"], "document_number": ["LA123456", "LB654321"]})
+    manifest = stub.CheckManifest(pb.CheckManifestRequest(queries_arrow_ipc=ipc_bytes(table)), metadata=md, timeout=10)
+    single = [
+        stub.CheckDocument(
+            pb.CheckDocumentRequest(
+                query=pb.DocumentQuery(typed=pb.TypedQuery(issuing_state="NZL", document_number=n))
+            ),
+            metadata=md,
+            timeout=10,
+        ).result
+        for n in ("LA123456", "LB654321")
+    ]
+    for with_holder, without in (single, [d.result for d in manifest.details]):
+        [recorded] = with_holder.matches
+        assert recorded.HasField("holder")
+        assert (recorded.holder.surname, recorded.holder.birth_date) == ("SMITH", "1980-02-03")
+        [bare] = without.matches
+        assert bare.record_id and not bare.HasField("holder")  # nothing recorded: no empty holder message
 
 
 def test_unlisted_document_is_clear(server: ServerProcess, nzl: RegisterClient) -> None:

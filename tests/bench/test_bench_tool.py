@@ -240,6 +240,10 @@ def test_bench_measures_every_kind_of_scenario_with_baselines(tmp_path: Path) ->
     if not HAS_REDIS:
         assert "redis" in scenarios["single@1"]["skipped"]
         assert result["baselines"]["redis"]["available"] is False
+    else:  # what the Redis figures were measured with: redis-py's C parser when hiredis is installed (the dev extra)
+        parser = "hiredis" if importlib.util.find_spec("hiredis") is not None else "python"
+        assert result["baselines"]["redis"]["parser"] == parser
+        assert f"(redis-py, {parser} parser)" in proc.stderr
 
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

@@ -74,7 +74,8 @@ bench-1m: install
 	$(BIN)/idcheck bench --records 1e6 --templates 0 --scenarios single@1,single@16,stream@1,stream@16,manifest-1000,manifest-1000@4,documents-1000 --duration 10 \
 		--baselines --output bench/results/bench-1000000.json
 
-# What a CheckDocument call costs one server process beyond grpc-python's own cost of a call (h2load as the client).
+# What a CheckDocument call and a CheckManifest of 1,000 cost one server process beyond grpc-python's own cost of a
+# call (h2load as the client).
 bench-floor: install
 	$(BIN)/python bench/grpc_floor.py --records 1000000
 

@@ -1,6 +1,6 @@
-"""What a `CheckDocument` call costs the server beyond grpc-python's own cost of a call, on this machine.
+"""What a `CheckDocument` call and a `CheckManifest` call cost the server beyond grpc-python's own cost of a call.
 
-Two servers in turn, each one process answering on one CPU, each sent CLEAR-sized unary calls by h2load (nghttp2's
+Two servers in turn, each one process answering on one CPU, each sent the same unary calls by h2load (nghttp2's
 load generator, in C) over the same connections for the same time:
 
 - `empty`: a bare `grpc.server` (16 threads, no interceptors) whose one method answers every request with an
@@ -8,12 +8,17 @@ load generator, in C) over the same connections for the same time:
 - `check`: the register (`idcheck serve`, one worker, on a seeded data directory), every call a CLEAR check of an
   unlisted number, each answer checked in the audit log as `bench/h2load.py` checks it.
 
+Then the same pair for a manifest: `empty-manifest`, the empty server sent the bytes of a `CheckManifestRequest` of
+1,000 unlisted numbers (an Arrow table of about 20 KB), and `manifest`, the register answering that manifest, its
+1,000 CLEARs counted in the audit log for every call.
+
 For each: calls/s, the server's CPU per call (from /proc), and h2load's figures; then what the register adds to the
 floor. This is why one process answers a few thousand `CheckDocument` calls a second while check streams, which
-pay for a call once per stream, answer several times more (README "Performance").
+pay for a call once per stream, answer several times more; and it shows how much of a manifest's cost is
+grpc-python's and how much the register's own (README "Performance").
 
     apt-get install nghttp2-client
-    .venv/bin/python bench/grpc_floor.py --records 1e6      # about half a minute on 2 cores
+    .venv/bin/python bench/grpc_floor.py --records 1e6      # about a minute and a half on 2 cores
 
 Writes `bench/results/grpc-floor.json`.
 """
@@ -35,14 +40,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2load  # bench/h2load.py: the h2load runs, the seeding and the audit check
 
-from idcheck.client.bench import cpu_seconds, free_port
+from idcheck.client.bench import V_CLEAR, cpu_seconds, free_port, make_queries
+from idcheck.client.files import ipc_bytes
+from idcheck.v1 import register_pb2 as pb
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EMPTY_METHOD = "/floor.Empty/Call"
+MANIFEST = 1_000  # documents in the manifest of the `manifest` pair
 
 
 def serve_empty(port: int, cpu: int) -> None:
@@ -63,8 +73,9 @@ def serve_empty(port: int, cpu: int) -> None:
     server.wait_for_termination()
 
 
-def measure_empty(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """h2load against the empty server: calls/s and its CPU per call."""
+def measure_empty(args: argparse.Namespace, tmp: Path, body: bytes, name: str) -> dict[str, Any]:
+    """h2load against the empty server, each call sending `body` (one framed gRPC message): calls/s and its CPU per
+    call."""
     port = free_port()
     cpu = min(os.sched_getaffinity(0))
     proc = subprocess.Popen(
@@ -77,25 +88,22 @@ def measure_empty(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "serving":
             raise SystemExit("the empty server did not start")
-        body = tmp / "empty.bin"
-        body.write_bytes(b"\0\0\0\0\0")  # one gRPC message of 0 bytes
-        scenario = h2load.Scenario(
-            "empty", "", b"", 0, args.connections, 1, collections.Counter(), seconds=args.duration
-        )
+        path = tmp / f"{name}.bin"
+        path.write_bytes(body)
+        scenario = h2load.Scenario(name, "", body, 0, args.connections, 1, collections.Counter(), seconds=args.duration)
         before = cpu_seconds([proc.pid])
-        result = h2load.run_h2load(f"127.0.0.1:{port}", scenario, body, path=EMPTY_METHOD)
+        result = h2load.run_h2load(f"127.0.0.1:{port}", scenario, path, path=EMPTY_METHOD)
         result["server_cpu_seconds"] = round(cpu_seconds([proc.pid]) - before, 3)
     finally:
         proc.kill()
         proc.wait()
     if result["failed"] or result["errored"] or not result["succeeded"]:
         raise SystemExit(f"h2load's calls to the empty server failed: {json.dumps(result)}")
-    return _per_call("empty", result)
+    return _per_call(name, result)
 
 
-def measure_check(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, Any]:
+def measure_check(args: argparse.Namespace, data: Path, tmp: Path, listed: np.ndarray) -> dict[str, Any]:
     """h2load's CLEAR CheckDocument calls against the register (one process), checked in its audit log."""
-    listed = h2load.seed(data, args.records)
     options = argparse.Namespace(
         latency_calls=1,
         calls=None,
@@ -112,6 +120,37 @@ def measure_check(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, 
     if not result["correct"]:
         raise SystemExit(f"the register's answers were not all audited as CLEAR: {json.dumps(result['audit_rows'])}")
     return _per_call("check", result)
+
+
+def manifest_request(listed: np.ndarray) -> bytes:
+    """A framed CheckManifestRequest of MANIFEST unlisted numbers, none of them an OCR misreading of a listed one."""
+    numbers, expected = make_queries(listed, 4 * MANIFEST, h2load.SEED, listed_share=0.0, variant_share=0.0)
+    clear = [n for n, v in zip(numbers, expected, strict=True) if v == V_CLEAR][:MANIFEST]
+    if len(clear) < MANIFEST:
+        raise SystemExit(f"only {len(clear)} CLEAR numbers for a manifest of {MANIFEST}")
+    table = pa.table({"issuing_state": [h2load.MEMBER] * MANIFEST, "document_number": clear})
+    return h2load.frame(pb.CheckManifestRequest(queries_arrow_ipc=ipc_bytes(table)))
+
+
+def measure_manifest(args: argparse.Namespace, data: Path, tmp: Path, body: bytes) -> dict[str, Any]:
+    """h2load's CheckManifest calls of MANIFEST CLEAR documents against the register (one process), every document
+    of every call checked in its audit log."""
+    scenario = h2load.Scenario(
+        "manifest",
+        "CheckManifest",
+        body,
+        0,
+        args.connections,
+        1,
+        collections.Counter({"CLEAR": MANIFEST}),
+        seconds=args.duration,
+    )
+    path = tmp / "manifest.bin"
+    path.write_bytes(body)
+    result = h2load.measure(data, 1, scenario, path)
+    if not result["correct"]:
+        raise SystemExit(f"the manifests' documents were not all audited as CLEAR: {json.dumps(result['audit_rows'])}")
+    return _per_call("manifest", result)
 
 
 def _per_call(name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -148,17 +187,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="idcheck-floor-") as name:
         tmp = Path(name)
-        empty = measure_empty(args, tmp)
-        check = measure_check(args, args.data or tmp / "data", tmp)
-    runs = [empty, check]
+        data = args.data or tmp / "data"
+        listed = h2load.seed(data, args.records)
+        manifest = manifest_request(listed)
+        empty = measure_empty(args, tmp, b"\0\0\0\0\0", "empty")  # one gRPC message of 0 bytes
+        check = measure_check(args, data, tmp, listed)
+        empty_manifest = measure_empty(args, tmp, manifest, "empty-manifest")
+        checked_manifest = measure_manifest(args, data, tmp, manifest)
+    runs = [empty, check, empty_manifest, checked_manifest]
     for r in runs:
         print(
-            f"{r['server']:6s} {r['calls_per_s']:>7,} calls/s, {r['server_cpu_us_per_call']:6.1f} µs of server CPU "
+            f"{r['server']:14s} {r['calls_per_s']:>7,} calls/s, {r['server_cpu_us_per_call']:6.1f} µs of server CPU "
             f"a call ({r['calls']:,} calls in {r['seconds']:.2f}s), request mean {r['request_ms']['mean']:.2f} ms",
             flush=True,
         )
     added = round(check["server_cpu_us_per_call"] - empty["server_cpu_us_per_call"], 1)
     print(f"the register's check adds {added} µs of server CPU to grpc-python's cost of a call")
+    added_manifest = round(checked_manifest["server_cpu_us_per_call"] - empty_manifest["server_cpu_us_per_call"], 1)
+    print(
+        f"the register's manifest of {MANIFEST:,} adds {added_manifest} µs of server CPU to grpc-python's cost of a "
+        f"call of its {len(manifest):,} bytes"
+    )
     result = {
         "benchmark": "grpc-floor",
         "records": args.records,
@@ -168,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "runs": runs,
         "check_minus_empty_us_per_call": added,
+        "manifest_documents": MANIFEST,
+        "manifest_request_bytes": len(manifest),
+        "manifest_minus_empty_us_per_call": added_manifest,
     }
     out = args.output or RESULTS / "grpc-floor.json"
     out.write_text(json.dumps(result, indent=1) + "\n")

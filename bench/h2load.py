@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import Message
 
 from idcheck.client.bench import (
     V_CLEAR,
@@ -102,7 +103,7 @@ class Scenario:
         return ["-n", str(self.requests)] if self.requests else ["-D", f"{round(self.seconds * 1000)}ms"]
 
 
-def frame(message: pb.CheckDocumentRequest) -> bytes:
+def frame(message: Message) -> bytes:
     """One gRPC message as it travels in an HTTP/2 body: not compressed, its length, its bytes."""
     data = message.SerializeToString()
     return b"\0" + struct.pack(">I", len(data)) + data
@@ -230,10 +231,14 @@ def run_h2load(address: str, scenario: Scenario, body: Path, *, path: str | None
 
 
 def audit_since(database: Path, call_id: int) -> collections.Counter[str]:
-    """Audit rows by verdict of the calls numbered after `call_id`."""
+    """Audited documents by verdict of the calls numbered after `call_id`: the rows of the `audit` table, and the plain
+    CLEARs a manifest's call stores packed in one `audit_clear` row."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT verdict, COUNT(*) FROM audit WHERE call_id > ? GROUP BY verdict", (call_id,))
-        return collections.Counter(dict(rows.fetchall()))
+        found = collections.Counter(dict(rows.fetchall()))
+        packed = conn.execute("SELECT COALESCE(SUM(count), 0) FROM audit_clear WHERE call_id > ?", (call_id,))
+        found["CLEAR"] += int(packed.fetchone()[0])
+        return +found  # no zero counts: a run of HITs only found {"HIT": n}
 
 
 def last_call_id(database: Path) -> int:

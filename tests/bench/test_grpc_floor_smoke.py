@@ -1,6 +1,7 @@
 """Smoke test of bench/grpc_floor.py against real servers (an empty grpc-python server and the register): both
-answer h2load's calls, the register's every call audited as CLEAR, and the figures are reported. Asserts answers,
-never speed. (Without h2load it says what to install: test_h2load_smoke.py.)"""
+answer h2load's single checks and manifests, the register's every check and every manifest's every document audited
+as CLEAR, and the figures are reported. Asserts answers, never speed. (Without h2load it says what to install:
+test_h2load_smoke.py.)"""
 
 from __future__ import annotations
 
@@ -19,15 +20,21 @@ def test_both_servers_answer_and_the_difference_is_reported(tmp_path: Path, caps
     args = ["--records", "500", "--duration", "1", "--connections", "4", "--output", str(out)]
     assert bench_script("grpc_floor").main(args) == 0
     result = json.loads(out.read_text())
-    empty, check = result["runs"]
-    assert (empty["server"], check["server"]) == ("empty", "check")
-    for r in (empty, check):
+    empty, check, empty_manifest, manifest = result["runs"]
+    assert [r["server"] for r in result["runs"]] == ["empty", "check", "empty-manifest", "manifest"]
+    for r in result["runs"]:
         assert r["calls"] > 0 and r["server_cpu_seconds"] > 0 and r["server_cpu_us_per_call"] > 0
         assert 0.9 <= r["seconds"] <= 2.5
     assert result["check_minus_empty_us_per_call"] == round(
         check["server_cpu_us_per_call"] - empty["server_cpu_us_per_call"], 1
     )
-    assert "the register's check adds" in capsys.readouterr().out
+    assert result["manifest_minus_empty_us_per_call"] == round(
+        manifest["server_cpu_us_per_call"] - empty_manifest["server_cpu_us_per_call"], 1
+    )
+    # The manifest's request is the Arrow table of 1,000 numbers, sent as it is to both servers.
+    assert result["manifest_documents"] == 1000 and result["manifest_request_bytes"] > 10_000
+    out_text = capsys.readouterr().out
+    assert "the register's check adds" in out_text and "the register's manifest of 1,000 adds" in out_text
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -88,11 +88,11 @@ def measure_empty(args: argparse.Namespace, tmp: Path, body: bytes, name: str) -
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "serving":
             raise SystemExit("the empty server did not start")
-        path = tmp / f"{name}.bin"
-        path.write_bytes(body)
+        body_file = tmp / f"{name}.bin"
+        body_file.write_bytes(body)
         scenario = h2load.Scenario(name, "", body, 0, args.connections, 1, collections.Counter(), seconds=args.duration)
         before = cpu_seconds([proc.pid])
-        result = h2load.run_h2load(f"127.0.0.1:{port}", scenario, path, path=EMPTY_METHOD)
+        result = h2load.run_h2load(f"127.0.0.1:{port}", scenario, body_file, path=EMPTY_METHOD)
         result["server_cpu_seconds"] = round(cpu_seconds([proc.pid]) - before, 3)
     finally:
         proc.kill()
@@ -145,9 +145,9 @@ def measure_manifest(args: argparse.Namespace, data: Path, tmp: Path, body: byte
         collections.Counter({"CLEAR": MANIFEST}),
         seconds=args.duration,
     )
-    path = tmp / "manifest.bin"
-    path.write_bytes(body)
-    result = h2load.measure(data, 1, scenario, path)
+    body_file = tmp / "manifest.bin"
+    body_file.write_bytes(body)
+    result = h2load.measure(data, 1, scenario, body_file)
     if not result["correct"]:
         raise SystemExit(f"the manifests' documents were not all audited as CLEAR: {json.dumps(result['audit_rows'])}")
     return _per_call("manifest", result)

@@ -365,17 +365,17 @@ class DocumentIndex:
     def lookup_many(self, queries: Sequence[Lookup]) -> list[tuple[Candidate, ...]]:
         """Candidates for each query, in order; the base columns are searched for the whole batch at once."""
         out: list[tuple[Candidate, ...]] = [()] * len(queries)
-        found = self.lookup_sparse([q.number for q in queries], queries.__getitem__)
+        found = self.lookup_sparse([q.number for q in queries], lambda rows: [queries[i] for i in rows])
         for i, candidates in found.items():
             out[i] = candidates
         return out
 
     def lookup_sparse(
-        self, numbers: Sequence[str] | np.ndarray | pa.Array, query_of: Callable[[int], Lookup]
+        self, numbers: Sequence[str] | np.ndarray | pa.Array, queries_of: Callable[[list[int]], Sequence[Lookup]]
     ) -> dict[int, tuple[Candidate, ...]]:
         """Candidates of the queries that have any, by position: `numbers[i]` is the canonical number of query i,
-        and `query_of(i)` its Lookup, asked only for the few positions whose folded number is in the index (a
-        columnar manifest builds no Lookup for the others)."""
+        and `queries_of(positions)` the Lookups of those positions, in order, asked once, only for the few positions
+        whose folded number is in the index (a columnar manifest builds no Lookup for the others)."""
         out: dict[int, tuple[Candidate, ...]] = {}
         if not len(numbers):
             return out
@@ -405,8 +405,8 @@ class DocumentIndex:
         if found:
             hit = list(found)
             exact = number_keys(numbers[hit]).tolist()
-            for i, key in zip(hit, exact, strict=True):
-                candidates = self._candidates(query_of(i), key, found[i])
+            for i, query, key in zip(hit, queries_of(hit), exact, strict=True):
+                candidates = self._candidates(query, key, found[i])
                 if candidates:
                     out[i] = candidates
         return out

@@ -38,6 +38,7 @@ FIELD = "queries_arrow_ipc"
 #: needs document_number or mrz.
 TEXT_COLUMNS = ("issuing_state", "document_number", "birth_date", "mrz", "client_reference")
 INTEGER_COLUMNS = ("document_class",)
+_ALWAYS_READ = ("issuing_state", "document_number")
 _CLASSES = tuple(DocumentClass)
 
 
@@ -86,6 +87,19 @@ class ManifestQueries:
             self._lookups[i] = found
         return found
 
+    def lookups(self, rows: list[int]) -> list[Lookup]:
+        """The canonical lookups of `rows` (what the index asks for the rows it finds): the plain typed rows' state
+        and number read out of their columns in one `take` each, not as two Arrow scalars a row."""
+        plain = [i for i in rows if i not in self._lookups and i not in self.prepared]
+        if plain:
+            at = pa.array(plain, pa.int64())
+            states = self.state_column.take(at).to_pylist()
+            numbers = self.number_column.take(at).to_pylist()
+            classes = self.classes[plain].tolist()
+            for i, state, number, cls in zip(plain, states, numbers, classes, strict=True):
+                self._lookups[i] = Lookup(state, number, _CLASSES[cls])
+        return [self.lookup(i) for i in rows]
+
     def preparation(self, i: int) -> PreparedQuery:
         """The full PreparedQuery of row i (built on demand for a plain typed row)."""
         p = self.prepared.get(i)
@@ -130,7 +144,9 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
     fields named `queries_arrow_ipc[i].<column>`."""
     n = table.num_rows
     names = table.column_names
-    raw = {name: text_column(table, name) for name in TEXT_COLUMNS}
+    # Optional columns that are absent are left out (a manifest often has no birth dates, MRZs or references): a
+    # row prepared apart reads them as empty (`cell`). A missing state or number column reads as empty strings.
+    raw = {name: text_column(table, name) for name in TEXT_COLUMNS if name in names or name in _ALWAYS_READ}
     if "document_class" in names:
         classes = np.array(integer_column(table, "document_class", FIELD), np.int64)
     else:
@@ -148,14 +164,19 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
     references = raw["client_reference"] if "client_reference" in names else None
     queries = ManifestQueries(states, numbers, classes, births, references, {})
     violations: list[tuple[str, str]] = []
+
+    def cell(name: str, i: int) -> str:
+        col = raw.get(name)
+        return "" if col is None else col[i].as_py()
+
     for i in np.flatnonzero(~fast).tolist():
         query = Query(
-            raw["issuing_state"][i].as_py(),
-            raw["document_number"][i].as_py(),
+            cell("issuing_state", i),
+            cell("document_number", i),
             int(classes[i]),
-            raw["birth_date"][i].as_py(),
-            raw["mrz"][i].as_py(),
-            raw["client_reference"][i].as_py(),
+            cell("birth_date", i),
+            cell("mrz", i),
+            cell("client_reference", i),
         )
         try:
             p = prepare(query, f"{FIELD}[{i}]", typed_field="")

@@ -289,9 +289,9 @@ class Register:
             raise InvalidRequest(violations)
         self._catch_up_with_peers()
         batch = ManifestBatch(self.index.sequence, new_query_id(), np.full(n, Verdict.CLEAR, np.uint8))
-        found = self.index.lookup_sparse(queries.numbers(), queries.lookup)
+        found = self.index.lookup_sparse(queries.numbers(), queries.lookups)
         rows = sorted(found)
-        confirmed = self._confirmed([queries.lookup(i) for i in rows], [found[i] for i in rows])
+        confirmed = self._confirmed(queries.lookups(rows), [found[i] for i in rows])
         details = batch.details
         for i, matches in zip(rows, confirmed, strict=True):
             if matches:
@@ -305,10 +305,14 @@ class Register:
             r = details.get(i) or answer(queries.prepared[i], (), batch.query_id(i))
             batch.verdicts[i] = r.verdict
             documents.append(audit_document(call_id, i, r))
-        plain = np.ones(n, bool)
-        plain[[d.position for d in documents]] = False
-        mask = pa.array(plain)
-        clear = AuditClear(np.flatnonzero(plain), queries.state_column.filter(mask), queries.number_column.filter(mask))
+        if documents:
+            plain = np.ones(n, bool)
+            plain[[d.position for d in documents]] = False
+            mask = pa.array(plain)
+            states, numbers = queries.state_column.filter(mask), queries.number_column.filter(mask)
+            clear = AuditClear(np.flatnonzero(plain), states, numbers)
+        else:  # every document a plain CLEAR (no row was prepared apart either): the columns as they are
+            clear = AuditClear(np.arange(n), queries.state_column, queries.number_column)
         self.audit.submit(
             AuditCall(
                 call_id, batch.call_uid, utc_now(), caller.member, caller.role, caller.peer, batch.sequence, n, False

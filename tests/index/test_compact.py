@@ -272,7 +272,7 @@ def test_manifest_lookup_of_runs_of_equal_keys_with_cancelled_rows_equals_single
     single = [index.lookup(q) for q in queries]
     assert sum(len(c) > 1 for c in single) > 20  # runs of several rows were found
     assert index.lookup_many(queries) == single
-    by_array = index.lookup_sparse(pa.array(asked), queries.__getitem__)
+    by_array = index.lookup_sparse(pa.array(asked), lambda rows: [queries[i] for i in rows])
     assert [by_array.get(i, ()) for i in range(len(queries))] == single
 
 

@@ -313,8 +313,8 @@ class AuditWriter:
 
     def _commit(self, batch: Sequence[_Item]) -> None:
         renumbered, next_free = self._store.write_audit(batch, self._conn)
-        if renumbered:  # provisional numbering fell out of line: realign it with the file
-            self._call_ids = itertools.count(next_free)
+        if renumbered:
+            self._realign(batch, next_free)
         documents = sum(map(_documents, batch))
         with self._counts_lock:
             self._calls_written += len(batch)
@@ -323,6 +323,21 @@ class AuditWriter:
         with self._committed:
             self._generation += 1
             self._committed.notify_all()
+
+    def _realign(self, batch: Sequence[_Item], next_free: int) -> None:
+        """Bring the provisional numbering back in line with the file after `batch` had calls renumbered.
+
+        Calls answered at the same time on several threads often reach the queue in another order than they were
+        numbered in: the batch then holds the very ids the file gave them, in another order, and the numbering is
+        in line (resetting it there would hand out again the ids of the calls still being answered, which the next
+        commit renumbers, and so on for as long as calls keep coming: under load nearly every call was). Otherwise
+        (a call set aside, another process writing to the same file) the numbering restarts at the file's next id,
+        after the ids handed out since the batch's last one, which belong to calls still to come."""
+        provisional = sorted(item[0].call_id for item in batch)
+        if provisional == list(range(next_free - len(batch), next_free)):
+            return
+        ahead = next(self._call_ids) - provisional[-1] - 1
+        self._call_ids = itertools.count(next_free + max(0, ahead))
 
     def _set_aside(self, item: _Item, exc: Exception) -> bool:
         """Append a call that cannot be written to the rejected-audit file (fsynced); False if that fails too."""

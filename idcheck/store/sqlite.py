@@ -1346,7 +1346,7 @@ class RegisterStore:
         try:
             next_id = int(c.execute("SELECT COALESCE(MAX(call_id), 0) FROM audit_calls").fetchone()[0]) + 1
             final: list[AuditCall] = []
-            rows: list[AuditDocument] = []
+            rows: list[Sequence[Any]] = []
             clear_rows: list[tuple[int, int, str]] = []
             renumbered = 0
             for item, pack in zip(calls, packed, strict=True):
@@ -1354,9 +1354,10 @@ class RegisterStore:
                 if call.call_id != next_id:
                     renumbered += 1
                     call = call._replace(call_id=next_id)
-                    docs = [d._replace(call_id=next_id) for d in docs]
+                    rows.extend([(next_id, *d[1:]) for d in docs])  # plain tuples: a manifest's found rows are many
+                else:
+                    rows.extend(docs)
                 final.append(call)
-                rows.extend(docs)
                 if pack is not None and pack[0]:
                     clear_rows.append((next_id, *pack))
                 next_id += 1

@@ -189,6 +189,52 @@ def test_call_ids_are_final_in_commit_order_without_gaps(store: RegisterStore) -
     assert numbers == ["LA2", "LA2", "LA3", "LA5", "LA1"]
 
 
+def stored_calls(path: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT call_id, document_number FROM audit ORDER BY call_id, position").fetchall()
+
+
+def test_calls_submitted_out_of_their_numbering_order_leave_the_numbering_in_line(store: RegisterStore) -> None:
+    # Checks answered at once on several threads: numbered 1, 2 and 3, the first two submitted as 2 then 1 and
+    # committed while the third is still being answered. The two swap ids; the numbering stays in line, so the
+    # third and the next keep theirs (resetting it to the file's next id handed out 3 again, to the fourth, and
+    # under load such collisions went on for as long as calls kept coming).
+    writer = AuditWriter(store, interval=30.0)
+    try:
+        first, second, third = call(writer, 1), call(writer, 1), call(writer, 1)
+        writer.submit(*second)
+        writer.submit(*first)
+        assert writer.flush()
+        fourth = call(writer, 1)
+        writer.submit(*third)
+        writer.submit(*fourth)
+        assert writer.flush()
+        assert stored_calls(store.path) == [(1, "LA002000"), (2, "LA001000"), (3, "LA003000"), (4, "LA004000")]
+    finally:
+        writer.close()
+
+
+def test_numbering_realigns_after_another_process_commits_calls(store: RegisterStore) -> None:
+    # serve --workers: another process commits call 1 while this one's call 1 is queued and its call 2 is still
+    # being answered. This one's calls become 2 and 3; the numbering restarts after them, so the next call is
+    # numbered 4 and goes in as it is.
+    writer = AuditWriter(store, interval=30.0)
+    try:
+        first, in_flight = call(writer, 1), call(writer, 1)
+        other = AuditCall(1, uuid.uuid4().hex, utc_now(), "AUS", "border", "peer", 7, 1, True)
+        assert store.write_audit([(other, [AuditDocument(1, 0, "typed", "AUS", "OTHER", "CLEAR", "")])]) == (0, 2)
+        writer.submit(*first)
+        assert writer.flush()
+        writer.submit(*in_flight)
+        later = call(writer, 1)
+        writer.submit(*later)
+        assert writer.flush()
+        assert later[0].call_id == 4
+        assert stored_calls(store.path) == [(1, "OTHER"), (2, "LA001000"), (3, "LA002000"), (4, "LA004000")]
+    finally:
+        writer.close()
+
+
 def test_a_call_that_can_never_be_written_is_set_aside_and_the_others_committed(store: RegisterStore) -> None:
     writer = AuditWriter(store, interval=30.0)
     try:

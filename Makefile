@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
 DATA   ?= data
 
-.PHONY: install run run-tls test torture lint bench bench-1m bench-capacity bench-floor bench-service proto clean
+.PHONY: install run run-tls test torture lint bench bench-1m bench-capacity bench-floor bench-instructions bench-service proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ bench-1m: install
 # call (h2load as the client).
 bench-floor: install
 	$(BIN)/python bench/grpc_floor.py --records 1000000
+
+# Instructions (valgrind's callgrind) the register's own work costs a manifest and a single check: repeatable to about
+# 0.1 % whatever else the machine does, for comparing two versions of the code (run it in each checkout).
+bench-instructions: install
+	$(BIN)/python bench/instructions.py --records 1000000
 
 # What 1 and 2 server processes answer when the client (h2load, Debian's nghttp2-client) leaves them the cores.
 bench-capacity: install

@@ -154,6 +154,24 @@ def measure(data: Path, scenario: str, records: int, calls: int, tmp: Path) -> d
     }
 
 
+def code_version() -> str:
+    """The commit counted, with "-dirty" when files differ from it ("" outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return commit + ("-dirty" if changed else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=lambda s: int(float(s)), default=1_000_000, help="records of the register")
@@ -196,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "instructions",
         "records": args.records,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code": code_version(),
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
         "valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip(),
         "runs": runs,

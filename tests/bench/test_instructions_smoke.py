@@ -34,6 +34,7 @@ def test_calls_are_answered_and_their_instructions_counted(tmp_path: Path, capsy
     # start of a Python process (hundreds of millions of instructions).
     assert hit["instructions_per_call"] < manifest["instructions_per_call"] < 100_000_000
     assert "instructions a call" in capsys.readouterr().out
+    assert result["code"] == bench_script("instructions").code_version() != ""  # the tests run in a git checkout
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -840,10 +840,14 @@ def _base_entries(
     row of each query's run of equal keys, `folded` its key. Gathered in numpy for all queries at once (a
     manifest finds a few dozen rows: reading them element by element cost more than the search)."""
     base = view.base
-    counts = base.folded.searchsorted(folded, "right") - first
-    if (counts == 1).all():
+    # A run of equal keys is mostly one row (a number listed once): then the row after each first one has another
+    # key, which one read of the column tells; a binary search over the whole column for the end of each run
+    # (cache misses all the way down) only when some run is longer.
+    after = np.minimum(first + 1, len(base) - 1)
+    if not ((base.folded[after] == folded) & (after > first)).any():
         rows, owners = first, queries
     else:
+        counts = base.folded.searchsorted(folded, "right") - first
         owners = np.repeat(queries, counts)
         starts = np.cumsum(counts) - counts
         rows = np.arange(len(owners)) - np.repeat(starts, counts) + np.repeat(first, counts)

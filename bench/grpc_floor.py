@@ -29,12 +29,10 @@ import argparse
 import collections
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -208,22 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         f"the register's manifest of {MANIFEST:,} adds {added_manifest} µs of server CPU to grpc-python's cost of a "
         f"call of its {len(manifest):,} bytes"
     )
-    result = {
-        "benchmark": "grpc-floor",
-        "records": args.records,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-        "grpcio": grpc.__version__,
-        "connections": args.connections,
-        "runs": runs,
-        "check_minus_empty_us_per_call": added,
-        "manifest_documents": MANIFEST,
-        "manifest_request_bytes": len(manifest),
-        "manifest_minus_empty_us_per_call": added_manifest,
-    }
-    out = args.output or RESULTS / "grpc-floor.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"results: {out}")
+    result = h2load.result_file(
+        "grpc-floor",
+        args.records,
+        "h2load",
+        ["h2load", "--version"],
+        grpcio=grpc.__version__,
+        connections=args.connections,
+        runs=runs,
+        check_minus_empty_us_per_call=added,
+        manifest_documents=MANIFEST,
+        manifest_request_bytes=len(manifest),
+        manifest_minus_empty_us_per_call=added_manifest,
+    )
+    h2load.write_result(result, args.output or RESULTS / "grpc-floor.json")
     return 0
 
 

@@ -300,6 +300,25 @@ def seed(data: Path, records: int) -> np.ndarray:
     return listed
 
 
+def result_file(benchmark: str, records: int, tool: str, version_command: list[str], **fields: Any) -> dict[str, Any]:
+    """The head every result file of these scripts starts with: what ran, on how many records, when, on what
+    machine, and the version of the outside tool it measured with (`tool`, printed by `version_command`)."""
+    return {
+        "benchmark": benchmark,
+        "records": records,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+        tool: subprocess.run(version_command, capture_output=True, text=True).stdout.strip(),
+        **fields,
+    }
+
+
+def write_result(result: dict[str, Any], out: Path) -> None:
+    """Write a result file and say where."""
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"results: {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=lambda s: int(float(s)), default=1_000_000)
@@ -369,17 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'audit rows as expected' if r['correct'] else 'WRONG: ' + json.dumps(r['audit_rows'])}",
                     flush=True,
                 )
-    result = {
-        "benchmark": "h2load",
-        "records": args.records,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-        "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip(),
-        "runs": runs,
-    }
-    out = args.output or RESULTS / f"h2load-{args.records}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"results: {out}")
+    result = result_file("h2load", args.records, "h2load", ["h2load", "--version"], runs=runs)
+    write_result(result, args.output or RESULTS / f"h2load-{args.records}.json")
     return 0 if all(r["correct"] for r in runs) else 1
 
 

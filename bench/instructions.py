@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -210,18 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{time.perf_counter() - t:.0f}s under callgrind)",
                 flush=True,
             )
-    result = {
-        "benchmark": "instructions",
-        "records": args.records,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "code": code_version(),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-        "valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip(),
-        "runs": runs,
-    }
-    out = args.output or RESULTS / "instructions.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"results: {out}")
+    result = h2load.result_file(
+        "instructions", args.records, "valgrind", ["valgrind", "--version"], code=code_version(), runs=runs
+    )
+    h2load.write_result(result, args.output or RESULTS / "instructions.json")
     return 0
 
 

@@ -19,7 +19,10 @@ switched on and off around them with `callgrind_control`), and every thread coun
 inserting of the calls' rows too (each scenario ends with an audit flush inside the counted part).
 
     apt-get install valgrind
-    .venv/bin/python bench/instructions.py --records 1e6     # about five minutes on 2 cores
+    .venv/bin/python bench/instructions.py --records 1e6     # about a minute on 2 cores
+
+Compare versions on the same data directory (`--data`, seeded once): the counts depend on the register's state
+too (a freshly seeded register and one with a long audit log differ by a few percent).
 
 Writes `bench/results/instructions.json`.
 """

@@ -79,8 +79,8 @@ bench-1m: install
 bench-floor: install
 	$(BIN)/python bench/grpc_floor.py --records 1000000
 
-# Instructions (valgrind's callgrind) the register's own work costs a manifest and a single check: repeatable to about
-# 0.1 % whatever else the machine does, for comparing two versions of the code (run it in each checkout).
+# Instructions (valgrind's callgrind) the register's own work costs a manifest and a single check: repeatable to within
+# 1 % whatever else the machine does, for comparing two versions of the code (run it in each checkout).
 bench-instructions: install
 	$(BIN)/python bench/instructions.py --records 1000000
 

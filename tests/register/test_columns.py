@@ -301,6 +301,18 @@ def test_per_distinct_decides_each_value_once_with_known_verdicts() -> None:
     assert sorted(calls) == ["c", "d", "e"] and len(known) == 4
 
 
+def test_per_distinct_keeps_a_column_whose_values_are_their_own_outputs() -> None:
+    # A manifest's state codes, canonical already: the column itself is the output (nothing built again).
+    canonical = pa.array(["NZL", "FJI", "NZL"])
+    ok, out = columns_module.per_distinct(canonical, str.upper)
+    assert ok.tolist() == [True, True, True] and out is canonical
+    # One value that changes, or one refused: every row is given its own output, as before.
+    ok, out = columns_module.per_distinct(pa.array(["NZL", "fji", "NZL"]), str.upper)
+    assert ok.tolist() == [True, True, True] and out.to_pylist() == ["NZL", "FJI", "NZL"]
+    ok, out = columns_module.per_distinct(pa.array(["NZL", "X"]), lambda v: v if v != "X" else None)
+    assert ok.tolist() == [True, False] and out.to_pylist() == ["NZL", ""]
+
+
 def test_verdicts_of_another_day_are_not_used_and_the_cache_is_bounded() -> None:
     day_after = (TODAY + dt.timedelta(days=2)).isoformat()  # an event date valid only from TODAY + 1 on
     batch = table_of([_good("A1") | {"event_date": day_after}])

@@ -56,7 +56,7 @@ torture: install
 lint: install
 	$(BIN)/ruff check idcheck tests bench
 	$(BIN)/ruff format --check idcheck tests bench
-	$(BIN)/mypy idcheck
+	$(BIN)/mypy idcheck bench
 
 # Regenerate idcheck/v1 from proto/ (the build does this; here without reinstalling dependencies).
 proto: $(BIN)/python

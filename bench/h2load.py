@@ -117,7 +117,7 @@ def scenarios(listed: np.ndarray, args: argparse.Namespace) -> list[Scenario]:
     numbers, expected = make_queries(listed, STREAM_CHECKS, SEED)
     hit = listed[len(listed) // 2].decode()
     clear = numbers[int(np.flatnonzero(expected == V_CLEAR)[0])]  # unlisted, and no misreading of a listed one
-    per_stream = collections.Counter(VERDICT_NAMES[int(v)] for v in expected)
+    per_stream = collections.Counter(VERDICT_NAMES[pb.Verdict.ValueType(int(v))] for v in expected)
     calls = args.calls or 0
     return [
         Scenario(

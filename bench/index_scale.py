@@ -74,6 +74,7 @@ def measure_index(n: int) -> dict[str, object]:
     gc.collect()
     before = rss_bytes()
     columns = synthetic(n)
+    assert isinstance(columns.number, np.ndarray) and isinstance(columns.issuing_state, np.ndarray)
     rng = np.random.default_rng(2)
     sample = rng.integers(0, n, 20_000)
     present = [Lookup(str(columns.issuing_state[i]), columns.number[i].decode()) for i in sample]
@@ -146,6 +147,7 @@ def write_store(path: Path, n: int) -> None:
     db.execute("PRAGMA synchronous=OFF")
     db.execute("PRAGMA cache_size=-1000000")
     columns = synthetic(n)
+    assert isinstance(columns.number, np.ndarray) and isinstance(columns.issuing_state, np.ndarray)
     at = "2026-11-23T00:00:00.000Z"
     chunk = 500_000
     db.execute("BEGIN")

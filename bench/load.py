@@ -127,7 +127,7 @@ def single(
         verdicts[resp.result.verdict] = verdicts.get(resp.result.verdict, 0) + 1
     out = percentiles(samples)
     out["requests_per_s"] = len(samples) / seconds
-    out["verdicts"] = {pb.Verdict.Name(k): v for k, v in verdicts.items()}  # type: ignore[assignment]
+    out["verdicts"] = {pb.Verdict.Name(pb.Verdict.ValueType(k)): v for k, v in verdicts.items()}  # type: ignore[assignment]
     return out
 
 
@@ -182,7 +182,7 @@ def manifest(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t_start
-    out = percentiles(samples)
+    out: dict[str, Any] = dict(percentiles(samples))
     out.update(
         {
             "rpc": rpc,

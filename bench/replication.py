@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -90,7 +91,7 @@ def sequence_of(stub: register_pb2_grpc.DocumentRegisterStub) -> int:
     return stub.CheckDocument(pb.CheckDocumentRequest(query=query), metadata=BORDER_MD, timeout=10).register_sequence
 
 
-def catch_up(upstream: str, data_dir: Path, target: int) -> tuple[dict[str, float], subprocess.Popen[str], str]:
+def catch_up(upstream: str, data_dir: Path, target: int) -> tuple[dict[str, Any], subprocess.Popen[str], str]:
     started = time.perf_counter()
     proc, address, lines = start_mirror(upstream, data_dir)
     serving = time.perf_counter() - started
@@ -131,7 +132,9 @@ def lag(upstream: str, mirror: str, seconds: float, batch: int, poll_ms: float, 
     while time.perf_counter() - started < seconds:
         records = [
             pb.Record(
-                key=pb.DocumentKey(issuing_state=MEMBER, document_number=f"RL{i:09d}", document_class=1),
+                key=pb.DocumentKey(
+                    issuing_state=MEMBER, document_number=f"RL{i:09d}", document_class=pb.DOCUMENT_CLASS_PASSPORT
+                ),
                 status=pb.RECORD_STATUS_STOLEN,
                 event_date="2025-06-01",
             )

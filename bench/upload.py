@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import idcheck  # noqa: F401  (before Arrow loads: the breakdown then uses the server's allocator, idcheck.memory)
 
@@ -271,7 +272,7 @@ def breakdown(path: Path, rows: int, chunk_rows: int) -> dict[str, dict[str, flo
                 with stage("store_commit"):
                     return store_commit(*args, **kwargs)  # type: ignore[arg-type]
 
-            register.store.commit_upload = timed_commit  # type: ignore[method-assign]
+            register.store.commit_upload = timed_commit  # type: ignore[method-assign,assignment]
             with stage("store_commit_and_index_apply"):
                 outcome = register._commit_upload(session)
             assert outcome.created == rows, outcome
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_end_to_end(rows: int, e2e: dict[str, object]) -> None:
+def print_end_to_end(rows: int, e2e: dict[str, Any]) -> None:
     mib = {k: v / 2**20 for k, v in e2e.items() if k.endswith("rss_before_bytes") or k.endswith("peak_bytes")}
     print(
         f"upload {rows:,} rows: {e2e['seconds']}s, {e2e['rows_per_s']:,} rows/s; server "

@@ -76,29 +76,22 @@ class ManifestQueries:
 
     def lookup(self, i: int) -> Lookup:
         """The canonical lookup of row i."""
-        found = self._lookups.get(i)
-        if found is None:
-            p = self.prepared.get(i)
-            if p is not None:
-                found = p.lookup
-            else:
-                cls = _CLASSES[int(self.classes[i])]
-                found = Lookup(self.state_column[i].as_py(), self.number_column[i].as_py(), cls)
-            self._lookups[i] = found
-        return found
+        found = self._lookups.get(i)  # a found row's, built by `lookups` when the index asked for it
+        return found if found is not None else self.lookups([i])[0]
 
     def lookups(self, rows: list[int]) -> list[Lookup]:
         """The canonical lookups of `rows` (what the index asks for the rows it finds): the plain typed rows' state
         and number read out of their columns in one `take` each, not as two Arrow scalars a row."""
-        plain = [i for i in rows if i not in self._lookups and i not in self.prepared]
+        built = self._lookups
+        plain = [i for i in rows if i not in built and i not in self.prepared]
         if plain:
             at = pa.array(plain, pa.int64())
             states = self.state_column.take(at).to_pylist()
             numbers = self.number_column.take(at).to_pylist()
             classes = self.classes[plain].tolist()
             for i, state, number, cls in zip(plain, states, numbers, classes, strict=True):
-                self._lookups[i] = Lookup(state, number, _CLASSES[cls])
-        return [self.lookup(i) for i in rows]
+                built[i] = Lookup(state, number, _CLASSES[cls])
+        return [built[i] if i in built else self.prepared[i].lookup for i in rows]
 
     def preparation(self, i: int) -> PreparedQuery:
         """The full PreparedQuery of row i (built on demand for a plain typed row)."""
@@ -161,8 +154,7 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
         fast &= birth_ok
     if "mrz" in names:
         fast &= pc.equal(pc.binary_length(raw["mrz"]), 0).to_numpy(zero_copy_only=False)
-    references = raw["client_reference"] if "client_reference" in names else None
-    queries = ManifestQueries(states, numbers, classes, births, references, {})
+    queries = ManifestQueries(states, numbers, classes, births, raw.get("client_reference"), {})
     violations: list[tuple[str, str]] = []
 
     def cell(name: str, i: int) -> str:

@@ -39,13 +39,11 @@ from typing import Any
 
 import grpc
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2load  # bench/h2load.py: the h2load runs, the seeding and the audit check
 
-from idcheck.client.bench import V_CLEAR, cpu_seconds, free_port, make_queries
-from idcheck.client.files import ipc_bytes
+from idcheck.client.bench import cpu_seconds, free_port
 from idcheck.v1 import register_pb2 as pb
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -122,12 +120,8 @@ def measure_check(args: argparse.Namespace, data: Path, tmp: Path, listed: np.nd
 
 def manifest_request(listed: np.ndarray) -> bytes:
     """A framed CheckManifestRequest of MANIFEST unlisted numbers, none of them an OCR misreading of a listed one."""
-    numbers, expected = make_queries(listed, 4 * MANIFEST, h2load.SEED, listed_share=0.0, variant_share=0.0)
-    clear = [n for n, v in zip(numbers, expected, strict=True) if v == V_CLEAR][:MANIFEST]
-    if len(clear) < MANIFEST:
-        raise SystemExit(f"only {len(clear)} CLEAR numbers for a manifest of {MANIFEST}")
-    table = pa.table({"issuing_state": [h2load.MEMBER] * MANIFEST, "document_number": clear})
-    return h2load.frame(pb.CheckManifestRequest(queries_arrow_ipc=ipc_bytes(table)))
+    payload = h2load.manifest_ipc(h2load.unlisted_numbers(listed, MANIFEST))
+    return h2load.frame(pb.CheckManifestRequest(queries_arrow_ipc=payload))
 
 
 def measure_manifest(args: argparse.Namespace, data: Path, tmp: Path, body: bytes) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from google.protobuf.message import Message
 
 from idcheck.client.bench import (
@@ -76,6 +77,7 @@ from idcheck.client.bench import (
     seed_records,
     settle,
 )
+from idcheck.client.files import ipc_bytes
 from idcheck.client.register import check_request
 from idcheck.v1 import register_pb2 as pb
 
@@ -298,6 +300,21 @@ def seed(data: Path, records: int) -> np.ndarray:
     finally:
         server.stop()
     return listed
+
+
+def unlisted_numbers(listed: np.ndarray, count: int) -> list[str]:
+    """`count` numbers the register answers CLEAR: fresh ones (neither listed nor misreadings of listed ones, as
+    `make_queries` draws them), less those that happen to be listed or to fold onto a listed one."""
+    numbers, expected = make_queries(listed, 2 * count, SEED, listed_share=0.0, variant_share=0.0)
+    clear = [n for n, v in zip(numbers, expected, strict=True) if v == V_CLEAR][:count]
+    if len(clear) < count:
+        raise SystemExit(f"only {len(clear):,} CLEAR numbers of the {count:,} wanted")
+    return clear
+
+
+def manifest_ipc(numbers: list[str]) -> bytes:
+    """A manifest of typed numbers issued by MEMBER, as CheckManifest's Arrow IPC payload."""
+    return ipc_bytes(pa.table({"issuing_state": [MEMBER] * len(numbers), "document_number": numbers}))
 
 
 def result_file(benchmark: str, records: int, tool: str, version_command: list[str], **fields: Any) -> dict[str, Any]:

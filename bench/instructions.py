@@ -40,34 +40,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import h2load  # bench/h2load.py: the seeding
+import h2load  # bench/h2load.py: the seeding, the manifests
 
 from idcheck.client.bench import V_CLEAR, V_HIT, listed_numbers, make_queries
-from idcheck.client.files import ipc_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("manifest-clear", "manifest", "check-clear", "check-hit")
 MANIFEST = 1_000
 VARIANTS = 20  # distinct manifests (or numbers) the calls cycle through
-MEMBER = "NZL"
+MEMBER = h2load.MEMBER
 
 
 def _inputs(scenario: str, records: int) -> list[Any]:
     """What the scenario's calls send, cycled through: manifest payloads or single numbers."""
     listed = listed_numbers(records, h2load.SEED)
-    if scenario == "manifest-clear":  # a fresh number can happen to be listed: only those that are not
-        numbers, expected = make_queries(listed, 2 * MANIFEST * VARIANTS, h2load.SEED, listed_share=0, variant_share=0)
-        numbers = [n for n, v in zip(numbers, expected, strict=True) if v == V_CLEAR]
-    elif scenario == "manifest":
-        numbers, _ = make_queries(listed, MANIFEST * VARIANTS, h2load.SEED)
     if scenario.startswith("manifest"):
-        return [
-            ipc_bytes(pa.table({"issuing_state": [MEMBER] * MANIFEST, "document_number": numbers[i : i + MANIFEST]}))
-            for i in range(0, MANIFEST * VARIANTS, MANIFEST)
-        ]
+        if scenario == "manifest-clear":  # a fresh number can happen to be listed: only those that are not
+            numbers = h2load.unlisted_numbers(listed, MANIFEST * VARIANTS)
+        else:
+            numbers, _ = make_queries(listed, MANIFEST * VARIANTS, h2load.SEED)
+        return [h2load.manifest_ipc(numbers[i : i + MANIFEST]) for i in range(0, MANIFEST * VARIANTS, MANIFEST)]
     numbers, expected = make_queries(listed, 1_000, h2load.SEED, listed_share=0.5, variant_share=0.0)
     wanted = V_CLEAR if scenario == "check-clear" else V_HIT
     return [n for n, v in zip(numbers, expected, strict=True) if v == wanted][:VARIANTS]

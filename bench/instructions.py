@@ -2,9 +2,9 @@
 
 On a shared two-core machine the same benchmark run twice minutes apart differs by 30 % or more (README
 "Performance"), which hides any change of a few percent. Instructions do not depend on what else the machine is
-doing: the same code on the same data counts the same to within 1 % (0.1-0.7 % here). So this is the measure to
-compare two versions of the code with (run it in each checkout); it is not a measure of speed (cache misses and the
-memory they wait on are not counted, and a cheaper instruction count can still be slower).
+doing: the same code on the same data counts the same to within 0.2 % (0.01 % for manifests here). So this is the
+measure to compare two versions of the code with (run it in each checkout); it is not a measure of speed (cache
+misses and the memory they wait on are not counted, and a cheaper instruction count can still be slower).
 
 Each scenario runs in a process of its own under `valgrind --tool=callgrind`, on a seeded data directory, in one
 process without gRPC:
@@ -16,7 +16,8 @@ process without gRPC:
 
 After a warm-up, instructions are counted only while the measured calls run (callgrind's instrumentation is
 switched on and off around them with `callgrind_control`), and every thread counts: the audit writer's packing and
-inserting of the calls' rows too (each scenario ends with an audit flush inside the counted part).
+inserting of the calls' rows too: the audit is committed every 40 manifests or 200 checks, inside the counted
+part, so that what a commit holds and which statements it prepares do not depend on timing (see `run_child`).
 
     apt-get install valgrind
     .venv/bin/python bench/instructions.py --records 1e6     # about a minute on 2 cores
@@ -50,6 +51,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("manifest-clear", "manifest", "check-clear", "check-hit")
 MANIFEST = 1_000
 VARIANTS = 20  # distinct manifests (or numbers) the calls cycle through
+# Calls per audit commit (multiples of VARIANTS: every group holds the same calls, and so the same audit rows). About
+# what a busy server's 0.1 s audit interval holds at 2 workers (400-700 manifests/s, 8,000 checks/s); a group of
+# manifests stays under the audit writer's max_batch rows (50,000: it would wake the writer on its own).
+COMMIT_EVERY_MANIFESTS = 40
+COMMIT_EVERY_CHECKS = 200
 MEMBER = h2load.MEMBER
 
 
@@ -75,13 +81,13 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], what: str) -> None:
 
 
 def run_child(data: Path, scenario: str, records: int, calls: int, signals: Path) -> None:
-    """The measured process (under callgrind): warm up, signal `ready`, wait for `go`, make the calls and flush the
-    audit, signal `done`, wait for `stop`."""
+    """The measured process (under callgrind): warm up, signal `ready`, wait for `go`, make the calls (committing
+    their audit rows in groups), signal `done`, wait for `stop`."""
     from idcheck.register.checks import Query
     from idcheck.register.register import Caller, Register
 
     inputs = _inputs(scenario, records)
-    register = Register.open(data)
+    register = Register.open(data, audit_interval=3600.0)
     caller = Caller(MEMBER, "border", "ipv4:127.0.0.1:1")
     if scenario.startswith("manifest"):
 
@@ -93,15 +99,27 @@ def run_child(data: Path, scenario: str, records: int, calls: int, signals: Path
             results, _ = register.check(caller, [Query(MEMBER, inputs[i % len(inputs)])], field="query")
             return int(results[0].verdict != V_CLEAR)
 
-    try:
-        for i in range(len(inputs)):
-            one(i)
+    # The audit writer commits when told to (a flush), never on its timer: what a commit holds then does not depend
+    # on how fast the calls run (under callgrind a call can take longer than the audit interval, where a busy
+    # server commits tens to hundreds of calls at once). That decides how many calls share a commit's fixed cost,
+    # and which INSERT statements the writer prepares: a commit's rows go in statements of a power of two rows each,
+    # each prepared once per connection, millions of instructions for one of many rows. The warm-up commits the
+    # same calls in the same groups, so every statement the counted calls need is prepared before counting.
+    group = min(calls, COMMIT_EVERY_MANIFESTS if scenario.startswith("manifest") else COMMIT_EVERY_CHECKS)
+
+    def committed(start: int, count: int) -> int:
+        found = sum(one(i) for i in range(start, start + count))
         register.audit.flush()
+        return found
+
+    try:
+        committed(0, group)
+        if calls % group:
+            committed(0, calls % group)
         (signals / "ready").touch()
         while not (signals / "go").exists():
             time.sleep(0.02)
-        found = sum(one(i) for i in range(calls))
-        register.audit.flush()
+        found = sum(committed(start, min(group, calls - start)) for start in range(0, calls, group))
         (signals / "done").write_text(json.dumps({"not_clear": found}))
         while not (signals / "stop").exists():
             time.sleep(0.02)

@@ -14,6 +14,7 @@ table, which keeps a million-row upload in the order of seconds.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import heapq
 import itertools
 import json
@@ -1858,7 +1859,11 @@ class _RowHeads:
     def arrow(self, positions: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """The same as an Arrow string array, and as many separators `","` (ascending positions: n <= top)."""
         _, heads, separators = self._for(positions)
-        return heads.take(pa.array(positions)), separators.slice(0, len(positions))
+        n = len(positions)
+        # Ascending distinct positions ending at n - 1 are 0 .. n - 1 (a manifest whose every document is a plain
+        # CLEAR, the common case): their heads are the first n, a slice, no copy.
+        at = heads.slice(0, n) if int(positions[-1]) == n - 1 else heads.take(pa.array(positions))
+        return at, separators.slice(0, n)
 
 
 _ROW_HEADS = _RowHeads()
@@ -1922,6 +1927,13 @@ def _joined_strings(positions: np.ndarray, states: Sequence[str], numbers: Seque
     return text if plain and np.frombuffer(text.encode("ascii"), np.uint8).min() >= 0x20 else None
 
 
+@functools.lru_cache(maxsize=64)
+def _interleaved(n: int) -> pa.Array:
+    """0, n, 2n, 3n, 1, n + 1, ...: the order of rows in four concatenated columns of n rows each, row by row
+    (built once for each of the few manifest sizes a deployment's callers send)."""
+    return pa.array(np.arange(4 * n, dtype=np.int64).reshape(4, n).T.ravel())
+
+
 def _joined_arrow(positions: np.ndarray, states: pa.Array, numbers: pa.Array) -> str | None:
     """The packed text from Arrow columns, or None when a value would need escaping: the heads, states,
     separators and numbers are concatenated into one array, taken in row order, and the taken array's data
@@ -1929,7 +1941,7 @@ def _joined_arrow(positions: np.ndarray, states: pa.Array, numbers: pa.Array) ->
     n = len(positions)
     heads, separators = _ROW_HEADS.arrow(positions)
     pieces = pa.concat_arrays([heads, states, separators, numbers])
-    rows = pieces.take(pa.array(np.arange(4 * n, dtype=np.int64).reshape(4, n).T.ravel()))
+    rows = pieces.take(_interleaved(n))
     offsets = utf8_offsets(rows)
     data = np.frombuffer(rows.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
     if data.min() < 0x20 or data.max() >= 0x80 or np.count_nonzero(data == 0x22) != _ROW_QUOTES * n:

@@ -239,8 +239,12 @@ def test_awkward_values_round_trip(tmp_path: Path) -> None:
     ],
 )
 @pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string(), pa.dictionary(pa.int32(), pa.string())])
-def test_arrow_columns_are_packed_like_lists(states: list[str], numbers: list[str], arrow_type: pa.DataType) -> None:
-    positions = np.array([0, 2, 5, 10_000], np.int64)
+# Some of a call's documents (the others were more than a plain CLEAR), or all of them (their heads a slice).
+@pytest.mark.parametrize("at", [[0, 2, 5, 10_000], [0, 1, 2, 3]])
+def test_arrow_columns_are_packed_like_lists(
+    states: list[str], numbers: list[str], arrow_type: pa.DataType, at: list[int]
+) -> None:
+    positions = np.array(at, np.int64)
     as_lists = _pack_clear(AuditClear(positions, states, numbers))
     chunked = pa.chunked_array([numbers[:1], numbers[1:]]).cast(arrow_type)
     as_arrow = _pack_clear(AuditClear(positions, pa.array(states).cast(arrow_type), chunked))

@@ -313,6 +313,36 @@ def test_per_distinct_keeps_a_column_whose_values_are_their_own_outputs() -> Non
     assert ok.tolist() == [True, False] and out.to_pylist() == ["NZL", ""]
 
 
+def test_a_column_of_one_value_is_recognised_from_its_buffers() -> None:
+    # per_distinct's shortcut for a manifest's one issuing state: no dictionary built for it.
+    single_value = columns_module._single_value
+    assert single_value(pa.array(["NZL"] * 4)) == "NZL"
+    assert single_value(pa.array(["FJI", "NZL", "NZL"]).slice(1)) == "NZL"  # read from the slice's offset
+    for values in (["NZL", "NZl"], ["A", "", "AA"], ["A", "AA", ""], ["É", "É"], ["", ""], [None, None], []):
+        assert single_value(pa.array(values, pa.string())) is None, values
+    assert single_value(pa.array(["NZL", "NZL"], pa.large_string())) is None
+
+
+def test_per_distinct_decides_a_column_of_one_value_once() -> None:
+    asked: list[str] = []
+
+    def upper(value: str) -> str | None:
+        asked.append(value)
+        return value.upper() if value != "XYZ" else None
+
+    single = pa.array(["NZL"] * 4)
+    ok, out = columns_module.per_distinct(single, upper)
+    assert asked == ["NZL"] and ok.tolist() == [True] * 4 and out is single
+    # One value that changes or is refused, or rows of other lengths adding up to the same bytes: as any column.
+    for values, expected_ok, expected in [
+        (["nzl", "nzl"], [True, True], ["NZL", "NZL"]),
+        (["XYZ", "XYZ"], [False, False], ["", ""]),
+        (["A", "", "AA"], [True, True, True], ["A", "", "AA"]),
+    ]:
+        ok, out = columns_module.per_distinct(pa.array(values), upper)
+        assert (ok.tolist(), out.to_pylist()) == (expected_ok, expected), values
+
+
 def test_verdicts_of_another_day_are_not_used_and_the_cache_is_bounded() -> None:
     day_after = (TODAY + dt.timedelta(days=2)).isoformat()  # an event date valid only from TODAY + 1 on
     batch = table_of([_good("A1") | {"event_date": day_after}])

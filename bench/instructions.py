@@ -17,7 +17,8 @@ process without gRPC:
 After a warm-up, instructions are counted only while the measured calls run (callgrind's instrumentation is
 switched on and off around them with `callgrind_control`), and every thread counts: the audit writer's packing and
 inserting of the calls' rows too: the audit is committed every 40 manifests or 200 checks, inside the counted
-part, so that what a commit holds and which statements it prepares do not depend on timing (see `run_child`).
+part, so that what a commit holds and which statements it prepares do not depend on timing, and the garbage
+collector runs with the server's thresholds from an empty young generation (see `run_child`).
 
     apt-get install valgrind
     .venv/bin/python bench/instructions.py --records 1e6     # about a minute on 2 cores
@@ -31,6 +32,7 @@ Writes `bench/results/instructions.json`.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import subprocess
@@ -85,7 +87,12 @@ def run_child(data: Path, scenario: str, records: int, calls: int, signals: Path
     their audit rows in groups), signal `done`, wait for `stop`."""
     from idcheck.register.checks import Query
     from idcheck.register.register import Caller, Register
+    from idcheck.server.app import GC_THRESHOLDS
 
+    # The server's garbage collector settings (a collection of the young generation every 50,000 allocations, not
+    # 700): with Python's defaults, a full collection (tens of millions of instructions) fell inside the counted
+    # calls of one version of the code and not of another, depending on how many objects each had allocated.
+    gc.set_threshold(*GC_THRESHOLDS)
     inputs = _inputs(scenario, records)
     register = Register.open(data, audit_interval=3600.0)
     caller = Caller(MEMBER, "border", "ipv4:127.0.0.1:1")
@@ -116,6 +123,7 @@ def run_child(data: Path, scenario: str, records: int, calls: int, signals: Path
         committed(0, group)
         if calls % group:
             committed(0, calls % group)
+        gc.collect()  # the counted calls start with no young objects: collections then fall at the same calls
         (signals / "ready").touch()
         while not (signals / "go").exists():
             time.sleep(0.02)

@@ -109,6 +109,7 @@ MAX_BATCH = 10_000  # records per upload message and templates per enrol call (t
 EXACT_UP_TO, IVF_NPROBE = 50_000, 64  # the server's default `approximate_above` and `ivf_nprobe`
 VERIFY_THRESHOLD = 0.3845  # the server's default verify threshold (for the faiss baseline's decision)
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
+PLACEMENT_TRIES = 64  # connections opened at most to reach a caller's worker (at 8 workers, 1 in 5,000 fails)
 # Points of the latency percentile curve kept in the JSON file (and plotted).
 CURVE = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.8, 99.9, 99.95, 99.99, 100.0)
 _FOLD_LETTERS = str.maketrans("0185", "OIBS")  # an OCR misreading of a digit, for POSSIBLE_MATCH queries
@@ -837,6 +838,7 @@ class Backends:
         self.workload = workload
         self.faiss = faiss_baseline
         self._channels: dict[int, grpc.Channel] = {}
+        self._placing = True  # callers' connections are placed on workers while the server says which one answers
         self._redis: Any = None
         self._cache: dict[Any, Any] = {}
         self._local = threading.local()
@@ -862,10 +864,39 @@ class Backends:
         return new_call
 
     def _channel(self, k: int) -> grpc.Channel:
-        """Caller k's own channel (kept for the next scenarios)."""
+        """Caller k's own channel (kept for the next scenarios), placed on a worker (`_placed`)."""
         if k not in self._channels:
-            self._channels[k] = self.endpoints.conn.channel(own_connection=True)
+            self._channels[k] = self._placed(k)
         return self._channels[k]
+
+    def _placed(self, k: int) -> grpc.Channel:
+        """A connection of caller k's own, on worker k mod N + 1 of a server running `serve --workers N`.
+
+        The kernel hands each new connection to one of the workers at random (SO_REUSEPORT hashes its addresses),
+        and every call on it goes to that worker: a few callers can all land on one worker and leave the other
+        cores idle (4 callers on 2 workers: one run in 8), and the run then measures one worker, not the server. So
+        a caller's connection is opened again until the worker it reaches (GetStatistics names it; the operator
+        role, as `settle` asks it) is its own, as many border systems' connections spread over the workers. When
+        the server does not say, the connection stays wherever the kernel put it."""
+        conn = self.endpoints.conn
+        channel = conn.channel(own_connection=True)
+        if not self._placing:
+            return channel
+        metadata = (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
+        for _ in range(PLACEMENT_TRIES):
+            try:
+                stub = operations_pb2_grpc.OperationsStub(channel)
+                stats = stub.GetStatistics(operations_pb2.GetStatisticsRequest(), metadata=metadata, timeout=60)
+            except grpc.RpcError:  # not an operator here (a member's certificate), or a server that cannot say
+                self._placing = False
+                return channel
+            workers = max(stats.worker_processes, 1)
+            if workers == 1 or stats.worker == k % workers + 1:
+                return channel
+            channel.close()
+            channel = conn.channel(own_connection=True)
+        log(f"caller {k}: no connection reached worker {k % workers + 1} in {PLACEMENT_TRIES} tries; using another")
+        return channel
 
     def _cached(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._cache:

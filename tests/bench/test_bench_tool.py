@@ -28,8 +28,10 @@ from idcheck.client.bench import (
     V_CLEAR,
     V_HIT,
     V_POSSIBLE,
+    Backends,
     BenchError,
     Connection,
+    Endpoints,
     Scenario,
     listed_numbers,
     make_queries,
@@ -459,3 +461,43 @@ def test_settle_stops_waiting_when_interrupted() -> None:
         assert settle(conn, channel, timeout=20, stop=lambda: script.calls >= 3) is None  # not the timeout's 20.x
         assert time.monotonic() - started < 10
     assert script.calls == 3
+
+
+def test_a_callers_connection_is_opened_again_until_it_reaches_its_worker() -> None:
+    # Caller 1 belongs on worker 2: the first two connections reach worker 1 (as the kernel may hand them out).
+    script = _ScriptedWorkers([(1, 0), (1, 0), (2, 0), (1, 0)])
+    with _serving(script) as conn:
+        backends = Backends(Endpoints(conn), None)  # type: ignore[arg-type]  # no workload: connections only
+        try:
+            backends._channel(1)
+            assert script.calls == 3
+            backends._channel(1)  # kept for the next scenarios: not placed again
+            backends._channel(0)  # caller 0 belongs on worker 1, which the next answer names
+            assert script.calls == 4
+        finally:
+            backends.close()
+
+
+class _NotAnOperator(operations_pb2_grpc.OperationsServicer):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def GetStatistics(self, request: object, context: grpc.ServicerContext) -> operations_pb2.Statistics:
+        self.calls += 1
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "operators only")
+
+
+def test_callers_connections_stay_where_the_kernel_put_them_when_the_server_does_not_say() -> None:
+    refusing = _NotAnOperator()
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    operations_pb2_grpc.add_OperationsServicer_to_server(refusing, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    backends = Backends(Endpoints(Connection(f"127.0.0.1:{port}", None, "AUS", "border")), None)  # type: ignore[arg-type]
+    try:
+        for k in range(4):
+            backends._channel(k)
+        assert refusing.calls == 1  # asked once, then never again
+    finally:
+        backends.close()
+        server.stop(None)

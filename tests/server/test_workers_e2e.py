@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from idcheck.biometrics.synthetic import FaceGenerator
-from idcheck.client.bench import Connection, settle
+from idcheck.client.bench import Backends, Connection, Endpoints, settle
 from idcheck.client.biometrics import BiometricsClient
 from idcheck.client.cli import _describe_stats
 from idcheck.client.errors import ResourceExhausted
@@ -20,6 +20,7 @@ from idcheck.v1 import operations_pb2, operations_pb2_grpc
 from tests.conftest import ServerProcess
 
 FRESH_CONNECTIONS = 24  # each a new TCP connection, spread by the kernel across the workers
+OPERATOR = (("x-idcheck-member", "AUS"), ("x-idcheck-role", "operator"))
 
 
 def rec(number: str, status: int = 2) -> dict[str, object]:
@@ -120,6 +121,22 @@ def test_each_worker_names_itself_in_its_statistics(server_factory: Callable[...
     assert "worker" in _describe_stats(stats).splitlines()[1]
     with conn.channel() as channel:
         assert settle(conn, channel, timeout=60) is not None  # both workers heard, both idle
+
+
+def test_bench_callers_connections_are_spread_over_the_workers(server_factory: Callable[..., ServerProcess]) -> None:
+    # The kernel hands connections to workers at random; `idcheck bench` places caller k's on worker k mod 2 + 1.
+    server = server_factory("--workers", "2")
+    assert wait_for(lambda: "worker 1/2: serving on" in server.log and "worker 2/2: serving on" in server.log)
+    conn = Connection(server.address, None, "AUS", "border")
+    backends = Backends(Endpoints(conn), None)  # type: ignore[arg-type]  # no workload: connections only
+    try:
+        for k in range(6):
+            stub = operations_pb2_grpc.OperationsStub(backends._channel(k))
+            for _ in range(3):  # every call on a caller's connection reaches its worker
+                stats = stub.GetStatistics(operations_pb2.GetStatisticsRequest(), metadata=OPERATOR, timeout=10)
+                assert stats.worker == k % 2 + 1
+    finally:
+        backends.close()
 
 
 def test_workers_stop_when_the_supervisor_is_killed(server_factory: Callable[..., ServerProcess]) -> None:

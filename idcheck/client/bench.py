@@ -7,9 +7,10 @@ with the TLS options of the other subcommands).
 
 Each scenario runs closed-loop callers (each sends its next request when the previous answer arrives) for
 `--duration` seconds or `--requests` calls, after a warm-up. The callers are threads spread over worker
-processes (`--processes`, default one per core), each caller with its own connection: a Python caller spends
-tens of microseconds of CPU per call under one interpreter lock, so a single process driving 16 or 64 callers
-would measure the client, not the server. The CPU each side used while measuring is reported with the figures.
+processes (`--processes`, default one per core), each caller with its own connection (on a server of several
+workers, placed so that the callers spread evenly over them: `Backends._placed`): a Python caller spends tens
+of microseconds of CPU per call under one interpreter lock, so a single process driving 16 or 64 callers would
+measure the client, not the server. The CPU each side used while measuring is reported with the figures.
 The same worker processes and the same keys drive the baselines:
 
     redis   the key set in a private `redis-server` (system package, redis-py with the hiredis reply parser, as

@@ -2,7 +2,7 @@
 
 On a shared two-core machine the same benchmark run twice minutes apart differs by 30 % or more (README
 "Performance"), which hides any change of a few percent. Instructions do not depend on what else the machine is
-doing: the same code on the same data counts the same to within 0.2 % (0.01 % for manifests here). So this is the
+doing: the same code on the same data counts the same to within 1 % (0.1 % for manifests here). So this is the
 measure to compare two versions of the code with (run it in each checkout); it is not a measure of speed (cache
 misses and the memory they wait on are not counted, and a cheaper instruction count can still be slower).
 

@@ -370,7 +370,7 @@ def settle(
     (which the kernel spreads over the workers) until every worker's latest answer is 0. Returns the seconds
     waited; None when the server does not say (GetStatistics needs the operator role: a development server takes
     it from metadata, a TLS one from the certificate), or when `stop()` turns true (Ctrl-C) before it does."""
-    metadata = (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
+    metadata = _operator(conn)
     started = time.monotonic()
     log(f"waiting for the server's background work after {after} (index merge and snapshot, WAL checkpoint) ...")
     busy: dict[int, int] = {}  # worker -> its latest background_tasks
@@ -480,6 +480,12 @@ class Connection:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-idcheck-member", self.member), ("x-idcheck-role", self.role))
+
+
+def _operator(conn: Connection) -> tuple[tuple[str, str], ...]:
+    """Metadata asking for the operator role (GetStatistics): a development server takes the caller's identity from
+    it, a TLS one from the certificate."""
+    return (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
 
 
 def upload_stream(
@@ -881,23 +887,49 @@ class Backends:
         the server does not say, the connection stays wherever the kernel put it."""
         conn = self.endpoints.conn
         channel = conn.channel(own_connection=True)
-        if not self._placing:
-            return channel
-        metadata = (("x-idcheck-member", conn.member), ("x-idcheck-role", "operator"))
-        for _ in range(PLACEMENT_TRIES):
+        for _ in range(PLACEMENT_TRIES if self._placing else 0):
             try:
-                stub = operations_pb2_grpc.OperationsStub(channel)
-                stats = stub.GetStatistics(operations_pb2.GetStatisticsRequest(), metadata=metadata, timeout=60)
-            except grpc.RpcError:  # not an operator here (a member's certificate), or a server that cannot say
-                self._placing = False
-                return channel
-            workers = max(stats.worker_processes, 1)
-            if workers == 1 or stats.worker == k % workers + 1:
+                stats = operations_pb2_grpc.OperationsStub(channel).GetStatistics(
+                    operations_pb2.GetStatisticsRequest(), metadata=_operator(conn), timeout=60
+                )
+            except grpc.RpcError:
+                stats = None
+            if self._stays(k, stats):
                 return channel
             channel.close()
             channel = conn.channel(own_connection=True)
-        log(f"caller {k}: no connection reached worker {k % workers + 1} in {PLACEMENT_TRIES} tries; using another")
+        if self._placing:
+            log(f"caller {k}: no connection reached its worker in {PLACEMENT_TRIES} tries; kept another")
         return channel
+
+    async def _placed_aio(self, k: int) -> grpc.aio.Channel:
+        """`_placed` for a stream caller's grpc.aio connection."""
+        conn = self.endpoints.conn
+        channel = conn.aio_channel()
+        for _ in range(PLACEMENT_TRIES if self._placing else 0):
+            try:
+                stats = await operations_pb2_grpc.OperationsStub(channel).GetStatistics(
+                    operations_pb2.GetStatisticsRequest(), metadata=_operator(conn), timeout=60
+                )
+            except grpc.RpcError:
+                stats = None
+            if self._stays(k, stats):
+                return channel
+            await channel.close()
+            channel = conn.aio_channel()
+        if self._placing:
+            log(f"caller {k}: no connection reached its worker in {PLACEMENT_TRIES} tries; kept another")
+        return channel
+
+    def _stays(self, k: int, stats: operations_pb2.Statistics | None) -> bool:
+        """Whether caller k's connection, whose GetStatistics answered `stats` (None: refused, by a server that
+        does not take this caller for an operator or cannot say), is placed: it reached worker k mod N + 1, or
+        the server has one worker, or does not say (then no other connection is asked either)."""
+        if stats is None:
+            self._placing = False
+            return True
+        workers = max(stats.worker_processes, 1)
+        return workers == 1 or stats.worker == k % workers + 1
 
     def _cached(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -936,12 +968,13 @@ class Backends:
 
         return self._per_caller(make)
 
-    def stream_callers(self, count: int) -> list[_StreamCaller]:
-        """`count` callers of a stream scenario, each on its own grpc.aio channel (see run_stream_share); made inside
-        the event loop that runs them."""
+    async def stream_callers(self, first: int, count: int) -> list[_StreamCaller]:
+        """Callers `first` .. `first + count - 1` of a stream scenario, each on its own grpc.aio channel placed on its
+        worker (`_placed`; see run_stream_share); made inside the event loop that runs them."""
         reqs = self._cached("single", lambda: [pb.CheckDocumentRequest(query=q) for q in self._queries()])
         conn = self.endpoints.conn
-        return [_StreamCaller(conn.aio_channel(), conn.metadata, reqs, self.workload.expected) for _ in range(count)]
+        channels = await asyncio.gather(*(self._placed_aio(first + j) for j in range(count)))
+        return [_StreamCaller(channel, conn.metadata, reqs, self.workload.expected) for channel in channels]
 
     def _idcheck_manifest(self, scenario: Scenario) -> NewCall:
         batches = self._batches(scenario.size)
@@ -1391,7 +1424,7 @@ def run_stream_share(
     warmup_errors = [0] * job.threads
 
     async def main() -> None:
-        callers = backends.stream_callers(job.threads)
+        callers = await backends.stream_callers(job.first_thread, job.threads)
         start = asyncio.Event()
         warmed = [asyncio.Event() for _ in callers]
 

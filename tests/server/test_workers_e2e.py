@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -135,6 +136,19 @@ def test_bench_callers_connections_are_spread_over_the_workers(server_factory: C
             for _ in range(3):  # every call on a caller's connection reaches its worker
                 stats = stub.GetStatistics(operations_pb2.GetStatisticsRequest(), metadata=OPERATOR, timeout=10)
                 assert stats.worker == k % 2 + 1
+
+        async def streams_workers() -> list[int]:  # the stream scenarios' grpc.aio connections, placed alike
+            seen = []
+            for k in range(4):
+                channel = await backends._placed_aio(k)
+                stats = await operations_pb2_grpc.OperationsStub(channel).GetStatistics(
+                    operations_pb2.GetStatisticsRequest(), metadata=OPERATOR, timeout=10
+                )
+                seen.append(stats.worker)
+                await channel.close()
+            return seen
+
+        assert asyncio.run(streams_workers()) == [1, 2, 1, 2]
     finally:
         backends.close()
 

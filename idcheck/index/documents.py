@@ -53,7 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from idcheck.arrow_buffers import utf8_offsets
+from idcheck.arrow_buffers import same_length_ascii
 from idcheck.cpus import on_every_cpu
 from idcheck.icao import CONFUSION_TABLE, DocumentClass, folded_key
 from idcheck.records import KeyColumns, RecordStatus, StoredRecord
@@ -782,18 +782,11 @@ def _same_length_bytes(values: pa.Array, width: int) -> np.ndarray | None:
     """`padded_bytes` of a utf8 array without nulls whose values are all ASCII and of one length (document numbers
     of one format, as a manifest or an upload of one issuer mostly is) read straight from its buffers, three times
     faster than pyarrow's pad and cast; None otherwise."""
-    n = len(values)
-    offsets = utf8_offsets(values)
-    length = int(offsets[1] - offsets[0])
-    if length > width or int(offsets[-1] - offsets[0]) != n * length or not (np.diff(offsets) == length).all():
-        return None
-    data = values.buffers()[2]
-    first = int(offsets[0])
-    chars = np.frombuffer(data, np.uint8, n * length, first) if length else np.zeros(0, np.uint8)
-    if length and int(chars.max()) >= 128:
-        return None  # multi-byte characters: pyarrow's path tells whether they fit
-    out = np.zeros((n, width), np.uint8)
-    out[:, :length] = chars.reshape(n, length)
+    chars = same_length_ascii(values)
+    if chars is None or chars.shape[1] > width:
+        return None  # multi-byte characters or longer values: pyarrow's path tells whether they fit
+    out = np.zeros((len(values), width), np.uint8)
+    out[:, : chars.shape[1]] = chars
     return out
 
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from idcheck.arrow_buffers import utf8_offsets
+from idcheck.arrow_buffers import same_length_ascii, utf8_offsets
 from idcheck.icao import DocumentClass, StateCodeError, canonical_state
 from idcheck.index.documents import PACKED_LENGTH, exact_number_keys, padded_bytes
 from idcheck.records import (
@@ -228,16 +228,10 @@ def per_distinct(
 def _single_value(col: pa.Array) -> str | None:
     """The value of a utf8 column without nulls whose every row holds the same non-empty ASCII text (read from its
     buffers), else None."""
-    if col.type != pa.string() or col.null_count or not len(col):
+    chars = same_length_ascii(col)
+    if chars is None or not chars.shape[1] or not (chars == chars[0]).all():
         return None
-    offsets = utf8_offsets(col)
-    first, length = int(offsets[0]), int(offsets[1] - offsets[0])
-    if not length or int(offsets[-1]) - first != length * len(col) or not (np.diff(offsets) == length).all():
-        return None
-    data = np.frombuffer(col.buffers()[2], np.uint8, length * len(col), first).reshape(len(col), length)
-    if not (data == data[0]).all() or int(data[0].max()) >= 0x80:
-        return None
-    return data[0].tobytes().decode("ascii")
+    return chars[0].tobytes().decode("ascii")
 
 
 def _all_empty(col: pa.Array) -> bool:

@@ -190,9 +190,12 @@ def per_distinct(
     decide: Callable[[str], str | None],
     known: dict[str, str | None] | None = None,
     limit: int = 0,
+    as_is: pc.SetLookupOptions | None = None,
 ) -> tuple[np.ndarray, pa.Array]:
     """Apply `decide` once per distinct value: (ok per row, output per row); None from `decide` means bad. `known`
-    holds verdicts decided before (DistinctVerdicts), and takes new ones while it has fewer than `limit`."""
+    holds verdicts decided before (DistinctVerdicts), and takes new ones while it has fewer than `limit`. `as_is`
+    holds values that `decide` keeps as they are (`decide(v) == v` for each): a column of those values only is
+    its own output, found by one hash lookup a row in C instead of deciding each distinct value in Python."""
     if _all_empty(col):
         out = decide("")
         return np.full(len(col), out is not None), pa.repeat(pa.scalar(out or "", pa.string()), len(col))
@@ -200,6 +203,15 @@ def per_distinct(
     if single is not None and single == decide(single):
         # One value in every row, kept as it is (a manifest's one issuing state, canonical already): the column is
         # the output, without a dictionary built over every row. Not recorded in `known`.
+        return np.ones(len(col), bool), col
+    if (
+        as_is is not None
+        and col.type == pa.string()
+        and not col.null_count
+        and pc.all(pc.is_in(col, options=as_is)).as_py()
+    ):
+        # Every row one of the values kept as they are (an international manifest's state codes, canonical
+        # already): 1,000 rows of 270 codes in about 30 instead of 86 µs (2026-12-08). Not recorded in `known`.
         return np.ones(len(col), bool), col
     encoded = col.dictionary_encode()
     outputs: list[str] = []

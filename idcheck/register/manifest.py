@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from idcheck.icao import DocumentClass
+from idcheck.icao import KNOWN_STATES, DocumentClass
 from idcheck.index import Lookup
 from idcheck.register.checks import PreparedQuery, Query, QueryError, prepare
 from idcheck.register.columns import (
@@ -123,6 +123,13 @@ def _query_state(value: str) -> str | None:
     return state_or_none(value) if value.strip() else ""
 
 
+# The state column values `_query_state` keeps as they are: no state, and every known code that is its own canonical
+# form (not DEU, which is D). A manifest of many issuing states, as an international flight's, mostly holds only
+# these: per_distinct then keeps the column without deciding each of its distinct codes in Python.
+_STATES_KEPT = tuple(sorted({"", *(code for code in KNOWN_STATES if _query_state(code) == code)}))
+_STATES_AS_IS = pc.SetLookupOptions(value_set=pa.array(_STATES_KEPT, pa.string()))
+
+
 def _query_birth(value: str) -> str | None:
     if not value.strip():
         return ""
@@ -144,7 +151,7 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
         classes = np.array(integer_column(table, "document_class", FIELD), np.int64)
     else:
         classes = np.zeros(n, np.int64)
-    state_ok, states = per_distinct(raw["issuing_state"], _query_state)
+    state_ok, states = per_distinct(raw["issuing_state"], _query_state, as_is=_STATES_AS_IS)
     numbers, fast = canonical_number_column(raw["document_number"])
     fast &= state_ok
     fast &= (classes >= 0) & (classes < len(_CLASSES))

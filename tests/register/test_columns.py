@@ -6,6 +6,7 @@ import datetime as dt
 import random
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from idcheck.icao.states import KNOWN_STATES
 from idcheck.records import RecordError, validate_record
 from idcheck.register import columns as columns_module
+from idcheck.register import manifest as manifest_module
 from idcheck.register.columns import ValidatedColumns, decode_arrow_ipc, in_key_order, validate_columns
 from idcheck.register.errors import InvalidRequest
 
@@ -311,6 +313,36 @@ def test_per_distinct_keeps_a_column_whose_values_are_their_own_outputs() -> Non
     assert ok.tolist() == [True, True, True] and out.to_pylist() == ["NZL", "FJI", "NZL"]
     ok, out = columns_module.per_distinct(pa.array(["NZL", "X"]), lambda v: v if v != "X" else None)
     assert ok.tolist() == [True, False] and out.to_pylist() == ["NZL", ""]
+
+
+def test_per_distinct_keeps_a_column_of_values_kept_as_they_are_without_deciding_them() -> None:
+    # An international manifest's state codes, canonical already: one hash lookup a row, no value decided.
+    as_is = pc.SetLookupOptions(value_set=pa.array(["", "D", "FJI", "NZL"]))
+    asked: list[str] = []
+
+    def decide(value: str) -> str | None:
+        asked.append(value)
+        return value.upper() if value != "X" else None
+
+    kept = pa.array(["NZL", "FJI", "", "D", "NZL"])
+    ok, out = columns_module.per_distinct(kept, decide, as_is=as_is)
+    assert asked == [] and out is kept and ok.tolist() == [True] * 5
+    # Any other value (one that changes, one refused, one outside the set that is its own output), or another string
+    # type: every value decided, the same answers as without the set.
+    for values in (["NZL", "fji"], ["NZL", "X"], ["NZL", "AUS"]):
+        col = pa.array(values, pa.string())
+        got, plain = columns_module.per_distinct(col, decide, as_is=as_is), columns_module.per_distinct(col, decide)
+        assert got[0].tolist() == plain[0].tolist() and got[1].equals(plain[1]), values
+    large = pa.array(["NZL", "FJI"], pa.large_string())
+    ok, out = columns_module.per_distinct(large, decide, as_is=as_is)
+    assert ok.tolist() == [True, True] and out.to_pylist() == ["NZL", "FJI"] and "FJI" in asked
+
+
+def test_the_manifests_state_codes_kept_as_they_are_are_their_own_canonical_form() -> None:
+    kept = manifest_module._STATES_KEPT
+    assert "" in kept and "NZL" in kept and "D" in kept and "DEU" not in kept  # DEU is D
+    assert all(manifest_module._query_state(code) == code for code in kept)
+    assert {c for c in KNOWN_STATES if manifest_module._query_state(c) == c} <= set(kept)
 
 
 def test_a_column_of_one_value_is_recognised_from_its_buffers() -> None:

@@ -10,6 +10,8 @@ Each scenario runs in a process of its own under `valgrind --tool=callgrind`, on
 process without gRPC:
 
 - `manifest-clear`: `Register.check_manifest` of an Arrow manifest of 1,000 unlisted numbers (nothing found);
+- `manifest-states`: the same numbers issued by many states, as an international flight's manifest is (every
+  known ICAO code that is its own canonical form, drawn at random; the other manifests hold the member's one state);
 - `manifest`: the same with the bench's default mix (2 % listed numbers, 1 % OCR misreadings of listed ones);
 - `check-clear` and `check-hit`: `Register.check` of one typed number, unlisted or listed (what `CheckDocument`
   asks of the register).
@@ -43,14 +45,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2load  # bench/h2load.py: the seeding, the manifests
 
 from idcheck.client.bench import V_CLEAR, V_HIT, listed_numbers, make_queries
+from idcheck.client.files import ipc_bytes
+from idcheck.icao import KNOWN_STATES, canonical_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("manifest-clear", "manifest", "check-clear", "check-hit")
+SCENARIOS = ("manifest-clear", "manifest-states", "manifest", "check-clear", "check-hit")
 MANIFEST = 1_000
 VARIANTS = 20  # distinct manifests (or numbers) the calls cycle through
 # Calls per audit commit (multiples of VARIANTS: every group holds the same calls, and so the same audit rows). About
@@ -65,10 +70,19 @@ def _inputs(scenario: str, records: int) -> list[Any]:
     """What the scenario's calls send, cycled through: manifest payloads or single numbers."""
     listed = listed_numbers(records, h2load.SEED)
     if scenario.startswith("manifest"):
-        if scenario == "manifest-clear":  # a fresh number can happen to be listed: only those that are not
+        if scenario in ("manifest-clear", "manifest-states"):  # a fresh number can happen to be listed: not those
             numbers = h2load.unlisted_numbers(listed, MANIFEST * VARIANTS)
         else:
             numbers, _ = make_queries(listed, MANIFEST * VARIANTS, h2load.SEED)
+        if scenario == "manifest-states":
+            codes = sorted(c for c in KNOWN_STATES if canonical_state(c) == c)
+            states = [codes[i] for i in np.random.default_rng(h2load.SEED).integers(0, len(codes), len(numbers))]
+            return [
+                ipc_bytes(
+                    pa.table({"issuing_state": states[i : i + MANIFEST], "document_number": numbers[i : i + MANIFEST]})
+                )
+                for i in range(0, MANIFEST * VARIANTS, MANIFEST)
+            ]
         return [h2load.manifest_ipc(numbers[i : i + MANIFEST]) for i in range(0, MANIFEST * VARIANTS, MANIFEST)]
     numbers, expected = make_queries(listed, 1_000, h2load.SEED, listed_share=0.5, variant_share=0.0)
     wanted = V_CLEAR if scenario == "check-clear" else V_HIT

@@ -71,7 +71,7 @@ from idcheck.client.channel import MAX_MESSAGE_BYTES, TlsOptions, open_channel
 from idcheck.client.errors import IdcheckError, from_status
 from idcheck.client.files import ipc_bytes
 from idcheck.cpus import CLAIMS_ENV
-from idcheck.icao import folded_key
+from idcheck.icao import KNOWN_STATES, canonical_state, folded_key
 from idcheck.synthetic import distinct_numbers, synthetic_numbers
 from idcheck.v1 import biometrics_pb2 as bpb
 from idcheck.v1 import biometrics_pb2_grpc, operations_pb2, operations_pb2_grpc, register_pb2_grpc
@@ -183,6 +183,11 @@ class Workload:
     probe_rows: np.ndarray  # gallery row (= identity) of each probe's mate
     run_token: str  # unique per run: upload scenario numbers and ids
     arrow_uploads: bool = ARROW_UPLOADS  # records as Arrow IPC (else protobuf) in uploads
+    query_states: list[str] = field(default_factory=list)  # issuing state per query; empty: all `state`
+
+    def states(self) -> list[str]:
+        """The issuing state of each query."""
+        return self.query_states or [self.state] * len(self.query_numbers)
 
     @property
     def probe_subjects(self) -> list[str]:
@@ -232,6 +237,26 @@ def make_queries(
     possible = _is_in(_fold_bytes(asked), np.sort(_fold_bytes(listed)))
     expected = np.where(hit, V_HIT, np.where(possible, V_POSSIBLE, V_CLEAR)).astype(np.int8)
     return numbers, expected
+
+
+def query_states(member: str, expected: np.ndarray, count: int, seed: int) -> list[str]:
+    """An issuing state for each query: the member's own, or with `count` states above 1, for the queries that must be
+    CLEAR, one of `count` - 1 other ICAO codes as often as the member's own each (the travellers of an
+    international flight, whose manifest holds many issuing states). A listed number, its OCR misreading or a
+    fresh number that happens to be listed keeps the member's state: its verdict stays the one computed for it."""
+    if count < 1:
+        raise BenchError(f"--query-states {count}: at least 1 (the member's own state)")
+    states = [member] * len(expected)
+    if count == 1:
+        return states
+    others = [code for code in sorted(KNOWN_STATES) if code != member and canonical_state(code) == code]
+    if count - 1 > len(others):
+        raise BenchError(f"--query-states {count}: at most {len(others) + 1} known ICAO codes")
+    rng = np.random.default_rng(seed + 3)
+    pool = [member, *others[: count - 1]]
+    for i in np.flatnonzero(expected == V_CLEAR).tolist():
+        states[i] = pool[int(rng.integers(0, count))]
+    return states
 
 
 def check_query_mix(listed_share: float, variant_share: float) -> None:
@@ -941,7 +966,8 @@ class Backends:
         return self._cached(
             "queries",
             lambda: [
-                pb.DocumentQuery(typed=pb.TypedQuery(issuing_state=w.state, document_number=n)) for n in w.query_numbers
+                pb.DocumentQuery(typed=pb.TypedQuery(issuing_state=s, document_number=n))
+                for s, n in zip(w.states(), w.query_numbers, strict=True)
             ],
         )
 
@@ -982,7 +1008,7 @@ class Backends:
 
         def payloads() -> list[bytes]:
             numbers = w.query_numbers
-            table = pa.table({"issuing_state": [w.state] * len(numbers), "document_number": numbers})
+            table = pa.table({"issuing_state": w.states(), "document_number": numbers})
             return [ipc_bytes(table.slice(b.start, b.stop - b.start)) for b in batches]
 
         reqs = self._cached(
@@ -1109,7 +1135,9 @@ class Backends:
 
     def _redis_keys(self) -> list[bytes]:
         w = self.workload
-        return self._cached("redis-keys", lambda: [f"{w.state}:{n}".encode() for n in w.query_numbers])
+        return self._cached(
+            "redis-keys", lambda: [f"{s}:{n}".encode() for s, n in zip(w.states(), w.query_numbers, strict=True)]
+        )
 
     def _redis_single(self, scenario: Scenario) -> NewCall:
         r, keys, hit = self._redis_client(), self._redis_keys(), self.workload.expected == V_HIT
@@ -1155,12 +1183,14 @@ class Backends:
         w, hit = self.workload, self.workload.expected == V_HIT
         sql = "SELECT status FROM records WHERE issuing_state = ? AND document_number = ?"
 
+        states = w.states()
+
         def new_call(_k: int) -> Call:
             db = self._sqlite()
 
             def call(i: int, t: Tally) -> None:
                 j = i % len(w.query_numbers)
-                found = db.execute(sql, (w.state, w.query_numbers[j])).fetchone() is not None
+                found = db.execute(sql, (states[j], w.query_numbers[j])).fetchone() is not None
                 t.answers["FOUND" if found else "NOT_FOUND"] += 1
                 t.documents += 1
                 if found != hit[j]:
@@ -1172,10 +1202,21 @@ class Backends:
 
     def _sqlite_manifest(self, scenario: Scenario) -> NewCall:
         w, hit, batches = self.workload, self.workload.expected == V_HIT, self._batches(scenario.size)
-        sql = (
-            "SELECT document_number FROM records WHERE issuing_state = ? AND document_number IN "
-            f"({','.join('?' * scenario.size)})"
-        )
+        states = w.states()
+        mixed = len(set(states)) > 1
+        if mixed:
+            # Queries of several issuing states (--query-states): the (state, number) pairs joined to the indexed
+            # table, one index seek a pair (SQLite plans `(state, number) IN (VALUES ...)` as a scan of the table).
+            sql = (
+                f"WITH q(s, n) AS (VALUES {','.join(['(?, ?)'] * scenario.size)}) "
+                "SELECT r.issuing_state, r.document_number FROM q "
+                "JOIN records AS r ON r.issuing_state = q.s AND r.document_number = q.n"
+            )
+        else:
+            sql = (
+                "SELECT document_number FROM records WHERE issuing_state = ? AND document_number IN "
+                f"({','.join('?' * scenario.size)})"
+            )
 
         def new_call(_k: int) -> Call:
             db = self._sqlite()
@@ -1183,8 +1224,13 @@ class Backends:
             def call(i: int, t: Tally) -> None:
                 b = batches[i % len(batches)]
                 numbers = w.query_numbers[b]
-                found_set = {row[0] for row in db.execute(sql, (w.state, *numbers))}
-                found = np.fromiter((n in found_set for n in numbers), dtype=bool, count=len(numbers))
+                if mixed:
+                    keys: list[Any] = list(zip(states[b], numbers, strict=True))
+                    found_set = set(db.execute(sql, [value for key in keys for value in key]).fetchall())
+                else:
+                    keys = numbers
+                    found_set = {row[0] for row in db.execute(sql, (w.state, *numbers))}
+                found = np.fromiter((key in found_set for key in keys), dtype=bool, count=len(numbers))
                 t.answers["FOUND"] += int(found.sum())
                 t.answers["NOT_FOUND"] += len(numbers) - int(found.sum())
                 t.documents += len(numbers)
@@ -1862,6 +1908,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"share that are OCR misreadings of listed numbers, each a POSSIBLE_MATCH (default {VARIANT_SHARE})",
     )
     parser.add_argument(
+        "--query-states",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="issuing states of the queries that must be CLEAR: the member's own (1, the default) or N ICAO codes "
+        "drawn evenly, as the passengers of an international flight hold (listed numbers and their misreadings keep "
+        "the member's state)",
+    )
+    parser.add_argument(
         "--seed-upload-rows",
         type=_count,
         default=SEED_UPLOAD_ROWS,
@@ -1988,6 +2043,7 @@ class Bench:
                     "processes": self.processes,
                     "query_pool": QUERY_POOL,
                     "query_mix": {"listed": args.listed_share, "ocr_variant": args.variant_share},
+                    "query_states": args.query_states,
                     "seed": args.seed,
                     "upload_encoding": "arrow_ipc" if self.arrow else "protobuf",
                 },
@@ -2038,8 +2094,9 @@ class Bench:
             probes = np.ascontiguousarray(gen.probes(probe_rows, seed=3).vectors, dtype=np.float32)
         if ({"verify", "identify"} & kinds) and not self.templates:
             log("no templates (--templates 0): verify and identify scenarios will be skipped")
+        states = query_states(args.member, expected, args.query_states, args.seed)
         workload = Workload(
-            args.member, numbers, expected, probes, probe_rows, uuid.uuid4().hex[:4].upper(), self.arrow
+            args.member, numbers, expected, probes, probe_rows, uuid.uuid4().hex[:4].upper(), self.arrow, states
         )
         log(
             f"synthetic register: {self.records:,} records, {self.templates:,} templates, {QUERY_POOL:,} queries "

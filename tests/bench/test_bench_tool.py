@@ -36,6 +36,7 @@ from idcheck.client.bench import (
     listed_numbers,
     make_queries,
     parse_scenarios,
+    query_states,
     settle,
 )
 from idcheck.v1 import operations_pb2, operations_pb2_grpc
@@ -134,6 +135,43 @@ def test_bench_checks_with_the_query_mix_it_is_given(tmp_path: Path) -> None:
     assert ours["documents"] == 10_000 and ours["wrong_answers"] == 0 and ours["errors"] == {}
     assert Counter(ours["answers"]) == expected_answers(0, 10_000, listed_share=0.3, variant_share=0.1)
     assert 2500 < ours["answers"]["HIT"] < 3500
+
+
+def test_queries_that_must_be_clear_are_spread_over_the_states_asked_for() -> None:
+    _numbers, expected = make_queries(listed_numbers(RECORDS, SEED), QUERY_POOL, SEED, listed_share=0.3)
+    assert query_states("NZL", expected, 1, SEED) == ["NZL"] * QUERY_POOL
+    states = np.array(query_states("NZL", expected, 50, SEED))
+    found = expected != V_CLEAR
+    assert set(states[found]) == {"NZL"}  # a listed number or its misreading keeps the state of its record
+    spread = Counter(states[~found].tolist())
+    assert len(spread) == 50 and "NZL" in spread and "DEU" not in spread  # canonical codes only (DEU is D)
+    assert max(spread.values()) < 3 * min(spread.values())  # drawn evenly
+    for count, message in ((0, "at least 1"), (10_000, "at most")):
+        with pytest.raises(BenchError, match=message):
+            query_states("NZL", expected, count, SEED)
+
+
+def test_bench_checks_manifests_of_many_issuing_states(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    options = "--records 3e3 --templates 0 --scenarios manifest-100,single --requests 100 --warmup 0"
+    proc = subprocess.run(
+        bench_command(
+            *options.split(), "--query-states", "40", "--baselines", "--seed", str(SEED), "--output", str(out)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["settings"]["query_states"] == 40
+    manifests, singles = (s["results"]["idcheck"] for s in result["scenarios"])
+    assert manifests["wrong_answers"] == 0 and manifests["errors"] == {}
+    assert Counter(manifests["answers"]) == expected_answers(0, 10_000)  # the same verdicts, whatever the states
+    assert singles["wrong_answers"] == 0 and singles["errors"] == {}
+    # SQLite asked for the (state, number) pairs: the same documents found
+    sqlite = result["scenarios"][0]["results"]["sqlite"]
+    assert sqlite["wrong_answers"] == 0 and sqlite["answers"]["FOUND"] == expected_answers(0, 10_000)["HIT"]
 
 
 def expected_answers(first: int, count: int, **mix: float) -> Counter[str]:

@@ -240,10 +240,11 @@ def make_queries(
 
 
 def query_states(member: str, expected: np.ndarray, count: int, seed: int) -> list[str]:
-    """An issuing state for each query: the member's own, or with `count` states above 1, for the queries that must be
-    CLEAR, one of `count` - 1 other ICAO codes as often as the member's own each (the travellers of an
-    international flight, whose manifest holds many issuing states). A listed number, its OCR misreading or a
-    fresh number that happens to be listed keeps the member's state: its verdict stays the one computed for it."""
+    """An issuing state for each query: the member's own; with `count` above 1, each query that must be CLEAR gets
+    the member's own or one of the first `count` - 1 other canonical ICAO codes (alphabetically), all about equally
+    often, as the travellers of an international flight carry many issuing states. A listed number, its OCR
+    misreading or a fresh number that happens to be listed keeps the member's state, and so the verdict computed
+    for it."""
     if count < 1:
         raise BenchError(f"--query-states {count}: at least 1 (the member's own state)")
     states = [member] * len(expected)

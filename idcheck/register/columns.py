@@ -190,12 +190,13 @@ def per_distinct(
     decide: Callable[[str], str | None],
     known: dict[str, str | None] | None = None,
     limit: int = 0,
-    as_is: pc.SetLookupOptions | None = None,
+    as_is: Callable[[pa.Array], bool] | None = None,
 ) -> tuple[np.ndarray, pa.Array]:
     """Apply `decide` once per distinct value: (ok per row, output per row); None from `decide` means bad. `known`
     holds verdicts decided before (DistinctVerdicts), and takes new ones while it has fewer than `limit`. `as_is`
-    holds values that `decide` keeps as they are (`decide(v) == v` for each): a column of those values only is
-    its own output, found by one hash lookup a row in C instead of deciding each distinct value in Python."""
+    tells, for a utf8 column without nulls, only when every value of it is one `decide` keeps as it is (`decide(v)
+    == v`): the column is then its own output, found column-wise instead of deciding each distinct value in Python
+    (an international manifest's state codes, its travellers' dates of birth)."""
     if _all_empty(col):
         out = decide("")
         return np.full(len(col), out is not None), pa.repeat(pa.scalar(out or "", pa.string()), len(col))
@@ -204,14 +205,8 @@ def per_distinct(
         # One value in every row, kept as it is (a manifest's one issuing state, canonical already): the column is
         # the output, without a dictionary built over every row. Not recorded in `known`.
         return np.ones(len(col), bool), col
-    if (
-        as_is is not None
-        and col.type == pa.string()
-        and not col.null_count
-        and pc.all(pc.is_in(col, options=as_is)).as_py()
-    ):
-        # Every row one of the values kept as they are (an international manifest's state codes, canonical
-        # already): 1,000 rows of 270 codes in about 30 instead of 86 µs (2026-12-08). Not recorded in `known`.
+    if as_is is not None and col.type == pa.string() and not col.null_count and as_is(col):
+        # Every row a value kept as it is. Not recorded in `known`.
         return np.ones(len(col), bool), col
     encoded = col.dictionary_encode()
     outputs: list[str] = []
@@ -235,6 +230,39 @@ def per_distinct(
     indices = encoded.indices
     ok_rows = np.asarray(ok, bool)[indices.to_numpy()] if len(ok) else np.zeros(len(col), bool)
     return ok_rows, pa.array(outputs, pa.string()).take(indices)
+
+
+def in_value_set(options: pc.SetLookupOptions) -> Callable[[pa.Array], bool]:
+    """`per_distinct`'s `as_is` for values kept as they are listed in `options`: one hash lookup a row in C (1,000
+    state codes of 270: about 30 µs, against 86 µs deciding each distinct code in Python; 2026-12-08)."""
+
+    def every_value_in(col: pa.Array) -> bool:
+        return bool(pc.all(pc.is_in(col, options=options)).as_py())
+
+    return every_value_in
+
+
+# Days of each month by its number (February of a common year).
+_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int32)
+
+
+def iso_dates(col: pa.Array) -> bool:
+    """Whether every value of a utf8 column is a date written as ISO 8601 writes it, YYYY-MM-DD (what
+    `datetime.date.isoformat` gives back for it), read from the column's buffers: the dates of birth of a
+    manifest's travellers, 1,000 checked in about 55 µs instead of about 670 µs one by one in Python (2026-12-08)."""
+    chars = same_length_ascii(col)
+    if chars is None or chars.shape[1] != 10 or (chars[:, 4] != 0x2D).any() or (chars[:, 7] != 0x2D).any():
+        return False
+    digits = chars[:, [0, 1, 2, 3, 5, 6, 8, 9]] - np.uint8(0x30)  # a byte below "0" wraps above 9
+    if (digits > 9).any():
+        return False
+    d = digits.astype(np.int32)
+    year = ((d[:, 0] * 10 + d[:, 1]) * 10 + d[:, 2]) * 10 + d[:, 3]
+    month = d[:, 4] * 10 + d[:, 5]
+    day = d[:, 6] * 10 + d[:, 7]
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    last_day = _MONTH_DAYS[np.minimum(month, 12)] + (leap & (month == 2))
+    return bool(((year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= last_day)).all())
 
 
 def _single_value(col: pa.Array) -> str | None:

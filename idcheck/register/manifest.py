@@ -24,7 +24,9 @@ from idcheck.register.checks import PreparedQuery, Query, QueryError, prepare
 from idcheck.register.columns import (
     canonical_number_column,
     decode_arrow_ipc,
+    in_value_set,
     integer_column,
+    iso_dates,
     per_distinct,
     schema_problems,
     state_or_none,
@@ -127,7 +129,7 @@ def _query_state(value: str) -> str | None:
 # form (not DEU, which is D). A manifest of many issuing states, as an international flight's, mostly holds only
 # these: per_distinct then keeps the column without deciding each of its distinct codes in Python.
 _STATES_KEPT = tuple(sorted({"", *(code for code in KNOWN_STATES if _query_state(code) == code)}))
-_STATES_AS_IS = pc.SetLookupOptions(value_set=pa.array(_STATES_KEPT, pa.string()))
+_STATES_AS_IS = in_value_set(pc.SetLookupOptions(value_set=pa.array(_STATES_KEPT, pa.string())))
 
 
 def _query_birth(value: str) -> str | None:
@@ -157,7 +159,7 @@ def prepare_manifest(table: pa.Table) -> tuple[ManifestQueries, list[tuple[str, 
     fast &= (classes >= 0) & (classes < len(_CLASSES))
     births = None
     if "birth_date" in names:  # absent columns cost nothing more (manifests often have no birth dates or MRZs)
-        birth_ok, births = per_distinct(raw["birth_date"], _query_birth)
+        birth_ok, births = per_distinct(raw["birth_date"], _query_birth, as_is=iso_dates)
         fast &= birth_ok
     if "mrz" in names:
         fast &= pc.equal(pc.binary_length(raw["mrz"]), 0).to_numpy(zero_copy_only=False)

@@ -317,7 +317,7 @@ def test_per_distinct_keeps_a_column_whose_values_are_their_own_outputs() -> Non
 
 def test_per_distinct_keeps_a_column_of_values_kept_as_they_are_without_deciding_them() -> None:
     # An international manifest's state codes, canonical already: one hash lookup a row, no value decided.
-    as_is = pc.SetLookupOptions(value_set=pa.array(["", "D", "FJI", "NZL"]))
+    as_is = columns_module.in_value_set(pc.SetLookupOptions(value_set=pa.array(["", "D", "FJI", "NZL"])))
     asked: list[str] = []
 
     def decide(value: str) -> str | None:
@@ -336,6 +336,32 @@ def test_per_distinct_keeps_a_column_of_values_kept_as_they_are_without_deciding
     large = pa.array(["NZL", "FJI"], pa.large_string())
     ok, out = columns_module.per_distinct(large, decide, as_is=as_is)
     assert ok.tolist() == [True, True] and out.to_pylist() == ["NZL", "FJI"] and "FJI" in asked
+
+
+_dates = st.one_of(
+    st.dates().map(dt.date.isoformat),
+    st.sampled_from(
+        ["1980-02-30", "1900-02-29", "2000-02-29", "2001-02-29", "0000-01-01", "9999-12-31", "1980-13-01", "1980-00-10"]
+    ),
+    st.sampled_from(
+        ["19800131", "1980-1-31", " 1980-01-31", "1980-01-31 ", "1980/01/31", "1980-01-3a", "", "1980-W05"]
+    ),
+    st.text(alphabet="0123456789-/ é", min_size=10, max_size=10),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(values=st.lists(_dates, min_size=1, max_size=6), valid=st.lists(st.dates(), min_size=1, max_size=6))
+def test_iso_dates_are_recognised_exactly_when_each_is_its_own_iso_form(
+    values: list[str], valid: list[dt.date]
+) -> None:
+    # The manifest's dates of birth are kept as they are when every one is what date.isoformat() writes for it.
+    def own_form(value: str) -> bool:
+        return len(value) == 10 and value.isascii() and manifest_module._query_birth(value) == value
+
+    assert columns_module.iso_dates(pa.array(values)) == all(own_form(v) for v in values), values
+    assert columns_module.iso_dates(pa.array([d.isoformat() for d in valid]))
+    assert columns_module.iso_dates(pa.array(["1999-01-01", *values]).slice(1)) == all(own_form(v) for v in values)
 
 
 def test_the_manifests_state_codes_kept_as_they_are_are_their_own_canonical_form() -> None:

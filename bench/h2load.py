@@ -312,9 +312,10 @@ def unlisted_numbers(listed: np.ndarray, count: int) -> list[str]:
     return clear
 
 
-def manifest_ipc(numbers: list[str]) -> bytes:
-    """A manifest of typed numbers issued by MEMBER, as CheckManifest's Arrow IPC payload."""
-    return ipc_bytes(pa.table({"issuing_state": [MEMBER] * len(numbers), "document_number": numbers}))
+def manifest_ipc(numbers: list[str], states: list[str] | None = None) -> bytes:
+    """A manifest of typed numbers issued by MEMBER (or by `states`, one a number), as CheckManifest's Arrow IPC
+    payload."""
+    return ipc_bytes(pa.table({"issuing_state": states or [MEMBER] * len(numbers), "document_number": numbers}))
 
 
 def result_file(benchmark: str, records: int, tool: str, version_command: list[str], **fields: Any) -> dict[str, Any]:

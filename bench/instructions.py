@@ -45,14 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2load  # bench/h2load.py: the seeding, the manifests
 
 from idcheck.client.bench import V_CLEAR, V_HIT, listed_numbers, make_queries
-from idcheck.client.files import ipc_bytes
-from idcheck.icao import KNOWN_STATES, canonical_state
+from idcheck.icao import CANONICAL_STATES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("manifest-clear", "manifest-states", "manifest", "check-clear", "check-hit")
@@ -74,16 +72,14 @@ def _inputs(scenario: str, records: int) -> list[Any]:
             numbers = h2load.unlisted_numbers(listed, MANIFEST * VARIANTS)
         else:
             numbers, _ = make_queries(listed, MANIFEST * VARIANTS, h2load.SEED)
+        states = None
         if scenario == "manifest-states":
-            codes = sorted(c for c in KNOWN_STATES if canonical_state(c) == c)
+            codes = sorted(CANONICAL_STATES)
             states = [codes[i] for i in np.random.default_rng(h2load.SEED).integers(0, len(codes), len(numbers))]
-            return [
-                ipc_bytes(
-                    pa.table({"issuing_state": states[i : i + MANIFEST], "document_number": numbers[i : i + MANIFEST]})
-                )
-                for i in range(0, MANIFEST * VARIANTS, MANIFEST)
-            ]
-        return [h2load.manifest_ipc(numbers[i : i + MANIFEST]) for i in range(0, MANIFEST * VARIANTS, MANIFEST)]
+        return [
+            h2load.manifest_ipc(numbers[i : i + MANIFEST], states[i : i + MANIFEST] if states else None)
+            for i in range(0, MANIFEST * VARIANTS, MANIFEST)
+        ]
     numbers, expected = make_queries(listed, 1_000, h2load.SEED, listed_share=0.5, variant_share=0.0)
     wanted = V_CLEAR if scenario == "check-clear" else V_HIT
     return [n for n, v in zip(numbers, expected, strict=True) if v == wanted][:VARIANTS]

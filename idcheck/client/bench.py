@@ -71,7 +71,7 @@ from idcheck.client.channel import MAX_MESSAGE_BYTES, TlsOptions, open_channel
 from idcheck.client.errors import IdcheckError, from_status
 from idcheck.client.files import ipc_bytes
 from idcheck.cpus import CLAIMS_ENV
-from idcheck.icao import KNOWN_STATES, canonical_state, folded_key
+from idcheck.icao import CANONICAL_STATES, folded_key
 from idcheck.synthetic import distinct_numbers, synthetic_numbers
 from idcheck.v1 import biometrics_pb2 as bpb
 from idcheck.v1 import biometrics_pb2_grpc, operations_pb2, operations_pb2_grpc, register_pb2_grpc
@@ -178,16 +178,12 @@ class Workload:
 
     state: str
     query_numbers: list[str]
+    query_states: list[str]  # issuing state of each query (`query_states`)
     expected: np.ndarray  # int8 pb.Verdict per query
     probes: np.ndarray  # float32 (n, dimension); empty without templates
     probe_rows: np.ndarray  # gallery row (= identity) of each probe's mate
     run_token: str  # unique per run: upload scenario numbers and ids
     arrow_uploads: bool = ARROW_UPLOADS  # records as Arrow IPC (else protobuf) in uploads
-    query_states: list[str] = field(default_factory=list)  # issuing state per query; empty: all `state`
-
-    def states(self) -> list[str]:
-        """The issuing state of each query."""
-        return self.query_states or [self.state] * len(self.query_numbers)
 
     @property
     def probe_subjects(self) -> list[str]:
@@ -250,7 +246,7 @@ def query_states(member: str, expected: np.ndarray, count: int, seed: int) -> li
     states = [member] * len(expected)
     if count == 1:
         return states
-    others = [code for code in sorted(KNOWN_STATES) if code != member and canonical_state(code) == code]
+    others = sorted(CANONICAL_STATES - {member})
     if count - 1 > len(others):
         raise BenchError(f"--query-states {count}: at most {len(others) + 1} known ICAO codes")
     rng = np.random.default_rng(seed + 3)
@@ -968,7 +964,7 @@ class Backends:
             "queries",
             lambda: [
                 pb.DocumentQuery(typed=pb.TypedQuery(issuing_state=s, document_number=n))
-                for s, n in zip(w.states(), w.query_numbers, strict=True)
+                for s, n in zip(w.query_states, w.query_numbers, strict=True)
             ],
         )
 
@@ -1009,7 +1005,7 @@ class Backends:
 
         def payloads() -> list[bytes]:
             numbers = w.query_numbers
-            table = pa.table({"issuing_state": w.states(), "document_number": numbers})
+            table = pa.table({"issuing_state": w.query_states, "document_number": numbers})
             return [ipc_bytes(table.slice(b.start, b.stop - b.start)) for b in batches]
 
         reqs = self._cached(
@@ -1137,7 +1133,7 @@ class Backends:
     def _redis_keys(self) -> list[bytes]:
         w = self.workload
         return self._cached(
-            "redis-keys", lambda: [f"{s}:{n}".encode() for s, n in zip(w.states(), w.query_numbers, strict=True)]
+            "redis-keys", lambda: [f"{s}:{n}".encode() for s, n in zip(w.query_states, w.query_numbers, strict=True)]
         )
 
     def _redis_single(self, scenario: Scenario) -> NewCall:
@@ -1184,7 +1180,7 @@ class Backends:
         w, hit = self.workload, self.workload.expected == V_HIT
         sql = "SELECT status FROM records WHERE issuing_state = ? AND document_number = ?"
 
-        states = w.states()
+        states = w.query_states
 
         def new_call(_k: int) -> Call:
             db = self._sqlite()
@@ -1203,7 +1199,7 @@ class Backends:
 
     def _sqlite_manifest(self, scenario: Scenario) -> NewCall:
         w, hit, batches = self.workload, self.workload.expected == V_HIT, self._batches(scenario.size)
-        states = w.states()
+        states = w.query_states
         mixed = len(set(states)) > 1
         if mixed:
             # Queries of several issuing states (--query-states): the (state, number) pairs joined to the indexed
@@ -2097,7 +2093,7 @@ class Bench:
             log("no templates (--templates 0): verify and identify scenarios will be skipped")
         states = query_states(args.member, expected, args.query_states, args.seed)
         workload = Workload(
-            args.member, numbers, expected, probes, probe_rows, uuid.uuid4().hex[:4].upper(), self.arrow, states
+            args.member, numbers, states, expected, probes, probe_rows, uuid.uuid4().hex[:4].upper(), self.arrow
         )
         log(
             f"synthetic register: {self.records:,} records, {self.templates:,} templates, {QUERY_POOL:,} queries "

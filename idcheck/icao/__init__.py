@@ -19,6 +19,7 @@ from idcheck.icao.numbers import (
     match_numbers,
 )
 from idcheck.icao.states import (
+    CANONICAL_STATES,
     KNOWN_STATES,
     StateCodeError,
     canonical_state,
@@ -28,6 +29,7 @@ from idcheck.icao.states import (
 )
 
 __all__ = [
+    "CANONICAL_STATES",
     "CONFUSION_TABLE",
     "KNOWN_STATES",
     "MRZ",

@@ -17,6 +17,7 @@ from types import MappingProxyType
 import pycountry
 
 __all__ = [
+    "CANONICAL_STATES",
     "ICAO_STATES",
     "KNOWN_STATES",
     "SPECIMEN_STATE",
@@ -101,6 +102,9 @@ def canonical_state(code: str) -> str:
 # Codes that name the same state as another: the register keys on the form Doc 9303 prints in MRZs, so a
 # typed ISO code (DEU) finds records reported under the MRZ code (D) and the other way round.
 _ALIASES: dict[str, str] = {"DEU": "D"}
+
+#: The codes :func:`canonical_state` gives back: every known code but those that name a state under another one.
+CANONICAL_STATES: frozenset[str] = frozenset(code for code in KNOWN_STATES if canonical_state(code) == code)
 
 
 def is_known_state(code: str) -> bool:

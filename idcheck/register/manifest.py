@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from idcheck.icao import KNOWN_STATES, DocumentClass
+from idcheck.icao import CANONICAL_STATES, DocumentClass
 from idcheck.index import Lookup
 from idcheck.register.checks import PreparedQuery, Query, QueryError, prepare
 from idcheck.register.columns import (
@@ -125,10 +125,10 @@ def _query_state(value: str) -> str | None:
     return state_or_none(value) if value.strip() else ""
 
 
-# The state column values `_query_state` keeps as they are: no state, and every known code that is its own canonical
-# form (not DEU, which is D). A manifest of many issuing states, as an international flight's, mostly holds only
-# these: per_distinct then keeps the column without deciding each of its distinct codes in Python.
-_STATES_KEPT = tuple(sorted({"", *(code for code in KNOWN_STATES if _query_state(code) == code)}))
+# The state column values `_query_state` keeps as they are: no state, and every canonical code (not DEU, which is
+# D). A manifest of many issuing states, as an international flight's, mostly holds only these: per_distinct then
+# keeps the column without deciding each of its distinct codes in Python.
+_STATES_KEPT = tuple(sorted({"", *CANONICAL_STATES}))
 _STATES_AS_IS = in_value_set(pc.SetLookupOptions(value_set=pa.array(_STATES_KEPT, pa.string())))
 
 
